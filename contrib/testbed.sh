@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# The podckpt test bed: a private containerd (own root, state, socket and CNI
+# bridge) with runc, crun and CRIU from Debian trixie and locally built images.
+#
+#   contrib/testbed.sh install   apt packages (idempotent)
+#   contrib/testbed.sh images    build the OCI test images into $PODCKPT_TESTBED_DIR/images
+#   contrib/testbed.sh start     start the private containerd and import the images
+#   contrib/testbed.sh stop      remove every pod, stop containerd, leave nothing behind
+#   contrib/testbed.sh stop-daemon  stop containerd alone; pods keep running
+#   contrib/testbed.sh up        install + images + start
+#   contrib/testbed.sh env       print the variables the tests read
+#
+# Why a private containerd: the node's own containerd (if any) must never see
+# our test pods, and the tests must be able to stop and start it at will.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TB_DIR=${PODCKPT_TESTBED_DIR:-/var/lib/podckpt-testbed}
+TB_RUN=${PODCKPT_TESTBED_RUN:-/run/podckpt-testbed}
+SOCK="$TB_RUN/containerd.sock"
+PIDFILE="$TB_RUN/containerd.pid"
+LOG="$TB_DIR/containerd.log"
+BUSYBOX_IMAGE=podckpt.local/busybox:latest
+PAUSE_IMAGE=podckpt.local/pause:latest
+NS=k8s.io
+# runc keeps CRI containers' state here whatever containerd's state dir is
+# (see shared/notes/runtime-facts.md).
+RUNC_ROOT=/run/containerd/runc/$NS
+
+log() { printf 'testbed: %s\n' "$*" >&2; }
+
+need_root() {
+    [ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
+}
+
+cmd_install() {
+    need_root
+    # Only the runtime stack comes from trixie; the rest stays bookworm's.
+    local trixie_pkgs=(containerd runc crun criu checkpointctl containernetworking-plugins)
+    local pkgs=(busybox-static protobuf-compiler iproute2 python3)
+    if have_all_packages; then
+        log "packages already installed"
+        return
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    # Debian 12's CRIU 3.17 fails `criu check` on this kernel; trixie's 4.1 works.
+    # Pin trixie low so that only what we ask for with -t trixie comes from it.
+    if [ ! -f /etc/apt/sources.list.d/podckpt-trixie.sources ]; then
+        cat >/etc/apt/sources.list.d/podckpt-trixie.sources <<'EOF'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+        cat >/etc/apt/preferences.d/podckpt-trixie <<'EOF'
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+EOF
+    fi
+    apt-get update -qq
+    apt-get install -y -qq -o Dpkg::Options::=--force-confold "${pkgs[@]}" >/dev/null
+    apt-get install -y -qq -t trixie -o Dpkg::Options::=--force-confold "${trixie_pkgs[@]}" >/dev/null
+    # The package may start its own containerd where systemd runs; ours is private.
+    have_all_packages || { log "install incomplete"; exit 1; }
+    log "installed: $(containerd --version), $(runc --version | head -1), criu $(criu --version | head -1)"
+}
+
+have_all_packages() {
+    local b
+    for b in containerd ctr runc crun criu checkpointctl protoc busybox ip python3; do
+        command -v "$b" >/dev/null || return 1
+    done
+    [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || return 1
+    criu --version 2>/dev/null | grep -qE 'Version: (4|[5-9])\.' || return 1
+}
+
+cmd_images() {
+    mkdir -p "$TB_DIR/images"
+    python3 "$HERE/images/build-oci.py" --busybox "$(command -v busybox)" \
+        --out "$TB_DIR/images/busybox.tar" --name "$BUSYBOX_IMAGE" --cmd /bin/sh
+    # The pause container only has to sleep forever and die on a signal.
+    python3 "$HERE/images/build-oci.py" --busybox "$(command -v busybox)" \
+        --out "$TB_DIR/images/pause.tar" --name "$PAUSE_IMAGE" \
+        --cmd /bin/sh -c 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
+}
+
+write_config() {
+    mkdir -p "$TB_DIR/containerd" "$TB_DIR/cni/net.d" "$TB_RUN/containerd" "$TB_DIR/cni/networks"
+    sed -e "s|@TB_DIR@|$TB_DIR|g" -e "s|@TB_RUN@|$TB_RUN|g" -e "s|@PAUSE_IMAGE@|$PAUSE_IMAGE|g" \
+        "$HERE/testbed/containerd-config.toml" >"$TB_DIR/containerd-config.toml"
+    sed -e "s|@TB_DIR@|$TB_DIR|g" "$HERE/testbed/10-podckpt.conflist" \
+        >"$TB_DIR/cni/net.d/10-podckpt.conflist"
+}
+
+running_pid() {
+    [ -f "$PIDFILE" ] || return 1
+    local pid; pid=$(cat "$PIDFILE")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+cmd_start() {
+    need_root
+    if pid=$(running_pid); then
+        log "containerd already running (pid $pid) on $SOCK"
+        return
+    fi
+    [ -f "$TB_DIR/images/busybox.tar" ] || cmd_images
+    write_config
+    rm -f "$SOCK" "$SOCK.ttrpc"
+    # setsid: the daemon must outlive the shell that started it and must not
+    # get the terminal's signals.
+    setsid containerd --config "$TB_DIR/containerd-config.toml" >>"$LOG" 2>&1 </dev/null &
+    echo $! >"$PIDFILE"
+    local i
+    for i in $(seq 1 100); do
+        if ctr -a "$SOCK" version >/dev/null 2>&1; then break; fi
+        running_pid >/dev/null || { log "containerd died; see $LOG"; tail -20 "$LOG" >&2; exit 1; }
+        sleep 0.1
+    done
+    ctr -a "$SOCK" version >/dev/null 2>&1 || { log "containerd did not answer; see $LOG"; exit 1; }
+    local img
+    for img in busybox pause; do
+        ctr -a "$SOCK" -n "$NS" images import --no-unpack=false "$TB_DIR/images/$img.tar" >/dev/null
+    done
+    log "containerd $(running_pid) listening on $SOCK"
+}
+
+# Removes every task and container the private containerd knows, then stops it
+# and cleans up what the CRI plugin leaves behind when it is killed: network
+# namespaces, shm mounts and sandbox rootfs mounts under our own root.
+cmd_stop() {
+    need_root
+    local pid
+    if pid=$(running_pid); then
+        local c
+        for c in $(ctr -a "$SOCK" -n "$NS" containers ls -q 2>/dev/null); do
+            ctr -a "$SOCK" -n "$NS" tasks kill -s SIGKILL "$c" >/dev/null 2>&1 || true
+        done
+        for c in $(ctr -a "$SOCK" -n "$NS" containers ls -q 2>/dev/null); do
+            for _ in $(seq 1 50); do
+                ctr -a "$SOCK" -n "$NS" tasks delete -f "$c" >/dev/null 2>&1 && break
+                ctr -a "$SOCK" -n "$NS" tasks ls -q 2>/dev/null | grep -qx "$c" || break
+                sleep 0.1
+            done
+            ctr -a "$SOCK" -n "$NS" containers delete "$c" >/dev/null 2>&1 || true
+        done
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$PIDFILE"
+    # Shims outlive a killed containerd; ours are the ones whose address is under TB_RUN.
+    local shim
+    for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $SOCK" || true); do
+        kill -KILL "$shim" 2>/dev/null || true
+    done
+    local m
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done < <(
+        awk -v a="$TB_DIR" -v b="$TB_RUN" '$5 ~ "^"a || $5 ~ "^"b {print $5}' /proc/self/mountinfo | sort -r)
+    # Network namespaces the CRI plugin made for our pods (named cni-*).
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do
+        ip netns delete "$ns" 2>/dev/null || true
+    done
+    ip link delete podckpt0 2>/dev/null || true
+    rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd"
+    log "stopped"
+}
+
+cmd_env() {
+    echo "PODCKPT_TEST_CONTAINERD=$SOCK"
+    echo "PODCKPT_TEST_BUSYBOX_IMAGE=$BUSYBOX_IMAGE"
+    echo "PODCKPT_TEST_RUNC_ROOT=$RUNC_ROOT"
+    echo "PODCKPT_TESTBED=$HERE/testbed.sh"
+}
+
+case "${1:-}" in
+    install) cmd_install ;;
+    images) cmd_images ;;
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    restart) cmd_stop; cmd_start ;;
+    # Stops only the daemon: its shims and pods keep running, as on a node
+    # whose containerd is being upgraded. `start` brings it back.
+    stop-daemon) need_root; if pid=$(running_pid); then kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; fi; rm -f "$PIDFILE" ;;
+    up) cmd_install; cmd_images; cmd_start ;;
+    env) cmd_env ;;
+    status) if pid=$(running_pid); then echo "running pid $pid socket $SOCK"; else echo "stopped"; exit 3; fi ;;
+    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+esac

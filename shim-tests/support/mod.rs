@@ -1,0 +1,372 @@
+//! The harness for tests against the real containerd of the test bed
+//! (`contrib/testbed.sh`): a podckptd process per test, CRI clients for both
+//! the shim and containerd itself, and pods that clean up after themselves.
+
+#![allow(dead_code)]
+
+pub mod raw;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use podckpt::api::cri;
+use podckpt::api::cri::image_service_client::ImageServiceClient;
+use podckpt::api::cri::runtime_service_client::RuntimeServiceClient;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub const DEFAULT_CONTAINERD: &str = "/run/podckpt-testbed/containerd.sock";
+pub const DEFAULT_IMAGE: &str = "podckpt.local/busybox:latest";
+
+pub type Runtime = RuntimeServiceClient<Channel>;
+pub type Images = ImageServiceClient<Channel>;
+
+/// The running test bed, or `None` when this machine has none. Tests that
+/// need containerd return early then, unless PODCKPT_REQUIRE_TESTBED=1 (as in
+/// CI), where a missing test bed is a failure instead of a skip.
+pub struct Testbed {
+    pub containerd: PathBuf,
+    pub image: String,
+}
+
+pub fn testbed() -> Option<Testbed> {
+    let containerd =
+        PathBuf::from(std::env::var("PODCKPT_TEST_CONTAINERD").unwrap_or_else(|_| DEFAULT_CONTAINERD.into()));
+    let image = std::env::var("PODCKPT_TEST_BUSYBOX_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.into());
+    let reachable = nix::unistd::geteuid().is_root() && std::os::unix::net::UnixStream::connect(&containerd).is_ok();
+    if reachable {
+        return Some(Testbed { containerd, image });
+    }
+    let why = format!(
+        "test bed not reachable at {} (run `sudo contrib/testbed.sh up` as root)",
+        containerd.display()
+    );
+    if std::env::var("PODCKPT_REQUIRE_TESTBED").as_deref() == Ok("1") {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+impl Testbed {
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.containerd.display())
+    }
+
+    /// Runs a subcommand of the test bed script (for example `stop-daemon`).
+    pub fn script(&self, subcommand: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/testbed.sh");
+        let status = Command::new("bash")
+            .arg(script)
+            .arg(subcommand)
+            .status()
+            .expect("running testbed.sh");
+        assert!(status.success(), "testbed.sh {subcommand} failed: {status}");
+    }
+
+    pub async fn direct(&self) -> Runtime {
+        runtime_client(&self.containerd).await
+    }
+}
+
+/// Connects a gRPC channel to a Unix socket. Connections are made lazily so a
+/// client outlives restarts of whatever listens there.
+pub fn channel(socket: &Path) -> Channel {
+    let socket = socket.to_owned();
+    Endpoint::from_static("http://podckpt.invalid").connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+        let socket = socket.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+    }))
+}
+
+pub async fn runtime_client(socket: &Path) -> Runtime {
+    RuntimeServiceClient::new(channel(socket))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+pub async fn image_client(socket: &Path) -> Images {
+    ImageServiceClient::new(channel(socket))
+}
+
+/// A podckptd process with its own socket in a temporary directory.
+pub struct Shim {
+    pub socket: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Shim {
+    pub fn start(tb: &Testbed) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("podckpt.sock");
+        let mut shim = Self {
+            socket,
+            child: None,
+            _dir: dir,
+        };
+        shim.spawn(&tb.endpoint());
+        shim
+    }
+
+    fn spawn(&mut self, endpoint: &str) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_podckptd"));
+        command
+            .arg("--listen")
+            .arg(&self.socket)
+            .arg("--runtime-endpoint")
+            .arg(endpoint)
+            // Keep the node's own /etc/podckpt/config.toml out of the tests.
+            .arg("--config")
+            .arg("/dev/null")
+            .arg("--shutdown-grace-seconds")
+            .arg("5")
+            // Quiet unless RUST_LOG asks for more.
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null());
+        // A test harness killed outright must not leave a daemon behind that
+        // still holds streams open on containerd.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let child = command.spawn().expect("starting podckptd");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                Instant::now() < until,
+                "podckptd did not open {}",
+                self.socket.display()
+            );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("podckptd exited early: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("shim running").id()
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("shim running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signalling podckptd");
+        child.wait().expect("waiting for podckptd")
+    }
+
+    /// SIGKILL, as a crash would; the socket file stays behind.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("shim running");
+        child.kill().expect("killing podckptd");
+        child.wait().expect("reaping podckptd");
+    }
+
+    /// Starts a new daemon on the same socket path.
+    pub fn respawn(&mut self, tb: &Testbed) {
+        assert!(self.child.is_none(), "the previous daemon is still running");
+        self.spawn(&tb.endpoint());
+    }
+
+    pub fn restart(&mut self, tb: &Testbed) {
+        let status = self.stop();
+        assert!(status.success(), "podckptd exited with {status}");
+        self.respawn(tb);
+    }
+
+    pub async fn client(&self) -> Runtime {
+        runtime_client(&self.socket).await
+    }
+
+    pub async fn images(&self) -> Images {
+        image_client(&self.socket).await
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test or run uses.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: unique("uid"),
+            namespace: "podckpt-test".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        labels: [("podckpt-test".to_string(), name.to_string())].into(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+pub fn container_config(name: &str, image: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        labels: [("podckpt-test-container".to_string(), name.to_string())].into(),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// A pod created for a test. Dropping it stops and removes the sandbox, so a
+/// failed assertion leaves nothing behind for the next test.
+pub struct Pod {
+    pub id: String,
+    pub config: cri::PodSandboxConfig,
+    socket: PathBuf,
+    log_dir: tempfile::TempDir,
+}
+
+impl Pod {
+    /// Runs a sandbox through `client`; `socket` is where cleanup goes.
+    pub async fn run(client: &mut Runtime, socket: &Path, name: &str) -> Self {
+        let log_dir = tempfile::tempdir().expect("log dir");
+        let config = pod_config(&unique(name), log_dir.path());
+        let id = client
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        Self {
+            id,
+            config,
+            socket: socket.to_owned(),
+            log_dir,
+        }
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        self.log_dir.path()
+    }
+
+    /// Creates and starts a container running `script`; returns its id.
+    pub async fn start_container(&self, client: &mut Runtime, image: &str, name: &str, script: &str) -> String {
+        let id = self
+            .create_container(client, container_config(name, image, script))
+            .await;
+        client
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("StartContainer");
+        id
+    }
+
+    pub async fn create_container(&self, client: &mut Runtime, config: cri::ContainerConfig) -> String {
+        client
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: self.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(self.config.clone()),
+            })
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let socket = self.socket.clone();
+        let id = self.id.clone();
+        // Drop cannot await; a thread with its own runtime can.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut client = runtime_client(&socket).await;
+                let _ = client
+                    .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                        pod_sandbox_id: id.clone(),
+                    })
+                    .await;
+                let _ = client
+                    .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                    .await;
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// Runs a command in a container and returns (stdout, exit code).
+pub async fn exec(client: &mut Runtime, container_id: &str, cmd: &[&str]) -> (Vec<u8>, i32) {
+    let resp = client
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: container_id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 30,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    (resp.stdout, resp.exit_code)
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,19 @@
+//! Wire types of the CRI. The ordinary calls come from the `k8s-cri` crate;
+//! the pod-level checkpoint calls from our own schema in `proto/`.
+
+/// CRI v1 messages, clients and servers for every ordinary call.
+pub use k8s_cri::v1 as cri;
+
+/// The KEP-5823 pod checkpoint calls on `runtime.v1.RuntimeService`.
+pub mod pod {
+    tonic::include_proto!("runtime.v1");
+}
+
+/// gRPC paths that podckpt answers itself instead of forwarding.
+pub const CHECKPOINT_POD_PATH: &str = "/runtime.v1.RuntimeService/CheckpointPod";
+pub const RESTORE_POD_PATH: &str = "/runtime.v1.RuntimeService/RestorePod";
+
+/// Whether a request path belongs to podckpt's own service.
+pub fn is_own_path(path: &str) -> bool {
+    path == CHECKPOINT_POD_PATH || path == RESTORE_POD_PATH
+}

@@ -1,0 +1,51 @@
+//! podckptd: the CRI shim daemon.
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+use podckpt::config::{DaemonArgs, DaemonConfig};
+use podckpt::pod::PodService;
+use podckpt::proxy::{self, Router, Upstream};
+use podckpt::telemetry;
+
+fn main() -> anyhow::Result<()> {
+    let args = DaemonArgs::parse();
+    let config = DaemonConfig::resolve(&args)?;
+    telemetry::init(config.log_format, &config.log_level);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    let listener = proxy::listener::bind(&config.listen)?;
+    let upstream = Upstream::new(config.runtime_endpoint.clone(), config.connect_timeout);
+    let router = Router::new(upstream, PodService::new());
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %config.listen.display(),
+        runtime_endpoint = %config.runtime_endpoint,
+        "podckptd serving"
+    );
+    let shutdown = shutdown_signal()?;
+    proxy::serve(listener, &config.listen, router, shutdown, config.shutdown_grace).await;
+    info!("podckptd stopped");
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutting down");
+    })
+}

@@ -1,0 +1,208 @@
+//! Daemon configuration: command-line flags over an optional TOML file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::endpoint::{EndpointError, UnixEndpoint};
+
+pub const DEFAULT_LISTEN: &str = "/run/podckpt/podckpt.sock";
+pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+pub const DEFAULT_CONFIG: &str = "/etc/podckpt/config.toml";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `podckptd` flags. Every one of them is optional so that the config file
+/// can supply it; what neither gives takes the built-in default.
+#[derive(Debug, Default, Parser)]
+#[command(name = "podckptd", version, about = "CRI shim with pod-level checkpoint and restore")]
+pub struct DaemonArgs {
+    /// Unix socket to serve the CRI on [default: /run/podckpt/podckpt.sock]
+    #[arg(long)]
+    pub listen: Option<PathBuf>,
+    /// The runtime below, as the kubelet writes it [default: unix:///run/containerd/containerd.sock]
+    #[arg(long)]
+    pub runtime_endpoint: Option<String>,
+    /// TOML configuration file [default: /etc/podckpt/config.toml, if present]
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log format
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter in tracing's EnvFilter syntax, for example `info` or `podckpt=debug` [default: info]
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Seconds that in-flight calls get to finish after SIGTERM [default: 10]
+    #[arg(long)]
+    pub shutdown_grace_seconds: Option<u64>,
+    /// Seconds to wait when dialing the runtime before answering UNAVAILABLE [default: 2]
+    #[arg(long)]
+    pub connect_timeout_seconds: Option<u64>,
+}
+
+/// The config file; its keys mirror the long flags with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<PathBuf>,
+    pub runtime_endpoint: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    pub shutdown_grace_seconds: Option<u64>,
+    pub connect_timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("runtime endpoint: {0}")]
+    Endpoint(#[from] EndpointError),
+    #[error("listen path {0} must be absolute")]
+    RelativeListen(PathBuf),
+}
+
+/// The settings the daemon runs with, after flags, file and defaults are merged.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub listen: PathBuf,
+    pub runtime_endpoint: UnixEndpoint,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_grace: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl DaemonConfig {
+    /// Merges flags over the config file. A missing file is an error only
+    /// when the operator named it; the default path is optional.
+    pub fn resolve(args: &DaemonArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => load_file(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    fn merge(args: &DaemonArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        let listen = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        if !listen.is_absolute() {
+            return Err(ConfigError::RelativeListen(listen));
+        }
+        let endpoint = args
+            .runtime_endpoint
+            .clone()
+            .or(file.runtime_endpoint)
+            .unwrap_or_else(|| DEFAULT_RUNTIME_ENDPOINT.into());
+        let seconds = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+            flag.or(file).map(Duration::from_secs).unwrap_or(default)
+        };
+        Ok(Self {
+            listen,
+            runtime_endpoint: UnixEndpoint::parse(&endpoint)?,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log_level: args
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            shutdown_grace: seconds(
+                args.shutdown_grace_seconds,
+                file.shutdown_grace_seconds,
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
+            connect_timeout: seconds(
+                args.connect_timeout_seconds,
+                file.connect_timeout_seconds,
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let c = DaemonConfig::merge(&DaemonArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.listen, Path::new(DEFAULT_LISTEN));
+        assert_eq!(c.runtime_endpoint.to_string(), DEFAULT_RUNTIME_ENDPOINT);
+        assert_eq!(c.log_format, LogFormat::Human);
+        assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let f = file(
+            "listen = \"/run/a.sock\"\nruntime_endpoint = \"unix:///run/file.sock\"\nlog_format = \"json\"\nshutdown_grace_seconds = 3\n",
+        );
+        let args = DaemonArgs {
+            runtime_endpoint: Some("unix:///run/flag.sock".into()),
+            ..Default::default()
+        };
+        let c = DaemonConfig::merge(&args, f).unwrap();
+        assert_eq!(c.listen, Path::new("/run/a.sock"));
+        assert_eq!(c.runtime_endpoint.path(), Path::new("/run/flag.sock"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_endpoints_are_refused() {
+        assert!(toml::from_str::<FileConfig>("listne = \"/x\"").is_err());
+        let args = DaemonArgs {
+            runtime_endpoint: Some("tcp://1.2.3.4:1".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            DaemonConfig::merge(&args, FileConfig::default()),
+            Err(ConfigError::Endpoint(_))
+        ));
+    }
+
+    #[test]
+    fn a_named_config_file_must_exist() {
+        let args = DaemonArgs {
+            config: Some("/nonexistent/podckpt.toml".into()),
+            ..Default::default()
+        };
+        assert!(matches!(DaemonConfig::resolve(&args), Err(ConfigError::Read { .. })));
+    }
+}

@@ -1,0 +1,12 @@
+//! podckpt: pod-level checkpoint and restore for Kubernetes nodes.
+//!
+//! `podckptd` sits between the kubelet and the container runtime. It forwards
+//! every CRI call at the HTTP/2 level ([`proxy`]) and answers the pod-level
+//! checkpoint calls itself ([`pod`]).
+
+pub mod api;
+pub mod config;
+pub mod endpoint;
+pub mod pod;
+pub mod proxy;
+pub mod telemetry;
