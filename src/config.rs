@@ -206,3 +206,21 @@ mod tests {
         assert!(matches!(DaemonConfig::resolve(&args), Err(ConfigError::Read { .. })));
     }
 }
+
+#[cfg(test)]
+mod shipped_example {
+    use super::*;
+
+    /// The example in contrib/ must stay loadable and equal to the defaults.
+    #[test]
+    fn contrib_config_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/config.toml");
+        let args = DaemonArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let from_file = DaemonConfig::resolve(&args).unwrap();
+        let defaults = DaemonConfig::merge(&DaemonArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+}

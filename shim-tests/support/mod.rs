@@ -42,7 +42,7 @@ pub fn testbed() -> Option<Testbed> {
         return Some(Testbed { containerd, image });
     }
     let why = format!(
-        "test bed not reachable at {} (run `sudo contrib/testbed.sh up` as root)",
+        "test bed not reachable at {} (run `contrib/testbed.sh up` as root)",
         containerd.display()
     );
     if std::env::var("PODCKPT_REQUIRE_TESTBED").as_deref() == Ok("1") {

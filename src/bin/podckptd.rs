@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
     let args = DaemonArgs::parse();
     let config = DaemonConfig::resolve(&args)?;
     telemetry::init(config.log_format, &config.log_level);
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every test, on a fresh node: set up the test bed, run the unit and
+# integration tests against it, and stop it again so nothing is left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash contrib/testbed.sh up
+trap 'bash contrib/testbed.sh stop' EXIT
+# In this run a missing test bed is a failure, never a silent skip.
+PODCKPT_REQUIRE_TESTBED=1 cargo test --locked 2>&1
