@@ -8,7 +8,6 @@
 //! Memory: podckptd's resident set while idle. Prints a Markdown report.
 
 #[path = "../support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};
