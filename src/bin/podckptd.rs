@@ -14,6 +14,9 @@ fn main() -> anyhow::Result<()> {
     let args = DaemonArgs::parse();
     let config = DaemonConfig::resolve(&args)?;
     telemetry::init(config.log_format, &config.log_level);
+    // One thread: every relayed frame wakes the task on the other side, and
+    // on a multi-threaded runtime that wake-up crosses threads. The benchmark
+    // measured lower latency and higher throughput this way (docs/BENCHMARKS.md).
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

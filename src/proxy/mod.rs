@@ -5,6 +5,7 @@
 mod deadline;
 mod h2_settings;
 pub mod listener;
+mod relay;
 mod router;
 mod server;
 pub mod upstream;

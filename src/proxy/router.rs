@@ -1,20 +1,20 @@
 //! Routes each call: the pod checkpoint paths to our own service, every
 //! other path, known to us or not, to the runtime below, byte for byte.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use tonic::body::Body;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use super::deadline::grpc_timeout;
+use super::relay::{self, RecvBody};
 use super::upstream::Upstream;
 use crate::api::{self, pod::runtime_service_server::RuntimeServiceServer};
 use crate::pod::PodService;
@@ -40,49 +40,110 @@ impl Router {
         }
     }
 
-    async fn route(self, req: Request<Incoming>) -> Response<Body> {
+    /// Serves one stream to completion.
+    pub async fn dispatch(self, request: Request<RecvStream>, respond: SendResponse<Bytes>) {
         let started = Instant::now();
-        let path = req.uri().path().to_owned();
-        let response = if api::is_own_path(&path) {
-            match self.inner.own.clone().oneshot(req).await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            }
+        let path = request.uri().path().to_owned();
+        let result = if api::is_own_path(&path) {
+            self.serve_own(request, respond).await
         } else {
-            self.forward(req).await
-        };
-        debug!(method = %path, http_status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "call");
-        response
-    }
-
-    async fn forward(&self, req: Request<Incoming>) -> Response<Body> {
-        let deadline = grpc_timeout(req.headers());
-        let (mut parts, body) = req.into_parts();
-        parts.uri = upstream_uri(parts.uri);
-        let send = self.inner.upstream.send(Request::from_parts(parts, body));
-        // The runtime gets the same grpc-timeout and normally answers in time;
-        // our own timer only covers a runtime that hangs before its headers.
-        let result = match deadline {
-            Some(limit) => match tokio::time::timeout(limit, send).await {
-                Ok(result) => result,
-                Err(_) => {
-                    return tonic::Status::deadline_exceeded(format!(
-                        "deadline of {limit:?} exceeded waiting for runtime endpoint {}",
-                        self.inner.upstream.endpoint()
-                    ))
-                    .into_http();
-                }
-            },
-            None => send.await,
+            self.forward(request, respond).await
         };
         match result {
-            Ok(resp) => resp.map(Body::new),
-            Err(err) => {
-                warn!(error = %err, "runtime call failed");
-                tonic::Status::from(err).into_http()
-            }
+            Ok(()) => debug!(method = %path, elapsed_us = started.elapsed().as_micros() as u64, "call"),
+            Err(error) => debug!(method = %path, %error, "call ended abnormally"),
         }
     }
+
+    async fn serve_own(&self, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) -> Result<(), h2::Error> {
+        let response = match self.inner.own.clone().oneshot(request.map(RecvBody::new)).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let (parts, body) = response.into_parts();
+        let send = respond.send_response(Response::from_parts(parts, ()), false)?;
+        relay::pump_body(body, send).await
+    }
+
+    async fn forward(&self, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) -> Result<(), h2::Error> {
+        let deadline = grpc_timeout(request.headers());
+        let (mut parts, recv) = request.into_parts();
+        parts.uri = upstream_uri(parts.uri);
+        let request_done = recv.is_end_stream();
+        let (response, send) = match self
+            .inner
+            .upstream
+            .open(Request::from_parts(parts, ()), request_done)
+            .await
+        {
+            Ok(opened) => opened,
+            Err(err) => {
+                warn!(error = %err, "runtime call failed");
+                return send_status(&mut respond, tonic::Status::from(err));
+            }
+        };
+
+        // The request body streams up while we wait for the answer; CRI calls
+        // send theirs whole at once, so this finishes first in practice.
+        let upload = async {
+            if !request_done {
+                // An upload error has already reset both streams; the answer
+                // side then sees the reset.
+                let _ = relay::pump(recv, send).await;
+            }
+        };
+        let download = async {
+            // The runtime gets the same grpc-timeout and normally answers in
+            // time; our own timer only covers a runtime that hangs. A caller
+            // that gives up meanwhile cancels the runtime's stream by the drop.
+            let with_deadline = async {
+                match deadline {
+                    Some(limit) => tokio::time::timeout(limit, response).await.map_err(|_| limit),
+                    None => Ok(response.await),
+                }
+            };
+            let waited = tokio::select! {
+                waited = with_deadline => waited,
+                reset = poll_fn(|cx| respond.poll_reset(cx)) => {
+                    return Err(h2::Error::from(reset.unwrap_or(Reason::CANCEL)));
+                }
+            };
+            let answer = match waited {
+                Ok(Ok(answer)) => answer,
+                Err(limit) => {
+                    let message = format!(
+                        "deadline of {limit:?} exceeded waiting for runtime endpoint {}",
+                        self.inner.upstream.endpoint()
+                    );
+                    return send_status(&mut respond, tonic::Status::deadline_exceeded(message));
+                }
+                // The runtime reset the stream: pass the reset on as it was.
+                Ok(Err(err)) if err.is_reset() => {
+                    respond.send_reset(err.reason().unwrap_or(Reason::CANCEL));
+                    return Err(err);
+                }
+                Ok(Err(err)) => {
+                    let status = tonic::Status::unavailable(format!(
+                        "runtime endpoint {} failed the call: {err}",
+                        self.inner.upstream.endpoint()
+                    ));
+                    return send_status(&mut respond, status);
+                }
+            };
+            let (parts, recv) = answer.into_parts();
+            let done = recv.is_end_stream();
+            let send = respond.send_response(Response::from_parts(parts, ()), done)?;
+            if done { Ok(()) } else { relay::pump(recv, send).await }
+        };
+        let (_, answered) = tokio::join!(upload, download);
+        answered
+    }
+}
+
+/// A trailers-only gRPC answer carrying `status`.
+fn send_status(respond: &mut SendResponse<Bytes>, status: tonic::Status) -> Result<(), h2::Error> {
+    let (parts, _) = status.into_http::<()>().into_parts();
+    respond.send_response(Response::from_parts(parts, ()), true).map(drop)
 }
 
 /// HTTP/2 needs a scheme and authority on every request; keep the caller's
@@ -97,17 +158,6 @@ fn upstream_uri(uri: Uri) -> Uri {
         .authority
         .get_or_insert_with(|| Authority::from_static("localhost"));
     Uri::from_parts(parts).expect("scheme, authority and path form a valid URI")
-}
-
-impl hyper::service::Service<Request<Incoming>> for Router {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.route(req).await) })
-    }
 }
 
 #[cfg(test)]

@@ -3,20 +3,20 @@
 //! The daemon never waits for the runtime at start-up and never exits when it
 //! goes away; calls made meanwhile fail fast with UNAVAILABLE.
 
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::SendStream;
+use h2::client::{self, ResponseFuture, SendRequest};
+use http::Request;
 use tokio::net::UnixStream;
 use tracing::{debug, info};
 
 use super::h2_settings;
 use crate::endpoint::UnixEndpoint;
-
-type Sender = http2::SendRequest<Incoming>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -24,26 +24,27 @@ pub enum UpstreamError {
     Connect { endpoint: String, source: std::io::Error },
     #[error("runtime endpoint {endpoint} is unavailable: no answer within {timeout:?}")]
     ConnectTimeout { endpoint: String, timeout: Duration },
-    #[error("runtime endpoint {endpoint} is unavailable: HTTP/2 handshake failed: {source}")]
-    Handshake { endpoint: String, source: hyper::Error },
-    #[error("runtime endpoint {endpoint} failed the call: {source}")]
-    Call { endpoint: String, source: hyper::Error },
+    #[error("runtime endpoint {endpoint} is unavailable: {source}")]
+    Protocol { endpoint: String, source: h2::Error },
 }
 
 impl From<UpstreamError> for tonic::Status {
     fn from(err: UpstreamError) -> Self {
-        match &err {
-            // The caller went away; report that, not an outage.
-            UpstreamError::Call { source, .. } if source.is_canceled() => tonic::Status::cancelled(err.to_string()),
-            _ => tonic::Status::unavailable(err.to_string()),
-        }
+        tonic::Status::unavailable(err.to_string())
     }
+}
+
+/// A live connection: its sender, and a flag its driver task clears on exit.
+#[derive(Clone)]
+struct Connection {
+    sender: SendRequest<Bytes>,
+    open: Arc<AtomicBool>,
 }
 
 pub struct Upstream {
     endpoint: UnixEndpoint,
     connect_timeout: Duration,
-    current: Mutex<Option<Sender>>,
+    current: Mutex<Option<Connection>>,
     // Serialises dialing so that a burst of calls after an outage opens one
     // connection, not one each.
     dialing: tokio::sync::Mutex<()>,
@@ -63,56 +64,59 @@ impl Upstream {
         &self.endpoint
     }
 
-    /// Sends one call. A request that the connection refused before sending
-    /// any of it (the runtime restarted under a cached connection) is retried
-    /// once on a fresh connection; anything already sent is never replayed.
-    pub async fn send(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
-        let mut retried = false;
-        loop {
-            let mut sender = self.sender().await?;
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) if !retried => {
-                        debug!(endpoint = %self.endpoint, error = %err.error(), "connection closed before sending; redialing");
-                        self.forget();
-                        retried = true;
-                        req = unsent;
-                    }
-                    _ => {
-                        return Err(UpstreamError::Call {
-                            endpoint: self.endpoint.to_string(),
-                            source: err.into_error(),
-                        });
-                    }
-                },
+    /// Opens a stream for `request`. A connection found closed before the
+    /// request went out (the runtime restarted) is replaced once; a request
+    /// already sent is never replayed.
+    pub async fn open(
+        &self,
+        request: Request<()>,
+        end_of_stream: bool,
+    ) -> Result<(ResponseFuture, SendStream<Bytes>), UpstreamError> {
+        let mut redialed = false;
+        let sender = loop {
+            let conn = self.connection().await?;
+            match conn.sender.ready().await {
+                Ok(sender) => break sender,
+                Err(source) if !redialed => {
+                    debug!(endpoint = %self.endpoint, error = %source, "connection closed before sending; redialing");
+                    conn.open.store(false, Ordering::Release);
+                    redialed = true;
+                }
+                Err(source) => return Err(self.protocol_error(source)),
             }
+        };
+        let mut sender = sender;
+        sender
+            .send_request(request, end_of_stream)
+            .map_err(|source| self.protocol_error(source))
+    }
+
+    fn protocol_error(&self, source: h2::Error) -> UpstreamError {
+        UpstreamError::Protocol {
+            endpoint: self.endpoint.to_string(),
+            source,
         }
     }
 
-    fn cached(&self) -> Option<Sender> {
+    fn cached(&self) -> Option<Connection> {
         let guard = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+        guard.as_ref().filter(|c| c.open.load(Ordering::Acquire)).cloned()
     }
 
-    fn forget(&self) {
-        *self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-    }
-
-    async fn sender(&self) -> Result<Sender, UpstreamError> {
-        if let Some(sender) = self.cached() {
-            return Ok(sender);
+    async fn connection(&self) -> Result<Connection, UpstreamError> {
+        if let Some(conn) = self.cached() {
+            return Ok(conn);
         }
         let _dialing = self.dialing.lock().await;
-        if let Some(sender) = self.cached() {
-            return Ok(sender);
+        if let Some(conn) = self.cached() {
+            return Ok(conn);
         }
-        let sender = self.dial().await?;
-        *self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
-        Ok(sender)
+        let conn = self.dial().await?;
+        *self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(conn.clone());
+        Ok(conn)
     }
 
-    async fn dial(&self) -> Result<Sender, UpstreamError> {
+    async fn dial(&self) -> Result<Connection, UpstreamError> {
         let endpoint = self.endpoint.to_string();
         let stream = tokio::time::timeout(self.connect_timeout, UnixStream::connect(self.endpoint.path()))
             .await
@@ -124,29 +128,25 @@ impl Upstream {
                 endpoint: endpoint.clone(),
                 source,
             })?;
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(h2_settings::STREAM_WINDOW)
+        let (sender, connection) = client::Builder::new()
+            .initial_window_size(h2_settings::STREAM_WINDOW)
             .initial_connection_window_size(h2_settings::CONNECTION_WINDOW)
             .max_frame_size(h2_settings::MAX_FRAME)
             .max_header_list_size(h2_settings::MAX_HEADER_LIST)
-            .max_send_buf_size(h2_settings::MAX_SEND_BUF);
-        let (sender, connection) =
-            builder
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|source| UpstreamError::Handshake {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?;
+            .max_send_buffer_size(h2_settings::MAX_SEND_BUF)
+            .handshake::<_, Bytes>(stream)
+            .await
+            .map_err(|source| self.protocol_error(source))?;
+        let open = Arc::new(AtomicBool::new(true));
+        let flag = open.clone();
         tokio::spawn(async move {
             match connection.await {
                 Ok(()) => debug!(endpoint, "runtime connection closed"),
                 Err(error) => info!(endpoint, %error, "runtime connection ended"),
             }
+            flag.store(false, Ordering::Release);
         });
         info!(endpoint = %self.endpoint, "connected to runtime");
-        Ok(sender)
+        Ok(Connection { sender, open })
     }
 }
