@@ -7,7 +7,7 @@ use std::time::Duration;
 use podckpt::api::cri;
 use serial_test::serial;
 
-use crate::support::{Pod, Shim, exec, testbed};
+use crate::support::{Pod, Shim, container_status, exec, testbed};
 
 const RUNC_ROOT: &str = "/run/containerd/runc/k8s.io";
 
@@ -45,16 +45,7 @@ async fn pod_lifecycle_through_the_shim() {
     let (_, code) = exec(&mut client, &cid, &["sh", "-c", "exit 3"]).await;
     assert_eq!(code, 3, "a non-zero exit code must come back unchanged");
 
-    let cstatus = client
-        .container_status(cri::ContainerStatusRequest {
-            container_id: cid.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("container status");
+    let cstatus = container_status(&mut client, &cid).await;
     assert_eq!(cstatus.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(cstatus.metadata.expect("metadata").name, "worker");
     assert_eq!(cstatus.image.expect("image").image, tb.image);
@@ -179,9 +170,7 @@ async fn container_events_stream_through_the_shim() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let pod = Pod::run(&mut client, &shim.socket, "events").await;
-    let cid = pod
-        .start_container(&mut client, &tb.image, "evented", "exec sleep 3600")
-        .await;
+    let cid = pod.start_sleeper(&mut client, &tb.image, "evented").await;
 
     let mut seen = Vec::new();
     let found = tokio::time::timeout(Duration::from_secs(20), async {

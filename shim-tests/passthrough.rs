@@ -61,9 +61,7 @@ async fn callers_deadline_ends_a_slow_call() {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "deadline").await;
-    let cid = pod
-        .start_container(&mut client, &tb.image, "sleeper", "exec sleep 3600")
-        .await;
+    let cid = pod.start_sleeper(&mut client, &tb.image, "sleeper").await;
 
     let request = cri::ExecSyncRequest {
         container_id: cid.clone(),
@@ -102,9 +100,7 @@ async fn large_exec_output_arrives_whole() {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "bigexec").await;
-    let cid = pod
-        .start_container(&mut client, &tb.image, "big", "exec sleep 3600")
-        .await;
+    let cid = pod.start_sleeper(&mut client, &tb.image, "big").await;
 
     const SIZE: usize = 6 << 20;
     let script = format!("head -c {SIZE} /dev/zero | tr '\\0' 'x'; echo -n END");

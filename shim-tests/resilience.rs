@@ -7,7 +7,7 @@ use podckpt::api::cri;
 use serial_test::serial;
 use tonic::Code;
 
-use crate::support::{Pod, Shim, eventually, exec, testbed};
+use crate::support::{Pod, Shim, container_status, eventually, exec, testbed};
 
 #[tokio::test]
 #[serial]
@@ -45,9 +45,7 @@ async fn containerd_restart_under_a_running_shim() {
     assert!(back, "calls did not recover after containerd came back");
     assert_eq!(shim.pid(), pid);
     let pod = Pod::run(&mut client, &shim.socket, "after-restart").await;
-    let cid = pod
-        .start_container(&mut client, &tb.image, "c", "exec sleep 3600")
-        .await;
+    let cid = pod.start_sleeper(&mut client, &tb.image, "c").await;
     assert_eq!(exec(&mut client, &cid, &["echo", "ok"]).await, (b"ok\n".to_vec(), 0));
 }
 
@@ -66,12 +64,12 @@ async fn restarting_the_shim_leaves_pods_untouched() {
             "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
         )
         .await;
-    let before = status(&mut client, &cid).await;
+    let before = container_status(&mut client, &cid).await;
 
     shim.restart(&tb);
     let mut client = shim.client().await;
 
-    let after = status(&mut client, &cid).await;
+    let after = container_status(&mut client, &cid).await;
     assert_eq!(after.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(after.started_at, before.started_at, "the container was restarted");
     let read = |client: &mut crate::support::Runtime| {
@@ -89,19 +87,6 @@ async fn restarting_the_shim_leaves_pods_untouched() {
     assert!(advanced, "the counter stopped while the shim restarted");
 }
 
-async fn status(client: &mut crate::support::Runtime, cid: &str) -> cri::ContainerStatus {
-    client
-        .container_status(cri::ContainerStatusRequest {
-            container_id: cid.into(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("status")
-}
-
 #[tokio::test]
 #[serial]
 async fn sigterm_lets_in_flight_calls_finish_and_removes_the_socket() {
@@ -109,9 +94,7 @@ async fn sigterm_lets_in_flight_calls_finish_and_removes_the_socket() {
     let mut shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "graceful").await;
-    let cid = pod
-        .start_container(&mut client, &tb.image, "c", "exec sleep 3600")
-        .await;
+    let cid = pod.start_sleeper(&mut client, &tb.image, "c").await;
 
     let mut slow = client.clone();
     let call = tokio::spawn({

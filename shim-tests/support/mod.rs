@@ -298,6 +298,11 @@ impl Pod {
         id
     }
 
+    /// A container that only sleeps, for calls that need a running one.
+    pub async fn start_sleeper(&self, client: &mut Runtime, image: &str, name: &str) -> String {
+        self.start_container(client, image, name, "exec sleep 3600").await
+    }
+
     pub async fn create_container(&self, client: &mut Runtime, config: cri::ContainerConfig) -> String {
         client
             .create_container(cri::CreateContainerRequest {
@@ -337,6 +342,20 @@ impl Drop for Pod {
         .join()
         .ok();
     }
+}
+
+/// ContainerStatus of a container that must exist.
+pub async fn container_status(client: &mut Runtime, container_id: &str) -> cri::ContainerStatus {
+    client
+        .container_status(cri::ContainerStatusRequest {
+            container_id: container_id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("container status")
 }
 
 /// Runs a command in a container and returns (stdout, exit code).

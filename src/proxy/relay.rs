@@ -100,7 +100,7 @@ async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> 
 }
 
 /// The reset reason to pass on for an error from the other side.
-pub fn reason(err: &h2::Error) -> Reason {
+fn reason(err: &h2::Error) -> Reason {
     err.reason().unwrap_or(Reason::CANCEL)
 }
 
