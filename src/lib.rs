@@ -5,6 +5,8 @@
 //! checkpoint calls itself ([`pod`]).
 
 pub mod api;
+pub mod archive;
+pub mod backend;
 pub mod config;
 pub mod endpoint;
 pub mod pod;

@@ -1,0 +1,109 @@
+//! The pod checkpoint directory: its layout, its manifest, and how it is
+//! built so that it appears only when complete and private to root.
+//!
+//! ```text
+//! OUTPUT/
+//!   manifest.json           format version, CRIU version, SHA-256 of every file
+//!   pod.options             {"version":1,"containers":{NAME: "ID-NAME"},"annotations":{..}}
+//!   pod.dump                the PodSandboxConfig, as JSON
+//!   ID-NAME/                one checkpointctl-compatible folder per container
+//!     checkpoint/           CRIU images
+//!     config.dump spec.dump status.dump stats-dump dump.log
+//!     rootfs-diff.tar deleted.files
+//! ```
+
+pub mod manifest;
+pub mod rootfs_diff;
+mod staging;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use manifest::{FileEntry, Manifest};
+pub use staging::Staging;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const MANIFEST: &str = "manifest.json";
+pub const POD_OPTIONS: &str = "pod.options";
+pub const POD_DUMP: &str = "pod.dump";
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const CONFIG_DUMP: &str = "config.dump";
+pub const SPEC_DUMP: &str = "spec.dump";
+pub const STATUS_DUMP: &str = "status.dump";
+pub const STATS_DUMP: &str = "stats-dump";
+pub const DUMP_LOG: &str = "dump.log";
+pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
+pub const DELETED_FILES: &str = "deleted.files";
+
+/// Directories are private to root, and so is every file: a checkpoint
+/// holds process memory, secrets included.
+pub const DIR_MODE: u32 = 0o700;
+pub const FILE_MODE: u32 = 0o600;
+
+/// The folder of one container inside the pod checkpoint.
+pub fn container_dir_name(id: &str, name: &str) -> String {
+    format!("{id}-{name}")
+}
+
+/// `pod.options`, in the layout of the CRI-O and containerd prototypes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodOptions {
+    pub version: u32,
+    /// Container name to its folder.
+    pub containers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `config.dump`, in the fields checkpointctl reads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerConfigDump {
+    pub id: String,
+    pub name: String,
+    pub rootfs_image_name: String,
+    pub rootfs_image_ref: String,
+    #[serde(rename = "runtime")]
+    pub oci_runtime: String,
+    pub created_time: String,
+    #[serde(rename = "checkpointedTime")]
+    pub checkpointed_at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Json { path: std::path::PathBuf, source: serde_json::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ArchiveError {
+    pub fn io(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
+
+/// Writes `value` as JSON to `path`, mode 0600.
+pub fn write_json(path: &std::path::Path, value: &impl Serialize) -> Result<(), ArchiveError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| ArchiveError::Json { path: path.into(), source })?;
+    write_private(path, &bytes)
+}
+
+/// Writes `bytes` to a new file at `path`, mode 0600 from the start.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(ArchiveError::io(path))?;
+    file.write_all(bytes).map_err(ArchiveError::io(path))
+}

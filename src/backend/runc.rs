@@ -1,0 +1,109 @@
+//! CRIU through an OCI runtime's own checkpoint command (runc, or crun,
+//! which takes the same arguments).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+use tracing::debug;
+
+use super::{BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef};
+
+/// The state directory containerd's runc shim uses for CRI containers.
+pub const CONTAINERD_RUNC_ROOT: &str = "/run/containerd/runc/k8s.io";
+
+pub struct OciRuntimeCheckpointer {
+    name: String,
+    binary: PathBuf,
+    root: PathBuf,
+}
+
+impl OciRuntimeCheckpointer {
+    /// `binary` is `runc` or `crun` (or a path to one); `root` its `--root`.
+    pub fn new(binary: impl Into<PathBuf>, root: impl Into<PathBuf>) -> Self {
+        let binary = binary.into();
+        let flavour = binary.file_name().and_then(|n| n.to_str()).unwrap_or("runc").to_owned();
+        Self { name: format!("criu-{flavour}"), binary, root: root.into() }
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    async fn run(&self, action: &'static str, container: &ContainerRef, extra: &[&std::ffi::OsStr]) -> Result<(), BackendError> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root).arg(action).args(extra).arg(&container.id);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        debug!(binary = %self.binary.display(), action, container = %container.id, "running");
+        let output = cmd.output().await.map_err(|source| BackendError::Spawn { binary: self.binary.clone(), source })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(BackendError::Failed {
+            binary: self.binary.clone(),
+            action,
+            container: container.id.clone(),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Checkpointer for OciRuntimeCheckpointer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn engine_version(&self) -> Result<String, BackendError> {
+        let criu = PathBuf::from("criu");
+        let output = Command::new(&criu)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|source| BackendError::Spawn { binary: criu, source })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("Version:"))
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| BackendError::Unsupported(format!("cannot read the CRIU version from {text:?}")))
+    }
+
+    async fn pause(&self, container: &ContainerRef) -> Result<(), BackendError> {
+        self.run("pause", container, &[]).await
+    }
+
+    async fn resume(&self, container: &ContainerRef) -> Result<(), BackendError> {
+        self.run("resume", container, &[]).await
+    }
+
+    async fn capture(
+        &self,
+        container: &ContainerRef,
+        dirs: &CaptureDirs<'_>,
+        options: &CaptureOptions,
+    ) -> Result<(), BackendError> {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--image-path".as_ref(),
+            dirs.images.as_os_str(),
+            "--work-path".as_ref(),
+            dirs.work.as_os_str(),
+            // The pod must keep running; a paused container stays paused.
+            "--leave-running".as_ref(),
+        ];
+        if options.tcp_established {
+            args.push("--tcp-established".as_ref());
+        }
+        if options.file_locks {
+            args.push("--file-locks".as_ref());
+        }
+        if options.tcp_skip_in_flight {
+            args.push("--tcp-skip-in-flight".as_ref());
+        }
+        self.run("checkpoint", container, &args).await
+    }
+}
