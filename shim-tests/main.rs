@@ -5,6 +5,7 @@
 
 mod support;
 
+mod checkpoint;
 mod lifecycle;
 mod passthrough;
 mod resilience;

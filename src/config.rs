@@ -11,6 +11,7 @@ use crate::endpoint::{EndpointError, UnixEndpoint};
 pub const DEFAULT_LISTEN: &str = "/run/podckpt/podckpt.sock";
 pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/podckpt/config.toml";
+pub const DEFAULT_STATE_DIR: &str = "/run/podckpt";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -48,6 +49,60 @@ pub struct DaemonArgs {
     /// Seconds to wait when dialing the runtime before answering UNAVAILABLE [default: 2]
     #[arg(long)]
     pub connect_timeout_seconds: Option<u64>,
+    /// Where podckptd keeps the record of containers it has paused [default: /run/podckpt]
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// How containers of one runtime handler are checkpointed.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// The checkpoint backend; `criu` (through the OCI runtime) is the one there is.
+    #[serde(default = "HandlerConfig::default_backend")]
+    pub backend: String,
+    /// The OCI runtime binary that drives CRIU: `runc` or `crun`, or a path.
+    #[serde(default = "HandlerConfig::default_runtime")]
+    pub runtime: PathBuf,
+    /// The OCI runtime's state directory (its `--root`) for this handler.
+    #[serde(default = "HandlerConfig::default_root")]
+    pub root: PathBuf,
+}
+
+impl HandlerConfig {
+    fn default_backend() -> String {
+        "criu".into()
+    }
+    fn default_runtime() -> PathBuf {
+        "runc".into()
+    }
+    fn default_root() -> PathBuf {
+        crate::backend::runc::CONTAINERD_RUNC_ROOT.into()
+    }
+}
+
+impl Default for HandlerConfig {
+    fn default() -> Self {
+        Self {
+            backend: Self::default_backend(),
+            runtime: Self::default_runtime(),
+            root: Self::default_root(),
+        }
+    }
+}
+
+/// Who may call CheckpointPod and RestorePod, by peer credentials. Root
+/// always may; ordinary CRI calls are not affected.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessPolicy {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl AccessPolicy {
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        uid == 0 || self.uids.contains(&uid) || self.gids.contains(&gid)
+    }
 }
 
 /// The config file; its keys mirror the long flags with underscores.
@@ -60,6 +115,16 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub shutdown_grace_seconds: Option<u64>,
     pub connect_timeout_seconds: Option<u64>,
+    pub state_dir: Option<PathBuf>,
+    /// Extra uids allowed to call CheckpointPod and RestorePod.
+    #[serde(default)]
+    pub allowed_uids: Vec<u32>,
+    /// Extra gids allowed to call CheckpointPod and RestorePod.
+    #[serde(default)]
+    pub allowed_gids: Vec<u32>,
+    /// Backends by runtime handler; "" is the default handler.
+    #[serde(default)]
+    pub handlers: std::collections::BTreeMap<String, HandlerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +151,10 @@ pub struct DaemonConfig {
     pub log_level: String,
     pub shutdown_grace: Duration,
     pub connect_timeout: Duration,
+    pub state_dir: PathBuf,
+    pub access: AccessPolicy,
+    /// Always has an entry for the default handler "".
+    pub handlers: std::collections::BTreeMap<String, HandlerConfig>,
 }
 
 impl DaemonConfig {
@@ -117,7 +186,19 @@ impl DaemonConfig {
         let seconds = |flag: Option<u64>, file: Option<u64>, default: Duration| {
             flag.or(file).map(Duration::from_secs).unwrap_or(default)
         };
+        let mut handlers = file.handlers;
+        handlers.entry(String::new()).or_default();
         Ok(Self {
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            access: AccessPolicy {
+                uids: file.allowed_uids,
+                gids: file.allowed_gids,
+            },
+            handlers,
             listen,
             runtime_endpoint: UnixEndpoint::parse(&endpoint)?,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
@@ -204,6 +285,15 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(DaemonConfig::resolve(&args), Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn handlers_and_access() {
+        let f = file("allowed_uids = [1000]\n[handlers.crun]\nruntime = \"crun\"\nroot = \"/run/crun\"\n");
+        let c = DaemonConfig::merge(&DaemonArgs::default(), f).unwrap();
+        assert_eq!(c.handlers[""], HandlerConfig::default());
+        assert_eq!(c.handlers["crun"].runtime, Path::new("crun"));
+        assert!(c.access.allows(0, 0) && c.access.allows(1000, 1000) && !c.access.allows(1001, 1001));
     }
 }
 

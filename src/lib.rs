@@ -8,6 +8,8 @@ pub mod api;
 pub mod archive;
 pub mod backend;
 pub mod config;
+pub mod cri_client;
+pub mod deadline;
 pub mod endpoint;
 pub mod pod;
 pub mod proxy;

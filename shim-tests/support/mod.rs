@@ -12,18 +12,47 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use podckpt::api::cri;
 use podckpt::api::cri::image_service_client::ImageServiceClient;
 use podckpt::api::cri::runtime_service_client::RuntimeServiceClient;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 pub const DEFAULT_CONTAINERD: &str = "/run/podckpt-testbed/containerd.sock";
 pub const DEFAULT_IMAGE: &str = "podckpt.local/busybox:latest";
 
 pub type Runtime = RuntimeServiceClient<Channel>;
 pub type Images = ImageServiceClient<Channel>;
+pub type PodClient = podckpt::api::pod::runtime_service_client::RuntimeServiceClient<Channel>;
+
+pub const RUNC_ROOT: &str = "/run/containerd/runc/k8s.io";
+
+/// runc's own view of a container's state: "running", "paused", ...
+pub fn runc_status(id: &str) -> String {
+    let out = Command::new("runc")
+        .args(["--root", RUNC_ROOT, "state", id])
+        .output()
+        .expect("runc state");
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    state["status"].as_str().unwrap_or("gone").to_owned()
+}
+
+/// Calls CheckpointPod through the shim with a 60 s deadline.
+pub async fn checkpoint_pod(
+    shim: &Shim,
+    pod_id: &str,
+    output: &Path,
+    container_ids: &[&str],
+    options: &[(&str, &str)],
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(podckpt::api::pod::CheckpointPodRequest {
+        pod_sandbox_id: pod_id.into(),
+        output_path: output.display().to_string(),
+        container_ids: container_ids.iter().map(|s| s.to_string()).collect(),
+        options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    });
+    request.set_timeout(Duration::from_secs(60));
+    shim.pods().checkpoint_pod(request).await.map(drop)
+}
 
 /// The running test bed, or `None` when this machine has none. Tests that
 /// need containerd return early then, unless PODCKPT_REQUIRE_TESTBED=1 (as in
@@ -73,20 +102,10 @@ impl Testbed {
     }
 }
 
-/// Connects a gRPC channel to a Unix socket. Connections are made lazily so a
-/// client outlives restarts of whatever listens there.
-pub fn channel(socket: &Path) -> Channel {
-    let socket = socket.to_owned();
-    Endpoint::from_static("http://podckpt.invalid").connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-        let socket = socket.clone();
-        async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-    }))
-}
+pub use podckpt::cri_client::channel;
 
 pub async fn runtime_client(socket: &Path) -> Runtime {
-    RuntimeServiceClient::new(channel(socket))
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
+    podckpt::cri_client::runtime(socket)
 }
 
 pub async fn image_client(socket: &Path) -> Images {
@@ -125,6 +144,9 @@ impl Shim {
             .arg("/dev/null")
             .arg("--shutdown-grace-seconds")
             .arg("5")
+            // Each daemon keeps its own paused-container journal.
+            .arg("--state-dir")
+            .arg(self.state_dir())
             // Quiet unless RUST_LOG asks for more.
             .arg("--log-level")
             .arg("warn")
@@ -150,6 +172,16 @@ impl Shim {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The daemon's `--state-dir`, inside its temporary directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self._dir.path().join("state")
+    }
+
+    /// A client for podckpt's own pod calls.
+    pub fn pods(&self) -> PodClient {
+        PodClient::new(channel(&self.socket))
     }
 
     pub fn pid(&self) -> u32 {

@@ -47,9 +47,15 @@ impl Manifest {
         let found = hash_tree(root)?;
         for (path, entry) in &self.files {
             match found.get(path) {
-                None => return Err(ArchiveError::Invalid(format!("{path} is listed in the manifest but missing"))),
+                None => {
+                    return Err(ArchiveError::Invalid(format!(
+                        "{path} is listed in the manifest but missing"
+                    )));
+                }
                 Some(actual) if actual != entry => {
-                    return Err(ArchiveError::Invalid(format!("{path} does not match its SHA-256 in the manifest")));
+                    return Err(ArchiveError::Invalid(format!(
+                        "{path} does not match its SHA-256 in the manifest"
+                    )));
                 }
                 Some(_) => {}
             }
@@ -70,7 +76,9 @@ fn hash_tree(root: &Path) -> Result<BTreeMap<String, FileEntry>, ArchiveError> {
             continue;
         }
         let relative = entry.path().strip_prefix(root).expect("walkdir stays under its root");
-        let name = relative.to_str().ok_or_else(|| ArchiveError::Invalid(format!("{} is not UTF-8", relative.display())))?;
+        let name = relative
+            .to_str()
+            .ok_or_else(|| ArchiveError::Invalid(format!("{} is not UTF-8", relative.display())))?;
         if !kind.is_file() {
             return Err(ArchiveError::Invalid(format!("{name} is not a regular file")));
         }
@@ -95,7 +103,10 @@ fn hash_file(path: &Path) -> Result<FileEntry, ArchiveError> {
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok(FileEntry { sha256: format!("{:x}", hasher.finalize()), size })
+    Ok(FileEntry {
+        sha256: format!("{:x}", hasher.finalize()),
+        size,
+    })
 }
 
 #[cfg(test)]
@@ -110,17 +121,35 @@ mod tests {
         std::fs::write(dir.path().join("pod.dump"), b"{}").unwrap();
         let m = Manifest::build(dir.path(), "criu-runc", "4.1.1", "pod").unwrap();
         assert_eq!(m.files.len(), 2);
-        assert_eq!(m.files["c/a"].sha256, "7692c3ad3540bb803c020b3aee66cd8887123234ea0c6e7143c0add73ff431ed");
+        assert_eq!(
+            m.files["c/a"].sha256,
+            "7692c3ad3540bb803c020b3aee66cd8887123234ea0c6e7143c0add73ff431ed"
+        );
         m.verify(dir.path()).unwrap();
 
         std::fs::write(dir.path().join("c/a"), b"two").unwrap();
-        assert!(m.verify(dir.path()).unwrap_err().to_string().contains("c/a does not match"));
+        assert!(
+            m.verify(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("c/a does not match")
+        );
         std::fs::write(dir.path().join("c/a"), b"one").unwrap();
         std::fs::write(dir.path().join("c/extra"), b"").unwrap();
-        assert!(m.verify(dir.path()).unwrap_err().to_string().contains("c/extra is not listed"));
+        assert!(
+            m.verify(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("c/extra is not listed")
+        );
         std::fs::remove_file(dir.path().join("c/extra")).unwrap();
         std::fs::remove_file(dir.path().join("pod.dump")).unwrap();
-        assert!(m.verify(dir.path()).unwrap_err().to_string().contains("pod.dump is listed"));
+        assert!(
+            m.verify(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("pod.dump is listed")
+        );
     }
 
     #[test]

@@ -75,9 +75,15 @@ pub struct ContainerConfigDump {
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("{path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Json { path: std::path::PathBuf, source: serde_json::Error },
+    Json {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -91,7 +97,10 @@ impl ArchiveError {
 
 /// Writes `value` as JSON to `path`, mode 0600.
 pub fn write_json(path: &std::path::Path, value: &impl Serialize) -> Result<(), ArchiveError> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|source| ArchiveError::Json { path: path.into(), source })?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| ArchiveError::Json {
+        path: path.into(),
+        source,
+    })?;
     write_private(path, &bytes)
 }
 

@@ -11,22 +11,34 @@ use super::{ArchiveError, write_json};
 /// its owner, mode and times.
 pub fn write(upper: &Path, tar_path: &Path, deleted_path: &Path) -> Result<(), ArchiveError> {
     let file = super::write_private(tar_path, &[]).and_then(|()| {
-        std::fs::OpenOptions::new().write(true).open(tar_path).map_err(ArchiveError::io(tar_path))
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(tar_path)
+            .map_err(ArchiveError::io(tar_path))
     })?;
     let mut tar = tar::Builder::new(file);
     tar.follow_symlinks(false);
     let mut deleted = Vec::new();
-    for entry in walkdir::WalkDir::new(upper).follow_links(false).sort_by_file_name().min_depth(1) {
+    for entry in walkdir::WalkDir::new(upper)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+    {
         let entry = entry.map_err(|e| ArchiveError::Invalid(format!("walking {}: {e}", upper.display())))?;
         let relative = entry.path().strip_prefix(upper).expect("walkdir stays under its root");
-        let meta = entry.metadata().map_err(|e| ArchiveError::Invalid(format!("{}: {e}", entry.path().display())))?;
+        let meta = entry
+            .metadata()
+            .map_err(|e| ArchiveError::Invalid(format!("{}: {e}", entry.path().display())))?;
         if meta.file_type().is_char_device() && meta.rdev() == 0 {
             deleted.push(relative.to_string_lossy().into_owned());
             continue;
         }
-        tar.append_path_with_name(entry.path(), relative).map_err(ArchiveError::io(entry.path()))?;
+        tar.append_path_with_name(entry.path(), relative)
+            .map_err(ArchiveError::io(entry.path()))?;
     }
-    tar.into_inner().and_then(|f| f.sync_all()).map_err(ArchiveError::io(tar_path))?;
+    tar.into_inner()
+        .and_then(|f| f.sync_all())
+        .map_err(ArchiveError::io(tar_path))?;
     write_json(deleted_path, &deleted)
 }
 
@@ -41,7 +53,11 @@ pub fn upper_dir_of(pid: u32) -> Result<Option<std::path::PathBuf>, ArchiveError
         if mount_point != "/" || fields.next()? != "overlay" {
             return None;
         }
-        fields.nth(1)?.split(',').find_map(|o| o.strip_prefix("upperdir=")).map(std::path::PathBuf::from)
+        fields
+            .nth(1)?
+            .split(',')
+            .find_map(|o| o.strip_prefix("upperdir="))
+            .map(std::path::PathBuf::from)
     }))
 }
 
@@ -68,8 +84,11 @@ mod tests {
         let listed: Vec<String> = serde_json::from_slice(&std::fs::read(&deleted).unwrap()).unwrap();
         assert_eq!(listed, vec!["etc/gone".to_string()]);
         let mut archive = tar::Archive::new(std::fs::File::open(&tar_path).unwrap());
-        let names: Vec<String> =
-            archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
         assert_eq!(names, vec!["etc", "etc/new"]);
     }
 }

@@ -22,10 +22,20 @@ impl Staging {
             .parent()
             .ok_or_else(|| ArchiveError::Invalid(format!("{} has no parent directory", destination.display())))?;
         let name = destination.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         let dir = parent.join(format!(".{name}.podckpt-{}-{nanos}", std::process::id()));
-        std::fs::DirBuilder::new().mode(DIR_MODE).create(&dir).map_err(ArchiveError::io(&dir))?;
-        Ok(Self { dir, destination: destination.to_owned(), committed: false })
+        std::fs::DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&dir)
+            .map_err(ArchiveError::io(&dir))?;
+        Ok(Self {
+            dir,
+            destination: destination.to_owned(),
+            committed: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -44,10 +54,11 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.committed {
-            if let Err(error) = std::fs::remove_dir_all(&self.dir) {
-                warn!(path = %self.dir.display(), %error, "could not remove unfinished checkpoint");
-            }
+        if self.committed {
+            return;
+        }
+        if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+            warn!(path = %self.dir.display(), %error, "could not remove unfinished checkpoint");
         }
     }
 }
@@ -84,7 +95,11 @@ mod tests {
         let staging = Staging::create(&dest).unwrap();
         std::fs::write(staging.path().join("f"), b"x").unwrap();
         drop(staging);
-        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1, "only the destination remains");
+        assert_eq!(
+            std::fs::read_dir(parent.path()).unwrap().count(),
+            1,
+            "only the destination remains"
+        );
         assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
 
         let staging = Staging::create(&dest).unwrap();

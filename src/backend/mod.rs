@@ -37,7 +37,13 @@ pub enum BackendError {
     #[error("cannot run {binary}: {source}")]
     Spawn { binary: PathBuf, source: std::io::Error },
     #[error("{binary} {action} {container} failed ({status}): {stderr}")]
-    Failed { binary: PathBuf, action: &'static str, container: String, status: std::process::ExitStatus, stderr: String },
+    Failed {
+        binary: PathBuf,
+        action: &'static str,
+        container: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
     #[error("{0}")]
     Unsupported(String),
 }

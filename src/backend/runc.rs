@@ -23,7 +23,11 @@ impl OciRuntimeCheckpointer {
     pub fn new(binary: impl Into<PathBuf>, root: impl Into<PathBuf>) -> Self {
         let binary = binary.into();
         let flavour = binary.file_name().and_then(|n| n.to_str()).unwrap_or("runc").to_owned();
-        Self { name: format!("criu-{flavour}"), binary, root: root.into() }
+        Self {
+            name: format!("criu-{flavour}"),
+            binary,
+            root: root.into(),
+        }
     }
 
     pub fn binary(&self) -> &Path {
@@ -34,12 +38,24 @@ impl OciRuntimeCheckpointer {
         &self.root
     }
 
-    async fn run(&self, action: &'static str, container: &ContainerRef, extra: &[&std::ffi::OsStr]) -> Result<(), BackendError> {
+    async fn run(
+        &self,
+        action: &'static str,
+        container: &ContainerRef,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<(), BackendError> {
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--root").arg(&self.root).arg(action).args(extra).arg(&container.id);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg(action)
+            .args(extra)
+            .arg(&container.id);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         debug!(binary = %self.binary.display(), action, container = %container.id, "running");
-        let output = cmd.output().await.map_err(|source| BackendError::Spawn { binary: self.binary.clone(), source })?;
+        let output = cmd.output().await.map_err(|source| BackendError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        })?;
         if output.status.success() {
             return Ok(());
         }

@@ -27,7 +27,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let listener = proxy::listener::bind(&config.listen)?;
     let upstream = Upstream::new(config.runtime_endpoint.clone(), config.connect_timeout);
-    let router = Router::new(upstream, PodService::new());
+    let pods = PodService::new(&config, podckpt::cri_client::runtime(config.runtime_endpoint.path()))?;
+    pods.recover().await;
+    let router = Router::new(upstream, pods);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %config.listen.display(),

@@ -1,22 +1,141 @@
 //! Pod operations: the `CheckpointPod` and `RestorePod` calls that podckpt
-//! answers itself.
+//! answers itself. The tonic service here is a thin wrapper: it checks who
+//! is calling and turns domain errors into statuses.
 
+mod checkpoint;
+pub mod error;
+pub mod journal;
+pub mod options;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use tracing::{info, warn};
 
+use crate::api::cri::runtime_service_client::RuntimeServiceClient;
 use crate::api::pod::{
     CheckpointPodRequest, CheckpointPodResponse, RestorePodRequest, RestorePodResponse,
     runtime_service_server::RuntimeService,
 };
+use crate::backend::Checkpointer;
+use crate::backend::runc::OciRuntimeCheckpointer;
+use crate::config::{AccessPolicy, DaemonConfig, HandlerConfig};
+use error::PodError;
+use journal::Journal;
 
-/// Our side of `runtime.v1.RuntimeService`. Checkpoint and restore land with
-/// the CRIU backend; until then the calls say so plainly instead of reaching
-/// a runtime that does not know them.
-#[derive(Clone, Debug, Default)]
-pub struct PodService;
+/// The caller's credentials from its Unix socket, attached to each request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCredentials {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A runtime handler's backend and the settings it was built from.
+struct Backend {
+    config: HandlerConfig,
+    checkpointer: Arc<dyn Checkpointer>,
+}
+
+#[derive(Clone)]
+pub struct PodService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: RuntimeServiceClient<Channel>,
+    backends: BTreeMap<String, Arc<Backend>>,
+    journal: Journal,
+    access: AccessPolicy,
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Releases a pod's claim when the operation ends, however it ends.
+struct Claim<'a> {
+    busy: &'a Mutex<HashSet<String>>,
+    pod: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.pod);
+    }
+}
 
 impl PodService {
-    pub fn new() -> Self {
-        Self
+    pub fn new(config: &DaemonConfig, runtime: RuntimeServiceClient<Channel>) -> Result<Self, PodError> {
+        let mut backends = BTreeMap::new();
+        for (handler, settings) in &config.handlers {
+            if settings.backend != "criu" {
+                return Err(PodError::InvalidArgument(format!(
+                    "runtime handler {handler:?}: unknown backend {:?} (supported: criu)",
+                    settings.backend
+                )));
+            }
+            let checkpointer = Arc::new(OciRuntimeCheckpointer::new(&settings.runtime, &settings.root));
+            backends.insert(
+                handler.clone(),
+                Arc::new(Backend {
+                    config: settings.clone(),
+                    checkpointer,
+                }),
+            );
+        }
+        let journal = Journal::open(&config.state_dir)?;
+        let inner = Inner {
+            runtime,
+            backends,
+            journal,
+            access: config.access.clone(),
+            busy: Mutex::new(HashSet::new()),
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Resumes containers that a previous daemon paused and did not resume.
+    pub async fn recover(&self) {
+        match self.inner.journal.recover().await {
+            Ok(0) => {}
+            Ok(n) => info!(resumed = n, "resumed containers left paused by a previous podckptd"),
+            Err(error) => warn!(%error, "could not read the paused-container journal"),
+        }
+    }
+
+    fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        self.inner.runtime.clone()
+    }
+
+    fn backend_for(&self, handler: &str) -> Result<Arc<Backend>, PodError> {
+        self.inner.backends.get(handler).cloned().ok_or_else(|| {
+            PodError::FailedPrecondition(format!(
+                "no checkpoint backend is configured for runtime handler {handler:?}; add [handlers.{handler:?}] to the config"
+            ))
+        })
+    }
+
+    fn claim(&self, pod: &str) -> Result<Claim<'_>, PodError> {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(pod.to_owned()) {
+            return Err(PodError::Busy(pod.to_owned()));
+        }
+        Ok(Claim {
+            busy: &self.inner.busy,
+            pod: pod.to_owned(),
+        })
+    }
+
+    fn authorize<T>(&self, request: &Request<T>, call: &str) -> Result<(), PodError> {
+        match request.extensions().get::<PeerCredentials>() {
+            Some(peer) if self.inner.access.allows(peer.uid, peer.gid) => Ok(()),
+            Some(peer) => Err(PodError::PermissionDenied(format!(
+                "{call} is restricted to root and the configured uids and gids; caller uid {} gid {} is not allowed",
+                peer.uid, peer.gid
+            ))),
+            None => Err(PodError::PermissionDenied(format!(
+                "{call}: the caller's credentials are unknown"
+            ))),
+        }
     }
 }
 
@@ -24,16 +143,18 @@ impl PodService {
 impl RuntimeService for PodService {
     async fn checkpoint_pod(
         &self,
-        _request: Request<CheckpointPodRequest>,
+        request: Request<CheckpointPodRequest>,
     ) -> Result<Response<CheckpointPodResponse>, Status> {
-        Err(Status::unimplemented(
-            "CheckpointPod: this podckptd build has no checkpoint backend yet",
-        ))
+        self.authorize(&request, "CheckpointPod")?;
+        let deadline = crate::deadline::grpc_timeout(&request.metadata().clone().into_headers());
+        self.checkpoint(deadline, request.into_inner()).await?;
+        Ok(Response::new(CheckpointPodResponse {}))
     }
 
-    async fn restore_pod(&self, _request: Request<RestorePodRequest>) -> Result<Response<RestorePodResponse>, Status> {
+    async fn restore_pod(&self, request: Request<RestorePodRequest>) -> Result<Response<RestorePodResponse>, Status> {
+        self.authorize(&request, "RestorePod")?;
         Err(Status::unimplemented(
-            "RestorePod: this podckptd build has no checkpoint backend yet",
+            "RestorePod: restore lands in the next step of podckpt; checkpoints made now will restore with it",
         ))
     }
 }

@@ -2,7 +2,6 @@
 //! with no decoding in between. Messages, metadata, trailers, streams and
 //! status codes reach the other side exactly as they were sent.
 
-mod deadline;
 mod h2_settings;
 pub mod listener;
 mod relay;

@@ -13,11 +13,11 @@ use http::{Request, Response, Uri};
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use super::deadline::grpc_timeout;
 use super::relay::{self, RecvBody};
 use super::upstream::Upstream;
 use crate::api::{self, pod::runtime_service_server::RuntimeServiceServer};
-use crate::pod::PodService;
+use crate::deadline::grpc_timeout;
+use crate::pod::{PeerCredentials, PodService};
 
 #[derive(Clone)]
 pub struct Router {
@@ -41,11 +41,16 @@ impl Router {
     }
 
     /// Serves one stream to completion.
-    pub async fn dispatch(self, request: Request<RecvStream>, respond: SendResponse<Bytes>) {
+    pub async fn dispatch(
+        self,
+        request: Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+        peer: Option<PeerCredentials>,
+    ) {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
         let result = if api::is_own_path(&path) {
-            self.serve_own(request, respond).await
+            self.serve_own(request, respond, peer).await
         } else {
             self.forward(request, respond).await
         };
@@ -55,8 +60,17 @@ impl Router {
         }
     }
 
-    async fn serve_own(&self, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) -> Result<(), h2::Error> {
-        let response = match self.inner.own.clone().oneshot(request.map(RecvBody::new)).await {
+    async fn serve_own(
+        &self,
+        request: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        peer: Option<PeerCredentials>,
+    ) -> Result<(), h2::Error> {
+        let mut request = request.map(RecvBody::new);
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
+        }
+        let response = match self.inner.own.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };

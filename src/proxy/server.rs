@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::h2_settings;
 use super::router::Router;
+use crate::pod::PeerCredentials;
 
 /// Serves until `shutdown` completes. Then it stops accepting, removes the
 /// socket file so that clients see the daemon gone at once, tells every
@@ -64,6 +65,11 @@ pub async fn serve(
 }
 
 async fn serve_connection(stream: UnixStream, router: Router, mut stop: watch::Receiver<bool>) {
+    // Who is calling decides whether the pod calls are allowed.
+    let peer = stream.peer_cred().ok().map(|c| PeerCredentials {
+        uid: c.uid(),
+        gid: c.gid(),
+    });
     let handshake = h2::server::Builder::new()
         .initial_window_size(h2_settings::STREAM_WINDOW)
         .initial_connection_window_size(h2_settings::CONNECTION_WINDOW)
@@ -89,7 +95,7 @@ async fn serve_connection(stream: UnixStream, router: Router, mut stop: watch::R
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
-                    streams.spawn(router.clone().dispatch(request, respond));
+                    streams.spawn(router.clone().dispatch(request, respond, peer));
                 }
                 Some(Err(error)) => {
                     debug!(%error, "client connection failed");

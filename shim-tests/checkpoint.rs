@@ -1,0 +1,340 @@
+//! CheckpointPod through the shim, with real runc and CRIU.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use podckpt::archive::{self, Manifest, PodOptions};
+use serial_test::serial;
+use tonic::Code;
+
+use crate::support::{self, Pod, Shim, checkpoint_pod, eventually, exec, raw, runc_status, testbed};
+
+const COUNTER: &str =
+    "echo hi > /tmp/written; rm /bin/yes; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
+
+async fn count(client: &mut support::Runtime, cid: &str) -> u64 {
+    let (out, _) = exec(client, cid, &["cat", "/tmp/count"]).await;
+    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
+}
+
+/// Nothing but `keep` in `parent`: no staging directory left behind.
+fn only_entry(parent: &Path, keep: &str) {
+    let names: Vec<String> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec![keep.to_string()], "leftovers beside the checkpoint");
+}
+
+#[tokio::test]
+#[serial]
+async fn a_counter_pod_is_checkpointed_and_keeps_running() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let pod = Pod::run(&mut client, &shim.socket, "ckpt").await;
+    let cid = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let mut c = client.clone();
+            let cid = cid.clone();
+            async move { count(&mut c, &cid).await >= 2 }
+        })
+        .await
+    );
+
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+    checkpoint_pod(&shim, &pod.id, &out, &[], &[])
+        .await
+        .expect("CheckpointPod");
+
+    // The pod goes on: running, not paused, and counting.
+    assert_eq!(runc_status(&cid), "running");
+    let after = count(&mut client, &cid).await;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let mut c = client.clone();
+            let cid = cid.clone();
+            async move { count(&mut c, &cid).await > after }
+        })
+        .await
+    );
+
+    // The layout.
+    let options: PodOptions = serde_json::from_slice(&std::fs::read(out.join(archive::POD_OPTIONS)).unwrap()).unwrap();
+    let folder_name = format!("{cid}-counter");
+    assert_eq!(options.version, 1);
+    assert_eq!(options.containers.get("counter"), Some(&folder_name));
+    let pod_dump: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join(archive::POD_DUMP)).unwrap()).unwrap();
+    assert_eq!(
+        pod_dump["metadata"]["name"],
+        pod.config.metadata.as_ref().unwrap().name.as_str()
+    );
+    let folder = out.join(&folder_name);
+    for name in [
+        archive::CONFIG_DUMP,
+        archive::SPEC_DUMP,
+        archive::STATUS_DUMP,
+        archive::STATS_DUMP,
+        archive::DUMP_LOG,
+        archive::ROOTFS_DIFF,
+        archive::DELETED_FILES,
+    ] {
+        assert!(folder.join(name).is_file(), "{name} missing");
+    }
+    assert!(folder.join("checkpoint/inventory.img").is_file(), "no CRIU images");
+    let log = std::fs::read_to_string(folder.join(archive::DUMP_LOG)).unwrap();
+    assert!(log.contains("Dumping finished successfully"), "dump.log: {log}");
+
+    // The writable layer: the written file is in the diff, the removed one listed.
+    let deleted: Vec<String> =
+        serde_json::from_slice(&std::fs::read(folder.join(archive::DELETED_FILES)).unwrap()).unwrap();
+    assert_eq!(deleted, vec!["bin/yes".to_string()]);
+    let mut diff = tar::Archive::new(std::fs::File::open(folder.join(archive::ROOTFS_DIFF)).unwrap());
+    let mut written = None;
+    for entry in diff.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap() == Path::new("tmp/written") {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut s).unwrap();
+            written = Some(s);
+        }
+    }
+    assert_eq!(written.as_deref(), Some("hi\n"));
+
+    // Private to root, and every checksum holds.
+    for entry in walkdir::WalkDir::new(&out) {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        let want = if entry.file_type().is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} has mode {mode:o}", entry.path().display());
+    }
+    let manifest: Manifest = serde_json::from_slice(&std::fs::read(out.join(archive::MANIFEST)).unwrap()).unwrap();
+    assert_eq!(manifest.criu_version, "4.1.1");
+    assert_eq!(manifest.pod_sandbox_id, pod.id);
+    assert!(
+        manifest
+            .files
+            .contains_key(&format!("{folder_name}/checkpoint/inventory.img"))
+    );
+    manifest.verify(&out).expect("checksums");
+    only_entry(parent.path(), "ckpt");
+
+    // checkpointctl accepts the container folder.
+    let tar_path = parent.path().join("counter.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+    builder.append_dir_all(".", &folder).unwrap();
+    builder.into_inner().unwrap();
+    for verb in ["show", "inspect"] {
+        let shown = Command::new("checkpointctl")
+            .arg(verb)
+            .arg(&tar_path)
+            .output()
+            .expect("checkpointctl");
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            shown.status.success(),
+            "checkpointctl {verb}: {}",
+            String::from_utf8_lossy(&shown.stderr)
+        );
+        assert!(
+            text.contains("counter") && text.contains(&cid[..12]),
+            "checkpointctl {verb} output: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+#[serial]
+async fn bad_requests_get_their_status_and_change_nothing() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let pod = Pod::run(&mut client, &shim.socket, "bad").await;
+    let cid = pod.start_sleeper(&mut client, &tb.image, "sleeper").await;
+    let exited = pod.start_container(&mut client, &tb.image, "done", "exit 0").await;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let mut c = client.clone();
+            let id = exited.clone();
+            async move {
+                support::container_status(&mut c, &id).await.state
+                    == podckpt::api::cri::ContainerState::ContainerExited as i32
+            }
+        })
+        .await
+    );
+    let other = Pod::run(&mut client, &shim.socket, "other").await;
+    let foreign = other.start_sleeper(&mut client, &tb.image, "foreign").await;
+
+    let parent = tempfile::tempdir().unwrap();
+    let empty = parent.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let full = parent.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("keep"), b"precious").unwrap();
+
+    let cases: Vec<(&str, Result<(), tonic::Status>, Code)> = vec![
+        (
+            "unknown pod",
+            checkpoint_pod(&shim, "no-such-pod", &empty, &[], &[]).await,
+            Code::NotFound,
+        ),
+        (
+            "relative path",
+            checkpoint_pod(&shim, &pod.id, Path::new("relative/dir"), &[], &[]).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "missing path",
+            checkpoint_pod(&shim, &pod.id, &parent.path().join("absent"), &[], &[]).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "non-empty dir",
+            checkpoint_pod(&shim, &pod.id, &full, &[], &[]).await,
+            Code::FailedPrecondition,
+        ),
+        (
+            "foreign container",
+            checkpoint_pod(&shim, &pod.id, &empty, &[&foreign], &[]).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "exited container",
+            checkpoint_pod(&shim, &pod.id, &empty, &[&exited], &[]).await,
+            Code::FailedPrecondition,
+        ),
+        (
+            "unknown option",
+            checkpoint_pod(&shim, &pod.id, &empty, &[], &[("leave-running", "true")]).await,
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, result, code) in cases {
+        let err = result.expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(!err.message().is_empty(), "{what}: no message");
+    }
+
+    // No deadline: a bare HTTP/2 call without grpc-timeout.
+    let request = podckpt::api::pod::CheckpointPodRequest {
+        pod_sandbox_id: pod.id.clone(),
+        output_path: empty.display().to_string(),
+        ..Default::default()
+    };
+    let reply = raw::h2_unary(
+        &shim.socket,
+        podckpt::api::CHECKPOINT_POD_PATH,
+        &prost::Message::encode_to_vec(&request),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        reply.grpc_status.as_deref(),
+        Some("3"),
+        "no deadline: {:?}",
+        reply.grpc_message
+    );
+
+    // Nothing changed: the pod runs unpaused, the directories are as they were.
+    assert_eq!(runc_status(&cid), "running");
+    assert_eq!(runc_status(&foreign), "running");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    assert_eq!(std::fs::read(full.join("keep")).unwrap(), b"precious");
+    let mut names: Vec<String> = std::fs::read_dir(parent.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["empty", "full"]);
+}
+
+#[tokio::test]
+#[serial]
+async fn concurrent_checkpoints_of_one_pod_do_not_corrupt_each_other() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let pod = Pod::run(&mut client, &shim.socket, "twice").await;
+    let cid = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
+
+    let parent = tempfile::tempdir().unwrap();
+    let dirs = [parent.path().join("a"), parent.path().join("b")];
+    for d in &dirs {
+        std::fs::create_dir(d).unwrap();
+    }
+    let (a, b) = tokio::join!(
+        checkpoint_pod(&shim, &pod.id, &dirs[0], &[], &[]),
+        checkpoint_pod(&shim, &pod.id, &dirs[1], &[], &[])
+    );
+    let mut succeeded = 0;
+    for (dir, result) in dirs.iter().zip([a, b]) {
+        match result {
+            Ok(()) => {
+                succeeded += 1;
+                let manifest: Manifest =
+                    serde_json::from_slice(&std::fs::read(dir.join(archive::MANIFEST)).unwrap()).unwrap();
+                manifest.verify(dir).expect("a complete, intact checkpoint");
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Aborted, "{status:?}");
+                assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0, "a refused call left output");
+            }
+        }
+    }
+    assert!(succeeded >= 1, "neither checkpoint succeeded");
+    assert_eq!(runc_status(&cid), "running");
+    let mut names: Vec<String> = std::fs::read_dir(parent.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["a", "b"]);
+}
+
+/// A daemon killed between pause and resume leaves a journal; the next one
+/// resumes what it lists before serving.
+#[tokio::test]
+#[serial]
+async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
+    let Some(tb) = testbed() else { return };
+    let mut shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let pod = Pod::run(&mut client, &shim.socket, "journal").await;
+    let cid = pod.start_sleeper(&mut client, &tb.image, "frozen").await;
+
+    shim.kill();
+    let status = Command::new("runc")
+        .args(["--root", support::RUNC_ROOT, "pause", &cid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(runc_status(&cid), "paused");
+    let journal = podckpt::pod::journal::Journal::open(&shim.state_dir()).unwrap();
+    journal
+        .record(podckpt::pod::journal::PausedSet {
+            runtime: "runc".into(),
+            root: support::RUNC_ROOT.into(),
+            containers: vec![podckpt::backend::ContainerRef { id: cid.clone() }],
+        })
+        .unwrap();
+
+    shim.respawn(&tb);
+    // Recovery runs right after the socket is bound, before serving.
+    let resumed = eventually(Duration::from_secs(10), || {
+        let cid = cid.clone();
+        async move { runc_status(&cid) == "running" }
+    })
+    .await;
+    assert!(resumed, "the new daemon did not resume the paused container");
+    assert!(
+        !shim.state_dir().join("paused.json").exists(),
+        "the journal was not cleared"
+    );
+}

@@ -1,0 +1,57 @@
+//! Why a pod operation failed, and the gRPC status each reason becomes.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::archive::ArchiveError;
+use crate::backend::BackendError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("pod {0} is being checkpointed by another call; try again when it has finished")]
+    Busy(String),
+    /// An error the runtime below returned, passed on with its own code.
+    #[error("{context}: {}", status.message())]
+    Runtime { context: String, status: Status },
+    #[error("checkpoint backend: {0}")]
+    Backend(#[from] BackendError),
+    #[error("checkpoint archive: {0}")]
+    Archive(#[from] ArchiveError),
+    #[error(
+        "the deadline of {0:?} ran out during the checkpoint; every container was resumed and the partial output removed"
+    )]
+    DeadlineExceeded(Duration),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl PodError {
+    pub fn runtime(context: impl Into<String>) -> impl FnOnce(Status) -> Self {
+        move |status| Self::Runtime {
+            context: context.into(),
+            status,
+        }
+    }
+}
+
+impl From<PodError> for Status {
+    fn from(err: PodError) -> Self {
+        let code = match &err {
+            PodError::InvalidArgument(_) => Code::InvalidArgument,
+            PodError::FailedPrecondition(_) => Code::FailedPrecondition,
+            PodError::PermissionDenied(_) => Code::PermissionDenied,
+            PodError::Busy(_) => Code::Aborted,
+            PodError::Runtime { status, .. } => status.code(),
+            PodError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            PodError::Backend(_) | PodError::Archive(_) | PodError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, err.to_string())
+    }
+}

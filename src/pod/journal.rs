@@ -1,0 +1,141 @@
+//! The record of containers podckptd has paused. It is written before the
+//! first pause and cleared after the last resume, so a daemon killed in
+//! between finds them on its next start and resumes them: no pod is ever
+//! left frozen by us.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::archive::{self, ArchiveError};
+use crate::backend::runc::OciRuntimeCheckpointer;
+use crate::backend::{Checkpointer, ContainerRef};
+
+const FILE: &str = "paused.json";
+
+/// Enough to resume a container without asking the runtime anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PausedSet {
+    pub runtime: PathBuf,
+    pub root: PathBuf,
+    pub containers: Vec<ContainerRef>,
+}
+
+pub struct Journal {
+    path: PathBuf,
+    next: AtomicU64,
+    // Serialises read-modify-write of the file between concurrent checkpoints.
+    lock: Mutex<()>,
+}
+
+impl Journal {
+    pub fn open(state_dir: &Path) -> Result<Self, ArchiveError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(state_dir)
+            .map_err(ArchiveError::io(state_dir))?;
+        Ok(Self {
+            path: state_dir.join(FILE),
+            next: AtomicU64::new(0),
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// Records a set about to be paused; returns its key for `clear`.
+    pub fn record(&self, set: PausedSet) -> Result<String, ArchiveError> {
+        let key = format!("{}-{}", std::process::id(), self.next.fetch_add(1, Ordering::Relaxed));
+        self.update(|entries| {
+            entries.insert(key.clone(), set);
+        })?;
+        Ok(key)
+    }
+
+    pub fn clear(&self, key: &str) -> Result<(), ArchiveError> {
+        self.update(|entries| {
+            entries.remove(key);
+        })
+    }
+
+    /// Resumes everything a previous daemon left recorded, then forgets it.
+    /// A container that is gone or already running is not an error.
+    pub async fn recover(&self) -> Result<usize, ArchiveError> {
+        let entries = {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.read()?
+        };
+        let mut resumed = 0;
+        for set in entries.values() {
+            let backend = OciRuntimeCheckpointer::new(&set.runtime, &set.root);
+            for container in &set.containers {
+                match backend.resume(container).await {
+                    Ok(()) => {
+                        info!(container = %container.id, "resumed a container paused by a previous podckptd");
+                        resumed += 1;
+                    }
+                    Err(error) => {
+                        warn!(container = %container.id, %error, "could not resume (already running or gone?)")
+                    }
+                }
+            }
+        }
+        self.update(|entries| entries.clear())?;
+        Ok(resumed)
+    }
+
+    fn read(&self) -> Result<BTreeMap<String, PausedSet>, ArchiveError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ArchiveError::Json {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(ArchiveError::io(&self.path)(e)),
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut BTreeMap<String, PausedSet>)) -> Result<(), ArchiveError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.read()?;
+        change(&mut entries);
+        if entries.is_empty() {
+            return match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ArchiveError::io(&self.path)(e)),
+                _ => Ok(()),
+            };
+        }
+        // Replace atomically, so a crash mid-write never loses the record.
+        let tmp = self.path.with_extension("json.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        archive::write_json(&tmp, &entries)?;
+        std::fs::rename(&tmp, &self.path).map_err(ArchiveError::io(&self.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_and_clear_leave_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let set = PausedSet {
+            runtime: "runc".into(),
+            root: "/run/r".into(),
+            containers: vec![ContainerRef { id: "a".into() }],
+        };
+        let k1 = journal.record(set.clone()).unwrap();
+        let k2 = journal.record(set).unwrap();
+        assert_eq!(journal.read().unwrap().len(), 2);
+        journal.clear(&k1).unwrap();
+        assert_eq!(journal.read().unwrap().keys().collect::<Vec<_>>(), vec![&k2]);
+        journal.clear(&k2).unwrap();
+        assert!(!dir.path().join(FILE).exists());
+    }
+}

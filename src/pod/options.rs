@@ -1,0 +1,65 @@
+//! The `options` map of CheckpointPod: the documented keys and nothing else.
+
+use std::collections::HashMap;
+
+use super::error::PodError;
+use crate::backend::CaptureOptions;
+
+/// Dump established TCP connections (CRIU `--tcp-established`).
+pub const TCP_ESTABLISHED: &str = "podckpt.io/tcp-established";
+/// Dump file locks (CRIU `--file-locks`).
+pub const FILE_LOCKS: &str = "podckpt.io/file-locks";
+/// Skip connections still being set up (CRIU `--tcp-skip-in-flight`).
+pub const TCP_SKIP_IN_FLIGHT: &str = "podckpt.io/tcp-skip-in-flight";
+
+const KNOWN: [&str; 3] = [TCP_ESTABLISHED, FILE_LOCKS, TCP_SKIP_IN_FLIGHT];
+
+/// Every key must be known and every value `true` or `false`.
+pub fn parse(options: &HashMap<String, String>) -> Result<CaptureOptions, PodError> {
+    let mut parsed = CaptureOptions::default();
+    for (key, value) in options {
+        let flag = match key.as_str() {
+            TCP_ESTABLISHED => &mut parsed.tcp_established,
+            FILE_LOCKS => &mut parsed.file_locks,
+            TCP_SKIP_IN_FLIGHT => &mut parsed.tcp_skip_in_flight,
+            _ => {
+                return Err(PodError::InvalidArgument(format!(
+                    "unknown option {key:?}; the supported options are {}",
+                    KNOWN.join(", ")
+                )));
+            }
+        };
+        *flag = match value.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(PodError::InvalidArgument(format!(
+                    "option {key} must be \"true\" or \"false\", not {value:?}"
+                )));
+            }
+        };
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn known_keys_set_their_flags() {
+        let o = parse(&map(&[(TCP_ESTABLISHED, "true"), (FILE_LOCKS, "false")])).unwrap();
+        assert!(o.tcp_established && !o.file_locks && !o.tcp_skip_in_flight);
+    }
+
+    #[test]
+    fn unknown_keys_and_odd_values_are_refused() {
+        let err = parse(&map(&[("leave-running", "true")])).unwrap_err();
+        assert!(matches!(err, PodError::InvalidArgument(ref m) if m.contains("leave-running")));
+        assert!(parse(&map(&[(FILE_LOCKS, "yes")])).is_err());
+    }
+}
