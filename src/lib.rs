@@ -11,6 +11,7 @@ pub mod config;
 pub mod cri_client;
 pub mod deadline;
 pub mod endpoint;
+pub mod interposer;
 pub mod pod;
 pub mod proxy;
 pub mod telemetry;

@@ -1,0 +1,43 @@
+//! podckpt-runc: an OCI runtime wrapper; see `podckpt::interposer`.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode};
+
+use podckpt::interposer::{self, Action, cli};
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let args: Vec<_> = args.collect();
+    let Some(runtime) = interposer::real_runtime(&argv0) else {
+        eprintln!("podckpt-runc: cannot find the real OCI runtime; set PODCKPT_REAL_RUNTIME");
+        return ExitCode::from(127);
+    };
+    let inv = cli::parse(&args);
+    let action = match interposer::decide(&inv) {
+        Ok(action) => action,
+        Err(err) => {
+            eprintln!("podckpt-runc: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match action {
+        Action::PassThrough => {
+            // exec only returns on failure.
+            let err = Command::new(&runtime).args(&args).exec();
+            eprintln!("podckpt-runc: exec {}: {err}", runtime.display());
+            ExitCode::from(127)
+        }
+        Action::AlreadyStarted { marker } => {
+            let _ = std::fs::remove_file(marker);
+            ExitCode::SUCCESS
+        }
+        Action::Restore { create, token } => match interposer::restore(&runtime, &inv, &create, &token) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("podckpt-runc: restoring {}: {err}", create.id.to_string_lossy());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

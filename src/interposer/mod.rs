@@ -1,0 +1,176 @@
+//! `podckpt-runc`: the OCI runtime that containerd or CRI-O runs in place of
+//! runc (or crun) for a podckpt runtime handler. A container whose spec
+//! carries a trusted restore token is brought back from its checkpoint on
+//! `create`, and the `start` that follows is a no-op because its processes
+//! already run. Every other call goes to the real runtime unchanged.
+
+pub mod cli;
+pub mod rootfs;
+pub mod token;
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::archive;
+use token::RestoreToken;
+
+/// Left in runc's state directory of a restored container, so that the
+/// following `start` knows there is nothing to start.
+const RESTORED_MARKER: &str = "podckpt-restored";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InterposerError {
+    #[error("restore token {0}")]
+    UntrustedToken(String),
+    #[error("bad checkpoint: {0}")]
+    BadCheckpoint(String),
+    #[error("bundle: {0}")]
+    Bundle(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("{runtime} restore failed ({status})")]
+    Restore {
+        runtime: PathBuf,
+        status: std::process::ExitStatus,
+    },
+}
+
+/// What to do with one invocation.
+#[derive(Debug)]
+pub enum Action {
+    /// Hand the arguments to the real runtime.
+    PassThrough,
+    /// `create` of a container to restore.
+    Restore { create: cli::Create, token: PathBuf },
+    /// `start` of a restored container: answer success.
+    AlreadyStarted { marker: PathBuf },
+}
+
+pub fn decide(inv: &cli::Invocation) -> Result<Action, InterposerError> {
+    match inv.command.as_deref().and_then(OsStr::to_str) {
+        Some("create") => {
+            let Some(create) = cli::parse_create(&inv.rest) else {
+                return Ok(Action::PassThrough);
+            };
+            let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| OsString::from(".")));
+            match restore_annotation(&bundle)? {
+                Some(token) => Ok(Action::Restore { create, token }),
+                None => Ok(Action::PassThrough),
+            }
+        }
+        Some("start") => {
+            let (Some(root), Some(id)) = (&inv.root, inv.rest.last()) else {
+                return Ok(Action::PassThrough);
+            };
+            let marker = Path::new(root).join(id).join(RESTORED_MARKER);
+            Ok(if marker.exists() {
+                Action::AlreadyStarted { marker }
+            } else {
+                Action::PassThrough
+            })
+        }
+        _ => Ok(Action::PassThrough),
+    }
+}
+
+fn read_spec(bundle: &Path) -> Result<Value, InterposerError> {
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| InterposerError::Bundle(format!("{}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| InterposerError::Bundle(format!("{}: {e}", path.display())))
+}
+
+fn restore_annotation(bundle: &Path) -> Result<Option<PathBuf>, InterposerError> {
+    let spec = read_spec(bundle)?;
+    Ok(spec["annotations"][token::ANNOTATION].as_str().map(PathBuf::from))
+}
+
+/// Restores the container: checks the token against the spec, puts the
+/// writable layer back, and runs `RUNTIME restore --detach` with the same
+/// global flags, bundle, pid file and console the shim gave `create`.
+pub fn restore(
+    runtime: &Path,
+    inv: &cli::Invocation,
+    create: &cli::Create,
+    token_path: &Path,
+) -> Result<(), InterposerError> {
+    let token = RestoreToken::load_trusted(token_path)?;
+    let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| OsString::from(".")));
+    let spec = read_spec(&bundle)?;
+    let annotation = |key: &str| spec["annotations"][key].as_str().unwrap_or_default().to_owned();
+    if annotation("io.kubernetes.cri.sandbox-id") != token.sandbox_id
+        || annotation("io.kubernetes.cri.container-name") != token.container_name
+    {
+        return Err(InterposerError::UntrustedToken(format!(
+            "{} was issued for another container ({} in {})",
+            token_path.display(),
+            token.container_name,
+            token.sandbox_id
+        )));
+    }
+    let rootfs = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
+    rootfs::apply(
+        &rootfs,
+        &token.checkpoint.join(archive::ROOTFS_DIFF),
+        &token.checkpoint.join(archive::DELETED_FILES),
+    )?;
+
+    let work = bundle.join("podckpt-restore");
+    std::fs::create_dir_all(&work).map_err(|e| InterposerError::Io(format!("{}: {e}", work.display())))?;
+    let mut cmd = Command::new(runtime);
+    cmd.args(&inv.global)
+        .arg("restore")
+        .arg("--detach")
+        .arg("--bundle")
+        .arg(&bundle);
+    cmd.arg("--image-path")
+        .arg(token.checkpoint.join(archive::CHECKPOINT_DIR));
+    cmd.arg("--work-path").arg(&work);
+    if let Some(pid_file) = &create.pid_file {
+        cmd.arg("--pid-file").arg(pid_file);
+    }
+    if let Some(console) = &create.console_socket {
+        cmd.arg("--console-socket").arg(console);
+    }
+    if create.no_pivot {
+        cmd.arg("--no-pivot");
+    }
+    cmd.arg(&create.id);
+    // stdio is inherited: runc re-attaches the restored process to the
+    // pipes the shim handed us, as recorded in descriptors.json.
+    let status = cmd
+        .status()
+        .map_err(|e| InterposerError::Io(format!("running {}: {e}", runtime.display())))?;
+    if !status.success() {
+        return Err(InterposerError::Restore {
+            runtime: runtime.to_owned(),
+            status,
+        });
+    }
+    if let Some(root) = &inv.root {
+        let marker = Path::new(root).join(&create.id).join(RESTORED_MARKER);
+        std::fs::write(&marker, b"").map_err(|e| InterposerError::Io(format!("{}: {e}", marker.display())))?;
+    }
+    // Single use: the same token cannot restore a second container.
+    let _ = std::fs::remove_file(token_path);
+    Ok(())
+}
+
+/// The real runtime: `PODCKPT_REAL_RUNTIME`, or the name this binary was
+/// called by without its `podckpt-` prefix, looked up in PATH but never
+/// resolving to ourselves.
+pub fn real_runtime(argv0: &OsStr) -> Option<PathBuf> {
+    if let Some(explicit) = std::env::var_os("PODCKPT_REAL_RUNTIME") {
+        return Some(PathBuf::from(explicit));
+    }
+    let own_name = Path::new(argv0).file_name()?.to_str()?;
+    let name = own_name.strip_prefix("podckpt-").unwrap_or("runc");
+    let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| OsString::from("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file() && candidate.canonicalize().ok() != me)
+}

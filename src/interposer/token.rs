@@ -1,0 +1,105 @@
+//! The restore marker. RestorePod writes a token file, private to root,
+//! naming the checkpoint folder and the sandbox and container it is for, and
+//! puts the token's path in a container annotation. The interposer trusts
+//! the annotation only as far as the token file is root's own: a pod author
+//! who sets the annotation by hand gets nothing restored.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::InterposerError;
+use crate::archive::{self, ArchiveError};
+
+/// The container annotation that carries the token's path. containerd must
+/// pass `io.podckpt.*` annotations to the runtime (`container_annotations`).
+pub const ANNOTATION: &str = "io.podckpt.restore";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreToken {
+    /// The container's folder inside a verified pod checkpoint.
+    pub checkpoint: PathBuf,
+    pub sandbox_id: String,
+    pub container_name: String,
+}
+
+impl RestoreToken {
+    /// Writes the token into `dir` (created 0700); returns its path.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, ArchiveError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(archive::DIR_MODE)
+            .create(dir)
+            .map_err(ArchiveError::io(dir))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let path = dir.join(format!("{}-{}-{nanos}.json", self.sandbox_id, self.container_name));
+        archive::write_json(&path, self)?;
+        Ok(path)
+    }
+
+    /// Loads a token only if it and its directory belong to root and nobody
+    /// else can write them, and the path has no symbolic link in it.
+    pub fn load_trusted(path: &Path) -> Result<Self, InterposerError> {
+        let untrusted = |why: &str| InterposerError::UntrustedToken(format!("{}: {why}", path.display()));
+        if !path.is_absolute() {
+            return Err(untrusted("not an absolute path"));
+        }
+        let canonical = path.canonicalize().map_err(|e| untrusted(&e.to_string()))?;
+        if canonical != path {
+            return Err(untrusted("the path goes through a symbolic link"));
+        }
+        let meta = std::fs::symlink_metadata(path).map_err(|e| untrusted(&e.to_string()))?;
+        if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+            return Err(untrusted("not a root-owned file private to root"));
+        }
+        let parent = path.parent().ok_or_else(|| untrusted("no parent directory"))?;
+        let dir = std::fs::metadata(parent).map_err(|e| untrusted(&e.to_string()))?;
+        if dir.uid() != 0 || dir.mode() & 0o022 != 0 {
+            return Err(untrusted("its directory is writable by others than root"));
+        }
+        let bytes = std::fs::read(path).map_err(|e| untrusted(&e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| untrusted(&e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn token() -> RestoreToken {
+        RestoreToken {
+            checkpoint: "/ck/id-c".into(),
+            sandbox_id: "sb".into(),
+            container_name: "c".into(),
+        }
+    }
+
+    #[test]
+    fn a_private_token_round_trips() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = token().write(&dir.path().join("restores")).unwrap();
+        assert_eq!(RestoreToken::load_trusted(&path).unwrap(), token());
+    }
+
+    #[test]
+    fn loose_permissions_and_links_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = token().write(&dir.path().join("restores")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(RestoreToken::load_trusted(&path).is_err());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(RestoreToken::load_trusted(&link).is_err());
+        assert!(RestoreToken::load_trusted(Path::new("relative.json")).is_err());
+    }
+}
