@@ -9,3 +9,4 @@ mod checkpoint;
 mod lifecycle;
 mod passthrough;
 mod resilience;
+mod restore;

@@ -12,6 +12,8 @@ pub const DEFAULT_LISTEN: &str = "/run/podckpt/podckpt.sock";
 pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/podckpt/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/run/podckpt";
+/// The runtime handler that runs podckpt-runc in the shipped containerd config.
+pub const RESTORE_HANDLER: &str = "podckpt";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -67,6 +69,9 @@ pub struct HandlerConfig {
     /// The OCI runtime's state directory (its `--root`) for this handler.
     #[serde(default = "HandlerConfig::default_root")]
     pub root: PathBuf,
+    /// Whether this handler runs podckpt-runc, so RestorePod may use it.
+    #[serde(default)]
+    pub restore: bool,
 }
 
 impl HandlerConfig {
@@ -87,6 +92,7 @@ impl Default for HandlerConfig {
             backend: Self::default_backend(),
             runtime: Self::default_runtime(),
             root: Self::default_root(),
+            restore: false,
         }
     }
 }
@@ -188,6 +194,11 @@ impl DaemonConfig {
         };
         let mut handlers = file.handlers;
         handlers.entry(String::new()).or_default();
+        // The handler name contrib/ configures containerd with for podckpt-runc.
+        handlers.entry(RESTORE_HANDLER.into()).or_insert_with(|| HandlerConfig {
+            restore: true,
+            ..Default::default()
+        });
         Ok(Self {
             state_dir: args
                 .state_dir

@@ -247,6 +247,18 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// What the kubelet asks for a pod without shareProcessNamespace: network
+/// and IPC shared by the pod, a PID namespace per container. (The CRI
+/// default, zero, would share PIDs pod-wide.)
+pub fn kubelet_namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
 pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -258,7 +270,13 @@ pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
         hostname: name.into(),
         log_directory: log_dir.display().to_string(),
         labels: [("podckpt-test".to_string(), name.to_string())].into(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -276,7 +294,13 @@ pub fn container_config(name: &str, image: &str, script: &str) -> cri::Container
         command: vec!["/bin/sh".into(), "-c".into(), script.into()],
         log_path: format!("{name}.log"),
         labels: [("podckpt-test-container".to_string(), name.to_string())].into(),
-        linux: Some(cri::LinuxContainerConfig::default()),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -347,6 +371,53 @@ impl Pod {
             .into_inner()
             .container_id
     }
+}
+
+impl Pod {
+    /// RestorePod through the shim into a new sandbox (handler "podckpt"),
+    /// with `containers` as (name, script) configs; the containers are CREATED.
+    pub async fn restore(
+        shim: &Shim,
+        tb: &Testbed,
+        checkpoint: &Path,
+        containers: &[(&str, &str)],
+    ) -> Result<(Self, Vec<podckpt::api::pod::RestoredContainer>), tonic::Status> {
+        use prost::Message;
+        install_interposer();
+        let log_dir = tempfile::tempdir().expect("log dir");
+        let config = pod_config(&unique("restored"), log_dir.path());
+        let mut request = tonic::Request::new(podckpt::api::pod::RestorePodRequest {
+            checkpoint_path: checkpoint.display().to_string(),
+            config: config.encode_to_vec(),
+            runtime_handler: "podckpt".into(),
+            options: Default::default(),
+            container_configs: containers
+                .iter()
+                .map(|(name, script)| container_config(name, &tb.image, script).encode_to_vec())
+                .collect(),
+        });
+        request.set_timeout(Duration::from_secs(60));
+        let response = shim.pods().restore_pod(request).await?.into_inner();
+        let pod = Self {
+            id: response.pod_sandbox_id,
+            config,
+            socket: shim.socket.clone(),
+            log_dir,
+        };
+        Ok((pod, response.restored_containers))
+    }
+}
+
+/// Where the test bed's containerd looks for podckpt-runc (its "podckpt"
+/// handler); the freshly built one is copied there.
+pub const INTERPOSER_PATH: &str = "/run/podckpt-testbed/bin/podckpt-runc";
+
+pub fn install_interposer() {
+    let target = Path::new(INTERPOSER_PATH);
+    std::fs::create_dir_all(target.parent().unwrap()).expect("interposer dir");
+    let staged = target.with_extension("new");
+    std::fs::copy(env!("CARGO_BIN_EXE_podckpt-runc"), &staged).expect("copying podckpt-runc");
+    std::fs::rename(&staged, target).expect("installing podckpt-runc");
 }
 
 impl Drop for Pod {

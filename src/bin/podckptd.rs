@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let listener = proxy::listener::bind(&config.listen)?;
     let upstream = Upstream::new(config.runtime_endpoint.clone(), config.connect_timeout);
-    let pods = PodService::new(&config, podckpt::cri_client::runtime(config.runtime_endpoint.path()))?;
+    let pods = PodService::new(&config, podckpt::cri_client::channel(config.runtime_endpoint.path()))?;
     pods.recover().await;
     let router = Router::new(upstream, pods);
     info!(

@@ -144,6 +144,13 @@ pub fn restore(
         .status()
         .map_err(|e| InterposerError::Io(format!("running {}: {e}", runtime.display())))?;
     if !status.success() {
+        // CRIU's own account is what an operator needs, and containerd
+        // deletes the bundle, this log with it, once the create has failed.
+        let log = std::fs::read_to_string(work.join("restore.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(12).collect();
+        for line in tail.iter().rev() {
+            eprintln!("criu: {line}");
+        }
         return Err(InterposerError::Restore {
             runtime: runtime.to_owned(),
             status,

@@ -6,6 +6,7 @@ mod checkpoint;
 pub mod error;
 pub mod journal;
 pub mod options;
+mod restore;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -44,7 +45,9 @@ pub struct PodService {
 }
 
 struct Inner {
+    channel: Channel,
     runtime: RuntimeServiceClient<Channel>,
+    state_dir: std::path::PathBuf,
     backends: BTreeMap<String, Arc<Backend>>,
     journal: Journal,
     access: AccessPolicy,
@@ -64,7 +67,8 @@ impl Drop for Claim<'_> {
 }
 
 impl PodService {
-    pub fn new(config: &DaemonConfig, runtime: RuntimeServiceClient<Channel>) -> Result<Self, PodError> {
+    /// `channel` reaches the runtime below.
+    pub fn new(config: &DaemonConfig, channel: Channel) -> Result<Self, PodError> {
         let mut backends = BTreeMap::new();
         for (handler, settings) in &config.handlers {
             if settings.backend != "criu" {
@@ -83,8 +87,13 @@ impl PodService {
             );
         }
         let journal = Journal::open(&config.state_dir)?;
+        let runtime = RuntimeServiceClient::new(channel.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
         let inner = Inner {
+            channel,
             runtime,
+            state_dir: config.state_dir.clone(),
             backends,
             journal,
             access: config.access.clone(),
@@ -153,8 +162,7 @@ impl RuntimeService for PodService {
 
     async fn restore_pod(&self, request: Request<RestorePodRequest>) -> Result<Response<RestorePodResponse>, Status> {
         self.authorize(&request, "RestorePod")?;
-        Err(Status::unimplemented(
-            "RestorePod: restore lands in the next step of podckpt; checkpoints made now will restore with it",
-        ))
+        let deadline = crate::deadline::grpc_timeout(&request.metadata().clone().into_headers());
+        Ok(Response::new(self.restore(deadline, request.into_inner()).await?))
     }
 }

@@ -1,0 +1,222 @@
+//! RestorePod plus StartContainer through the shim, with real runc and CRIU
+//! under containerd's podckpt handler (podckpt-runc).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use podckpt::api::cri;
+use serial_test::serial;
+use tonic::Code;
+
+use crate::support::{self, Pod, Shim, checkpoint_pod, eventually, exec, testbed};
+
+const COUNTER: &str =
+    "echo hi > /tmp/written; rm /bin/yes; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
+
+async fn count(client: &mut support::Runtime, cid: &str) -> u64 {
+    let (out, _) = exec(client, cid, &["cat", "/tmp/count"]).await;
+    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
+}
+
+/// A counter pod counted up to at least `min`, checkpointed into a new
+/// directory; returns (checkpoint dir holder, path, the count just before).
+async fn checkpointed_counter(shim: &Shim, tb: &support::Testbed, min: u64) -> (tempfile::TempDir, PathBuf, u64) {
+    let mut client = shim.client().await;
+    let pod = Pod::run(&mut client, &shim.socket, "source").await;
+    let cid = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
+    let reached = eventually(Duration::from_secs(20), || {
+        let mut c = client.clone();
+        let cid = cid.clone();
+        async move { count(&mut c, &cid).await >= min }
+    })
+    .await;
+    assert!(reached, "the counter did not reach {min}");
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+    let before = count(&mut client, &cid).await;
+    checkpoint_pod(shim, &pod.id, &out, &[], &[])
+        .await
+        .expect("CheckpointPod");
+    // The source goes away, as after a node failure or a move.
+    drop(pod);
+    (parent, out, before)
+}
+
+fn sandbox_count(ids: &[cri::PodSandbox]) -> usize {
+    ids.len()
+}
+
+async fn sandboxes(client: &mut support::Runtime) -> Vec<cri::PodSandbox> {
+    client
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+}
+
+#[tokio::test]
+#[serial]
+async fn a_restored_counter_goes_on_from_its_saved_value() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let (_keep, checkpoint, saved) = checkpointed_counter(&shim, &tb, 10).await;
+
+    let (pod, restored) = Pod::restore(&shim, &tb, &checkpoint, &[("counter", "echo fresh start; exit 1")])
+        .await
+        .expect("RestorePod");
+    assert_eq!(restored.len(), 1);
+    assert_eq!(restored[0].name, "counter");
+    let cid = restored[0].container_id.clone();
+    let state = support::container_status(&mut client, &cid).await.state;
+    assert_eq!(
+        state,
+        cri::ContainerState::ContainerCreated as i32,
+        "RestorePod must return CREATED containers"
+    );
+
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: cid.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    let first = count(&mut client, &cid).await;
+    assert!(
+        first >= saved,
+        "the counter restarted: {first} after restore, {saved} before the checkpoint"
+    );
+    let advanced = eventually(Duration::from_secs(5), || {
+        let mut c = client.clone();
+        let cid = cid.clone();
+        async move { count(&mut c, &cid).await > first }
+    })
+    .await;
+    assert!(advanced, "the restored counter does not count");
+    // The writable layer came back too: the written file, and not the deleted one.
+    assert_eq!(
+        exec(&mut client, &cid, &["cat", "/tmp/written"]).await,
+        (b"hi\n".to_vec(), 0)
+    );
+    assert_ne!(
+        exec(&mut client, &cid, &["ls", "/bin/yes"]).await.1,
+        0,
+        "a deleted file is back"
+    );
+    drop(pod);
+}
+
+#[tokio::test]
+#[serial]
+async fn one_checkpoint_restored_twice_gives_two_replicas() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let (_keep, checkpoint, saved) = checkpointed_counter(&shim, &tb, 5).await;
+    let mut pods = Vec::new();
+    for _ in 0..2 {
+        let (pod, restored) = Pod::restore(&shim, &tb, &checkpoint, &[("counter", "exit 1")])
+            .await
+            .expect("RestorePod");
+        let cid = restored[0].container_id.clone();
+        client
+            .start_container(cri::StartContainerRequest {
+                container_id: cid.clone(),
+            })
+            .await
+            .expect("StartContainer");
+        pods.push((pod, cid));
+    }
+    assert_ne!(pods[0].0.id, pods[1].0.id);
+    for (_, cid) in &pods {
+        assert!(count(&mut client, cid).await >= saved);
+        assert_eq!(
+            support::container_status(&mut client, cid).await.state,
+            cri::ContainerState::ContainerRunning as i32
+        );
+    }
+}
+
+#[tokio::test]
+#[serial]
+async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let (_keep, checkpoint, _) = checkpointed_counter(&shim, &tb, 1).await;
+    let before = sandbox_count(&sandboxes(&mut client).await);
+
+    // The wrong container set.
+    let err = Pod::restore(&shim, &tb, &checkpoint, &[("other", "exit 1")])
+        .await
+        .err()
+        .expect("wrong names");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = Pod::restore(&shim, &tb, &checkpoint, &[])
+        .await
+        .err()
+        .expect("no configs");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // A symlink that escapes the checkpoint.
+    let escaped = copy_dir(&checkpoint, "escaped");
+    std::os::unix::fs::symlink("/etc/shadow", escaped.1.join("pod.dump.link")).unwrap();
+    let err = Pod::restore(&shim, &tb, &escaped.1, &[("counter", "exit 1")])
+        .await
+        .err()
+        .expect("symlink");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // A corrupted CRIU image.
+    let corrupted = copy_dir(&checkpoint, "corrupted");
+    let folder = std::fs::read_dir(&corrupted.1)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let image = folder.join("checkpoint/inventory.img");
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&image, bytes).unwrap();
+    let err = Pod::restore(&shim, &tb, &corrupted.1, &[("counter", "exit 1")])
+        .await
+        .err()
+        .expect("corrupted");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("SHA-256"), "{err:?}");
+
+    // A relative path.
+    let err = Pod::restore(&shim, &tb, Path::new("relative/ckpt"), &[("counter", "exit 1")])
+        .await
+        .err()
+        .expect("relative");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    assert_eq!(
+        sandbox_count(&sandboxes(&mut client).await),
+        before,
+        "a refused restore left a sandbox"
+    );
+    let tokens = std::fs::read_dir(shim.state_dir().join("restores"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(tokens, 0, "a refused restore left a token");
+}
+
+/// Copies a checkpoint directory (files only) to a sibling for tampering.
+fn copy_dir(from: &Path, name: &str) -> (tempfile::TempDir, PathBuf) {
+    let holder = tempfile::tempdir().unwrap();
+    let to = holder.path().join(name);
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.unwrap();
+        let target = to.join(entry.path().strip_prefix(from).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+    (holder, to)
+}

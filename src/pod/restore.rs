@@ -1,0 +1,251 @@
+//! RestorePod: verify the checkpoint before anything exists, then create the
+//! sandbox and the containers from the caller's own configs, each marked for
+//! podckpt-runc to restore; undo everything if any step fails.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use prost::Message;
+use tracing::{info, warn};
+
+use super::PodService;
+use super::error::PodError;
+use crate::api::cri;
+use crate::api::pod::{
+    ContainerConfigAnnotations, CreateContainerRequestBytes, RestorePodRequest, RestorePodResponse, RestoredContainer,
+    RunPodSandboxRequestBytes,
+};
+use crate::archive::{self, Manifest, PodOptions};
+use crate::interposer::token::{self, RestoreToken};
+
+/// A checkpoint that passed every check, and the caller's config for each
+/// of its containers.
+struct Verified {
+    root: PathBuf,
+    /// (name, folder, the caller's encoded ContainerConfig)
+    containers: Vec<(String, PathBuf, Vec<u8>)>,
+}
+
+/// What a half-done restore has created, so that it can be undone.
+#[derive(Default)]
+struct Created {
+    sandbox: Option<String>,
+    tokens: Vec<PathBuf>,
+}
+
+impl PodService {
+    pub(super) async fn restore(
+        &self,
+        deadline: Option<Duration>,
+        request: RestorePodRequest,
+    ) -> Result<RestorePodResponse, PodError> {
+        if request.config.is_empty() {
+            return Err(PodError::InvalidArgument(
+                "config (the new sandbox's PodSandboxConfig) is required".into(),
+            ));
+        }
+        let handler = self.backend_for(&request.runtime_handler)?;
+        if !handler.config.restore {
+            return Err(PodError::FailedPrecondition(format!(
+                "runtime handler {:?} does not run podckpt-runc; restore with a handler that has restore = true (\"podckpt\" in the shipped configs)",
+                request.runtime_handler
+            )));
+        }
+        if !request.options.is_empty() {
+            let keys: Vec<&String> = request.options.keys().collect();
+            return Err(PodError::InvalidArgument(format!(
+                "RestorePod takes no options; got {keys:?}"
+            )));
+        }
+        let checkpoint = verify(&request)?;
+
+        let mut created = Created::default();
+        let work = self.create_all(&request, &checkpoint, &mut created);
+        let result = match deadline {
+            Some(limit) => tokio::time::timeout(limit, work)
+                .await
+                .unwrap_or(Err(PodError::DeadlineExceeded(limit))),
+            None => work.await,
+        };
+        match result {
+            Ok(response) => {
+                info!(pod = %response.pod_sandbox_id, containers = response.restored_containers.len(), from = %checkpoint.root.display(), "pod restored (containers CREATED)");
+                Ok(response)
+            }
+            Err(err) => {
+                self.undo(created).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn create_all(
+        &self,
+        request: &RestorePodRequest,
+        checkpoint: &Verified,
+        created: &mut Created,
+    ) -> Result<RestorePodResponse, PodError> {
+        let run = RunPodSandboxRequestBytes {
+            config: request.config.clone(),
+            runtime_handler: request.runtime_handler.clone(),
+        };
+        let sandbox: cri::RunPodSandboxResponse = self.raw_call("RunPodSandbox", run).await?;
+        let sandbox_id = sandbox.pod_sandbox_id;
+        created.sandbox = Some(sandbox_id.clone());
+
+        let mut restored = Vec::new();
+        for (name, folder, config) in &checkpoint.containers {
+            let token = RestoreToken {
+                checkpoint: folder.clone(),
+                sandbox_id: sandbox_id.clone(),
+                container_name: name.clone(),
+            };
+            let token_path = token.write(&self.inner.state_dir.join("restores"))?;
+            created.tokens.push(token_path.clone());
+            let marker = ContainerConfigAnnotations {
+                annotations: [(token::ANNOTATION.to_owned(), token_path.display().to_string())].into(),
+            };
+            let mut marked = config.clone();
+            marker
+                .encode(&mut marked)
+                .map_err(|e| PodError::Internal(format!("encoding the restore marker: {e}")))?;
+            let create = CreateContainerRequestBytes {
+                pod_sandbox_id: sandbox_id.clone(),
+                config: marked,
+                sandbox_config: request.config.clone(),
+            };
+            let container: cri::CreateContainerResponse = self.raw_call("CreateContainer", create).await?;
+            restored.push(RestoredContainer {
+                name: name.clone(),
+                container_id: container.container_id,
+            });
+        }
+        Ok(RestorePodResponse {
+            pod_sandbox_id: sandbox_id,
+            restored_containers: restored,
+        })
+    }
+
+    /// Stops and removes the sandbox (and with it its containers) and the tokens.
+    async fn undo(&self, created: Created) {
+        if let Some(id) = created.sandbox {
+            let mut runtime = self.runtime();
+            if let Err(status) = runtime
+                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await
+            {
+                warn!(pod = %id, %status, "rollback: StopPodSandbox failed");
+            }
+            match runtime
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await
+            {
+                Ok(_) => info!(pod = %id, "rollback: removed the half-restored sandbox"),
+                Err(status) => warn!(pod = %id, %status, "rollback: RemovePodSandbox failed"),
+            }
+        }
+        for token in created.tokens {
+            let _ = std::fs::remove_file(token);
+        }
+    }
+
+    /// One unary CRI call with a request of our own wire-compatible type.
+    async fn raw_call<Req, Resp>(&self, method: &'static str, request: Req) -> Result<Resp, PodError>
+    where
+        Req: Message + Send + Sync + 'static,
+        Resp: Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.inner.channel.clone()).max_decoding_message_size(usize::MAX);
+        grpc.ready()
+            .await
+            .map_err(|e| PodError::Internal(format!("runtime connection: {e}")))?;
+        let path = http::uri::PathAndQuery::try_from(format!("/runtime.v1.RuntimeService/{method}"))
+            .expect("a valid gRPC path");
+        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        let response = grpc
+            .unary(tonic::Request::new(request), path, codec)
+            .await
+            .map_err(PodError::runtime(method))?;
+        Ok(response.into_inner())
+    }
+}
+
+fn invalid(root: &Path, why: impl std::fmt::Display) -> PodError {
+    PodError::InvalidArgument(format!("checkpoint {} is not usable: {why}", root.display()))
+}
+
+/// Everything that can be checked before anything is created: the manifest
+/// and every checksum (which also refuses links and devices), the layout,
+/// and that the caller's container configs name exactly the checkpoint's.
+fn verify(request: &RestorePodRequest) -> Result<Verified, PodError> {
+    let root = PathBuf::from(&request.checkpoint_path);
+    if !root.is_absolute() {
+        return Err(PodError::InvalidArgument(format!(
+            "checkpoint_path {:?} must be absolute",
+            request.checkpoint_path
+        )));
+    }
+    let meta = std::fs::symlink_metadata(&root).map_err(|e| invalid(&root, e))?;
+    if !meta.is_dir() {
+        return Err(invalid(&root, "not a directory"));
+    }
+    let manifest_path = root.join(archive::MANIFEST);
+    let manifest: Manifest = serde_json::from_slice(
+        &std::fs::read(&manifest_path).map_err(|e| invalid(&root, format!("{}: {e}", archive::MANIFEST)))?,
+    )
+    .map_err(|e| invalid(&root, format!("{}: {e}", archive::MANIFEST)))?;
+    if manifest.format_version != archive::FORMAT_VERSION {
+        return Err(invalid(
+            &root,
+            format!(
+                "format version {} is not {}",
+                manifest.format_version,
+                archive::FORMAT_VERSION
+            ),
+        ));
+    }
+    manifest.verify(&root).map_err(|e| invalid(&root, e))?;
+
+    let options: PodOptions =
+        serde_json::from_slice(&std::fs::read(root.join(archive::POD_OPTIONS)).map_err(|e| invalid(&root, e))?)
+            .map_err(|e| invalid(&root, format!("{}: {e}", archive::POD_OPTIONS)))?;
+    let mut by_name = Vec::new();
+    let mut seen = BTreeSet::new();
+    for bytes in &request.container_configs {
+        let config = cri::ContainerConfig::decode(bytes.as_ref())
+            .map_err(|e| PodError::InvalidArgument(format!("a container config does not decode: {e}")))?;
+        let name = config.metadata.map(|m| m.name).unwrap_or_default();
+        if name.is_empty() || !seen.insert(name.clone()) {
+            return Err(PodError::InvalidArgument(format!(
+                "container config names must be present and unique; {name:?} is not"
+            )));
+        }
+        by_name.push((name, bytes.clone()));
+    }
+    let wanted: BTreeSet<&String> = options.containers.keys().collect();
+    let given: BTreeSet<&String> = seen.iter().collect();
+    if wanted != given {
+        return Err(PodError::InvalidArgument(format!(
+            "the container configs name {given:?} but the checkpoint holds {wanted:?}; give exactly one config per checkpointed container"
+        )));
+    }
+    let mut containers = Vec::new();
+    for (name, bytes) in by_name {
+        let folder_name = &options.containers[&name];
+        let folder = root.join(folder_name);
+        let is_child = Path::new(folder_name).components().count() == 1 && !folder_name.starts_with('.');
+        if !is_child || !folder.join(archive::CHECKPOINT_DIR).is_dir() {
+            return Err(invalid(
+                &root,
+                format!("container {name}: folder {folder_name:?} is not a checkpoint folder"),
+            ));
+        }
+        containers.push((name, folder, bytes));
+    }
+    Ok(Verified { root, containers })
+}
