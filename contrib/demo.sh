@@ -1,19 +1,56 @@
 #!/usr/bin/env bash
 # The main job on a fresh node: set up the test bed, build podckpt, start
-# podckptd in front of the private containerd, and run a counter pod through it.
+# podckptd in front of the private containerd, run a counter pod through it,
+# checkpoint the pod, delete it, restore it into a new pod and watch the
+# counter go on from where it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash contrib/testbed.sh up
-cargo build --release --locked --bin podckptd --example pod_through_shim
-
+cargo build --release --locked --bin podckptd --bin podckpt --bin podckpt-runc --example counter_pod
 eval "$(bash contrib/testbed.sh env)"
-sock_dir=$(mktemp -d /run/podckpt-demo.XXXXXX)
-sock="$sock_dir/podckpt.sock"
-./target/release/podckptd --config /dev/null --listen "$sock" \
+# containerd's "podckpt" runtime handler runs this podckpt-runc.
+install -D -m 0755 target/release/podckpt-runc "$PODCKPT_TESTBED_INTERPOSER"
+
+work=$(mktemp -d /run/podckpt-demo.XXXXXX)
+sock="$work/podckpt.sock"
+./target/release/podckptd --config /dev/null --listen "$sock" --state-dir "$work/state" \
     --runtime-endpoint "unix://$PODCKPT_TEST_CONTAINERD" --log-level warn &
 shim=$!
-cleanup() { kill -TERM "$shim" 2>/dev/null && wait "$shim" || true; rm -rf "$sock_dir"; }
+pods=()
+cleanup() {
+    for p in "${pods[@]}"; do ./target/release/examples/counter_pod rmp "$sock" "$p" 2>/dev/null || true; done
+    kill -TERM "$shim" 2>/dev/null && wait "$shim" || true
+    # The demo's pods live in their own namespace, and so do their log dirs.
+    rm -rf "$work" /var/log/pods/podckpt-demo_*
+}
 trap cleanup EXIT
 for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.05; done
-echo "podckptd (pid $shim) on $sock -> unix://$PODCKPT_TEST_CONTAINERD"
-./target/release/examples/pod_through_shim "$sock" "$PODCKPT_TEST_BUSYBOX_IMAGE"
+podckpt() { ./target/release/podckpt --runtime-endpoint "unix://$sock" "$@"; }
+counter() { ./target/release/examples/counter_pod "$@"; }
+
+echo "== a counter pod, through podckptd"
+read -r pod cid < <(counter run "$sock" "$PODCKPT_TEST_BUSYBOX_IMAGE")
+pods+=("$pod")
+sleep 4
+echo "counter = $(counter count "$sock" "$cid")"
+
+echo "== podckpt checkpointp"
+podckpt checkpointp "$pod" -o "$work/checkpoint"
+echo "counter = $(counter count "$sock" "$cid")  (the pod kept running)"
+podckpt inspectcp "$work/checkpoint"
+
+echo "== the pod is deleted"
+before=$(counter count "$sock" "$cid")
+counter rmp "$sock" "$pod"
+pods=()
+
+echo "== podckpt restorep --start"
+restored=$(podckpt --output json restorep "$work/checkpoint" --name counter-restored --start)
+new_pod=$(echo "$restored" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pod_sandbox_id"])')
+new_cid=$(echo "$restored" | python3 -c 'import json,sys; print(json.load(sys.stdin)["containers"][0]["container_id"])')
+pods+=("$new_pod")
+echo "restored pod $new_pod"
+for _ in 1 2 3; do
+    echo "counter = $(counter count "$sock" "$new_cid")  (was $before when deleted)"
+    sleep 1
+done

@@ -174,6 +174,8 @@ cmd_env() {
     echo "PODCKPT_TEST_BUSYBOX_IMAGE=$BUSYBOX_IMAGE"
     echo "PODCKPT_TEST_RUNC_ROOT=$RUNC_ROOT"
     echo "PODCKPT_TESTBED=$HERE/testbed.sh"
+    # Where the test bed's "podckpt" runtime handler finds podckpt-runc.
+    echo "PODCKPT_TESTBED_INTERPOSER=$TB_RUN/bin/podckpt-runc"
 }
 
 case "${1:-}" in

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod archive;
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod cri_client;
 pub mod deadline;

@@ -1,0 +1,138 @@
+//! The `podckpt` command line against the shim: checkpointp, inspectcp and
+//! restorep --start, as an operator would run them.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serial_test::serial;
+
+use crate::support::{self, Pod, Shim, eventually, exec, testbed};
+
+fn podckpt(shim: &Shim, args: &[&str]) -> Output {
+    let endpoint = format!("unix://{}", shim.socket.display());
+    Command::new(env!("CARGO_BIN_EXE_podckpt"))
+        .args(["--runtime-endpoint", &endpoint, "--output", "json"])
+        .args(args)
+        .output()
+        .expect("running podckpt")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "podckpt failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[tokio::test]
+#[serial]
+async fn checkpointp_inspectcp_restorep_through_the_cli() {
+    let Some(tb) = testbed() else { return };
+    support::install_interposer();
+    let shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let pod = Pod::run(&mut client, &shim.socket, "cli").await;
+    let script = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
+    let cid = pod.start_container(&mut client, &tb.image, "counter", script).await;
+    let count = |cid: String| {
+        let mut client = client.clone();
+        async move {
+            let (out, _) = exec(&mut client, &cid, &["cat", "/tmp/count"]).await;
+            String::from_utf8_lossy(&out).trim().parse::<u64>().unwrap_or(0)
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let c = count(cid.clone());
+            async move { c.await >= 5 }
+        })
+        .await
+    );
+
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("from-cli");
+    // A unique prefix of the pod id is enough, as with crictl.
+    let report = json(&podckpt(
+        &shim,
+        &["checkpointp", &pod.id[..12], "-o", dir.to_str().unwrap()],
+    ));
+    assert_eq!(report["pod_sandbox_id"], pod.id.as_str());
+    assert!(report["bytes"].as_u64().unwrap() > 0);
+
+    let inspected = json(&podckpt(&shim, &["inspectcp", dir.to_str().unwrap()]));
+    assert_eq!(inspected["checksums_ok"], true);
+    assert_eq!(inspected["criu_version"], "4.1.1");
+    assert_eq!(inspected["containers"][0]["name"], "counter");
+    assert_eq!(inspected["containers"][0]["id"], cid.as_str());
+
+    let saved = count(cid.clone()).await;
+    drop(pod);
+    let restored = json(&podckpt(
+        &shim,
+        &["restorep", dir.to_str().unwrap(), "--name", "cli-restored", "--start"],
+    ));
+    let new_pod = restored["pod_sandbox_id"].as_str().unwrap().to_owned();
+    let _cleanup = PodGuard {
+        socket: shim.socket.clone(),
+        id: new_pod.clone(),
+    };
+    let new_cid = restored["containers"][0]["container_id"].as_str().unwrap().to_owned();
+    assert_eq!(restored["containers"][0]["name"], "counter");
+    assert!(
+        count(new_cid.clone()).await >= saved,
+        "the restored counter started over"
+    );
+
+    // A tampered checkpoint: inspectcp says so and exits non-zero.
+    let folder = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    std::fs::write(folder.join("dump.log"), b"tampered").unwrap();
+    let out = podckpt(&shim, &["inspectcp", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["checksums_ok"], false);
+}
+
+/// Removes a pod the CLI created, when the test ends however it ends.
+struct PodGuard {
+    socket: std::path::PathBuf,
+    id: String,
+}
+
+impl Drop for PodGuard {
+    fn drop(&mut self) {
+        let (socket, id) = (self.socket.clone(), self.id.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut client = support::runtime_client(&socket).await;
+                let _ = client
+                    .stop_pod_sandbox(podckpt::api::cri::StopPodSandboxRequest {
+                        pod_sandbox_id: id.clone(),
+                    })
+                    .await;
+                let _ = client
+                    .remove_pod_sandbox(podckpt::api::cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                    .await;
+            });
+        })
+        .join()
+        .ok();
+        // restorep made the pod's log directory, as the kubelet would have.
+        if let Ok(entries) = std::fs::read_dir("/var/log/pods") {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("podckpt-test_cli-restored_") {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! podckpt: checkpoint and restore whole pods through podckptd.
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = podckpt::cli::Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(podckpt::cli::run(cli))?;
+    Ok(())
+}

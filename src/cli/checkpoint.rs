@@ -1,0 +1,105 @@
+//! `podckpt checkpointp`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::{CliError, Clients, Format, progress};
+use crate::api::cri;
+use crate::api::pod::CheckpointPodRequest;
+
+pub(super) async fn run(
+    clients: &Clients,
+    format: Format,
+    pod: &str,
+    dir: Option<PathBuf>,
+    options: &[String],
+    containers: Vec<String>,
+) -> Result<(), CliError> {
+    let pod = resolve_pod(clients, pod).await?;
+    let options = options
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| CliError::Usage(format!("--option {kv:?}: expected KEY=VALUE")))
+        })
+        .collect::<Result<_, _>>()?;
+    let dir = prepare_dir(dir, &pod)?;
+    progress(
+        format,
+        format_args!(
+            "Checkpointing pod {} into {} ...",
+            &pod[..pod.len().min(13)],
+            dir.display()
+        ),
+    );
+    let started = Instant::now();
+    let request = CheckpointPodRequest {
+        pod_sandbox_id: pod.clone(),
+        output_path: dir.display().to_string(),
+        container_ids: containers,
+        options,
+    };
+    clients
+        .pods
+        .clone()
+        .checkpoint_pod(clients.request(request))
+        .await
+        .map_err(CliError::call("CheckpointPod"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = super::inspect::tree_size(&dir);
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"pod_sandbox_id": pod, "checkpoint": dir, "seconds": seconds, "bytes": bytes})
+        ),
+        Format::Table => {
+            progress(
+                format,
+                format_args!("Checkpointed in {seconds:.2} s ({})", super::inspect::human(bytes)),
+            );
+            println!("{}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// A full pod id from an id or a unique prefix of one.
+async fn resolve_pod(clients: &Clients, wanted: &str) -> Result<String, CliError> {
+    let pods = clients
+        .runtime
+        .clone()
+        .list_pod_sandbox(clients.request(cri::ListPodSandboxRequest { filter: None }))
+        .await
+        .map_err(CliError::call("ListPodSandbox"))?
+        .into_inner()
+        .items;
+    let matches: Vec<&cri::PodSandbox> = pods.iter().filter(|p| p.id.starts_with(wanted)).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => Err(CliError::Usage(format!("no pod with ID {wanted}"))),
+        _ => Err(CliError::Usage(format!(
+            "{wanted} matches {} pods; give more of the ID",
+            matches.len()
+        ))),
+    }
+}
+
+/// The output directory as an absolute path to an empty directory.
+fn prepare_dir(dir: Option<PathBuf>, pod: &str) -> Result<PathBuf, CliError> {
+    let cwd = std::env::current_dir().map_err(CliError::io("."))?;
+    let dir = dir.unwrap_or_else(|| {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        PathBuf::from(format!("podckpt-{}-{stamp}", &pod[..pod.len().min(12)]))
+    });
+    let dir = if dir.is_absolute() { dir } else { cwd.join(dir) };
+    std::fs::create_dir_all(&dir).map_err(CliError::io(&dir))?;
+    let dir = dir.canonicalize().map_err(CliError::io(&dir))?;
+    if std::fs::read_dir(&dir).map_err(CliError::io(&dir))?.next().is_some() {
+        return Err(CliError::Usage(format!("{} is not empty", dir.display())));
+    }
+    Ok(dir)
+}
