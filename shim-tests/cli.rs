@@ -129,7 +129,11 @@ impl Drop for PodGuard {
         // restorep made the pod's log directory, as the kubelet would have.
         if let Ok(entries) = std::fs::read_dir("/var/log/pods") {
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with("podckpt-test_cli-restored_") {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("podckpt-test_cli-restored_")
+                {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }

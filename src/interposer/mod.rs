@@ -20,6 +20,9 @@ use token::RestoreToken;
 /// Left in runc's state directory of a restored container, so that the
 /// following `start` knows there is nothing to start.
 const RESTORED_MARKER: &str = "podckpt-restored";
+/// Left beside runc's state of a restored container: where it came from and
+/// how long the runtime's restore took.
+pub const RESTORE_RECORD: &str = "podckpt-restore.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterposerError {
@@ -140,6 +143,7 @@ pub fn restore(
     cmd.arg(&create.id);
     // stdio is inherited: runc re-attaches the restored process to the
     // pipes the shim handed us, as recorded in descriptors.json.
+    let started = std::time::Instant::now();
     let status = cmd
         .status()
         .map_err(|e| InterposerError::Io(format!("running {}: {e}", runtime.display())))?;
@@ -156,9 +160,15 @@ pub fn restore(
             status,
         });
     }
+    let runtime_seconds = started.elapsed().as_secs_f64();
     if let Some(root) = &inv.root {
-        let marker = Path::new(root).join(&create.id).join(RESTORED_MARKER);
+        let state = Path::new(root).join(&create.id);
+        let marker = state.join(RESTORED_MARKER);
         std::fs::write(&marker, b"").map_err(|e| InterposerError::Io(format!("{}: {e}", marker.display())))?;
+        // How long the runtime's own restore took, next to runc's state: it
+        // is the bare baseline that podckpt's restore is measured against.
+        let record = serde_json::json!({ "checkpoint": token.checkpoint, "runtime_restore_seconds": runtime_seconds });
+        let _ = std::fs::write(state.join(RESTORE_RECORD), record.to_string());
     }
     // Single use: the same token cannot restore a second container.
     let _ = std::fs::remove_file(token_path);

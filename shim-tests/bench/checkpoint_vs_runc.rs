@@ -1,0 +1,152 @@
+//! CheckpointPod and RestorePod against bare runc, in the same run, on the test bed.
+//!
+//!   cargo bench --bench checkpoint_vs_runc
+//!
+//! For containers holding 64, 256 and 1024 MiB:
+//! - checkpoint: CheckpointPod through the shim against `runc checkpoint
+//!   --leave-running` of the same container, alternating, 3 rounds each;
+//! - restore: RestorePod plus StartContainer against the `runc restore` that
+//!   podckpt-runc ran inside it (it records its duration beside runc's state);
+//! - a two-container pod (64 MiB each) against checkpointing each container alone.
+//!
+//! Prints a Markdown report with medians and ratios.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use podckpt::api::cri;
+use support::{Pod, Shim, Testbed, checkpoint_pod, eventually, exec};
+
+const ROUNDS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn memory_script(mib: u64) -> String {
+    format!(
+        "x=$(head -c {} /dev/zero | tr '\\0' m); i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done",
+        mib << 20
+    )
+}
+
+async fn count(client: &mut support::Runtime, cid: &str) -> u64 {
+    let (out, _) = exec(client, cid, &["cat", "/tmp/count"]).await;
+    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
+}
+
+async fn wait_counting(client: &support::Runtime, cid: &str) {
+    let ok = eventually(Duration::from_secs(180), || {
+        let mut c = client.clone();
+        let id = cid.to_owned();
+        async move { count(&mut c, &id).await >= 2 }
+    })
+    .await;
+    assert!(ok, "container {cid} did not start counting");
+}
+
+fn bare_checkpoint(cid: &str, scratch: &Path) -> f64 {
+    let images = scratch.join("bare-images");
+    let work = scratch.join("bare-work");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let started = Instant::now();
+    let status = Command::new("runc")
+        .args(["--root", support::RUNC_ROOT, "checkpoint", "--leave-running", "--image-path"])
+        .arg(&images)
+        .arg("--work-path")
+        .arg(&work)
+        .arg(cid)
+        .status()
+        .unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(status.success(), "bare runc checkpoint failed");
+    std::fs::remove_dir_all(&images).unwrap();
+    std::fs::remove_dir_all(&work).unwrap();
+    seconds
+}
+
+async fn podckpt_checkpoint(shim: &Shim, pod: &str, ids: &[&str], out: &Path) -> f64 {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).unwrap();
+    let started = Instant::now();
+    checkpoint_pod(shim, pod, out, ids, &[]).await.expect("CheckpointPod");
+    started.elapsed().as_secs_f64()
+}
+
+/// RestorePod + StartContainer, and the runc restore time recorded inside.
+async fn podckpt_restore(shim: &Shim, tb: &Testbed, checkpoint: &Path, name: &str) -> (f64, f64) {
+    let mut client = shim.client().await;
+    let started = Instant::now();
+    let (pod, restored) = Pod::restore(shim, tb, checkpoint, &[(name, "exit 1")]).await.expect("RestorePod");
+    let cid = restored[0].container_id.clone();
+    client.start_container(cri::StartContainerRequest { container_id: cid.clone() }).await.expect("StartContainer");
+    let total = started.elapsed().as_secs_f64();
+    let record = Path::new(support::RUNC_ROOT).join(&cid).join(podckpt::interposer::RESTORE_RECORD);
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(record).expect("restore record")).unwrap();
+    let bare = record["runtime_restore_seconds"].as_f64().unwrap();
+    assert!(count(&mut client, &cid).await >= 2, "the restored container is not counting");
+    drop(pod);
+    (total, bare)
+}
+
+#[tokio::main]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let tb = support::testbed().expect("the benchmark needs the test bed: contrib/testbed.sh up, as root");
+    support::install_interposer();
+    let shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let scratch = tempfile::tempdir().unwrap();
+
+    println!("| memory | bare runc checkpoint s | CheckpointPod s | ratio | bare runc restore s | RestorePod + StartContainer s | ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    for mib in [64u64, 256, 1024] {
+        let pod = Pod::run(&mut client, &shim.socket, &format!("bench{mib}")).await;
+        let cid = pod.start_container(&mut client, &tb.image, "mem", &memory_script(mib)).await;
+        wait_counting(&client, &cid).await;
+        let out = scratch.path().join(format!("ckpt-{mib}"));
+        let (mut bare, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            bare.push(bare_checkpoint(&cid, scratch.path()));
+            ours.push(podckpt_checkpoint(&shim, &pod.id, &[], &out).await);
+        }
+        drop(pod);
+        let (mut restore_total, mut restore_bare) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let (total, bare) = podckpt_restore(&shim, &tb, &out, "mem").await;
+            restore_total.push(total);
+            restore_bare.push(bare);
+        }
+        let (b, o, rb, rt) = (median(bare), median(ours), median(restore_bare), median(restore_total));
+        println!("| {mib} MiB | {b:.3} | {o:.3} | {:.2} | {rb:.3} | {rt:.3} | {:.2} |", o / b, rt / rb);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    let pod = Pod::run(&mut client, &shim.socket, "bench-pair").await;
+    let a = pod.start_container(&mut client, &tb.image, "a", &memory_script(64)).await;
+    let b = pod.start_container(&mut client, &tb.image, "b", &memory_script(64)).await;
+    wait_counting(&client, &a).await;
+    wait_counting(&client, &b).await;
+    let out = scratch.path().join("pair");
+    let (mut whole, mut alone) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        whole.push(podckpt_checkpoint(&shim, &pod.id, &[], &out).await);
+        let first = podckpt_checkpoint(&shim, &pod.id, &[&a], &out).await;
+        let second = podckpt_checkpoint(&shim, &pod.id, &[&b], &out).await;
+        alone.push(first + second);
+    }
+    let (w, s) = (median(whole), median(alone));
+    println!();
+    println!("| two containers, 64 MiB each | whole pod s | each alone, summed s | ratio |");
+    println!("|---|---|---|---|");
+    println!("| CheckpointPod | {w:.3} | {s:.3} | {:.2} |", w / s);
+    drop(pod);
+}
