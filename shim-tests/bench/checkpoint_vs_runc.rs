@@ -57,7 +57,13 @@ fn bare_checkpoint(cid: &str, scratch: &Path) -> f64 {
     std::fs::create_dir_all(&work).unwrap();
     let started = Instant::now();
     let status = Command::new("runc")
-        .args(["--root", support::RUNC_ROOT, "checkpoint", "--leave-running", "--image-path"])
+        .args([
+            "--root",
+            support::RUNC_ROOT,
+            "checkpoint",
+            "--leave-running",
+            "--image-path",
+        ])
         .arg(&images)
         .arg("--work-path")
         .arg(&work)
@@ -83,14 +89,26 @@ async fn podckpt_checkpoint(shim: &Shim, pod: &str, ids: &[&str], out: &Path) ->
 async fn podckpt_restore(shim: &Shim, tb: &Testbed, checkpoint: &Path, name: &str) -> (f64, f64) {
     let mut client = shim.client().await;
     let started = Instant::now();
-    let (pod, restored) = Pod::restore(shim, tb, checkpoint, &[(name, "exit 1")]).await.expect("RestorePod");
+    let (pod, restored) = Pod::restore(shim, tb, checkpoint, &[(name, "exit 1")])
+        .await
+        .expect("RestorePod");
     let cid = restored[0].container_id.clone();
-    client.start_container(cri::StartContainerRequest { container_id: cid.clone() }).await.expect("StartContainer");
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: cid.clone(),
+        })
+        .await
+        .expect("StartContainer");
     let total = started.elapsed().as_secs_f64();
-    let record = Path::new(support::RUNC_ROOT).join(&cid).join(podckpt::interposer::RESTORE_RECORD);
+    let record = Path::new(support::RUNC_ROOT)
+        .join(&cid)
+        .join(podckpt::interposer::RESTORE_RECORD);
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(record).expect("restore record")).unwrap();
     let bare = record["runtime_restore_seconds"].as_f64().unwrap();
-    assert!(count(&mut client, &cid).await >= 2, "the restored container is not counting");
+    assert!(
+        count(&mut client, &cid).await >= 2,
+        "the restored container is not counting"
+    );
     drop(pod);
     (total, bare)
 }
@@ -106,11 +124,15 @@ async fn main() {
     let mut client = shim.client().await;
     let scratch = tempfile::tempdir().unwrap();
 
-    println!("| memory | bare runc checkpoint s | CheckpointPod s | ratio | bare runc restore s | RestorePod + StartContainer s | ratio |");
+    println!(
+        "| memory | bare runc checkpoint s | CheckpointPod s | ratio | bare runc restore s | RestorePod + StartContainer s | ratio |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for mib in [64u64, 256, 1024] {
         let pod = Pod::run(&mut client, &shim.socket, &format!("bench{mib}")).await;
-        let cid = pod.start_container(&mut client, &tb.image, "mem", &memory_script(mib)).await;
+        let cid = pod
+            .start_container(&mut client, &tb.image, "mem", &memory_script(mib))
+            .await;
         wait_counting(&client, &cid).await;
         let out = scratch.path().join(format!("ckpt-{mib}"));
         let (mut bare, mut ours) = (Vec::new(), Vec::new());
@@ -126,13 +148,21 @@ async fn main() {
             restore_bare.push(bare);
         }
         let (b, o, rb, rt) = (median(bare), median(ours), median(restore_bare), median(restore_total));
-        println!("| {mib} MiB | {b:.3} | {o:.3} | {:.2} | {rb:.3} | {rt:.3} | {:.2} |", o / b, rt / rb);
+        println!(
+            "| {mib} MiB | {b:.3} | {o:.3} | {:.2} | {rb:.3} | {rt:.3} | {:.2} |",
+            o / b,
+            rt / rb
+        );
         std::fs::remove_dir_all(&out).unwrap();
     }
 
     let pod = Pod::run(&mut client, &shim.socket, "bench-pair").await;
-    let a = pod.start_container(&mut client, &tb.image, "a", &memory_script(64)).await;
-    let b = pod.start_container(&mut client, &tb.image, "b", &memory_script(64)).await;
+    let a = pod
+        .start_container(&mut client, &tb.image, "a", &memory_script(64))
+        .await;
+    let b = pod
+        .start_container(&mut client, &tb.image, "b", &memory_script(64))
+        .await;
     wait_counting(&client, &a).await;
     wait_counting(&client, &b).await;
     let out = scratch.path().join("pair");
