@@ -9,15 +9,7 @@ use podckpt::archive::{self, Manifest, PodOptions};
 use serial_test::serial;
 use tonic::Code;
 
-use crate::support::{self, Pod, Shim, checkpoint_pod, eventually, exec, raw, runc_status, testbed};
-
-const COUNTER: &str =
-    "echo hi > /tmp/written; rm /bin/yes; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
-
-async fn count(client: &mut support::Runtime, cid: &str) -> u64 {
-    let (out, _) = exec(client, cid, &["cat", "/tmp/count"]).await;
-    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
-}
+use crate::support::{self, COUNTER, Pod, Shim, checkpoint_pod, count, eventually, raw, runc_status, testbed};
 
 /// Nothing but `keep` in `parent`: no staging directory left behind.
 fn only_entry(parent: &Path, keep: &str) {

@@ -106,26 +106,7 @@ struct PodGuard {
 
 impl Drop for PodGuard {
     fn drop(&mut self) {
-        let (socket, id) = (self.socket.clone(), self.id.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let mut client = support::runtime_client(&socket).await;
-                let _ = client
-                    .stop_pod_sandbox(podckpt::api::cri::StopPodSandboxRequest {
-                        pod_sandbox_id: id.clone(),
-                    })
-                    .await;
-                let _ = client
-                    .remove_pod_sandbox(podckpt::api::cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-                    .await;
-            });
-        })
-        .join()
-        .ok();
+        support::remove_pod_blocking(&self.socket, &self.id);
         // restorep made the pod's log directory, as the kubelet would have.
         if let Ok(entries) = std::fs::read_dir("/var/log/pods") {
             for entry in entries.flatten() {

@@ -8,15 +8,7 @@ use podckpt::api::cri;
 use serial_test::serial;
 use tonic::Code;
 
-use crate::support::{self, Pod, Shim, checkpoint_pod, eventually, exec, testbed};
-
-const COUNTER: &str =
-    "echo hi > /tmp/written; rm /bin/yes; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
-
-async fn count(client: &mut support::Runtime, cid: &str) -> u64 {
-    let (out, _) = exec(client, cid, &["cat", "/tmp/count"]).await;
-    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
-}
+use crate::support::{self, COUNTER, Pod, Shim, checkpoint_pod, count, eventually, exec, testbed};
 
 /// A counter pod counted up to at least `min`, checkpointed into a new
 /// directory; returns (checkpoint dir holder, path, the count just before).

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use podckpt::api::cri;
-use support::{Pod, Shim, Testbed, checkpoint_pod, eventually, exec};
+use support::{Pod, Shim, Testbed, checkpoint_pod, count, eventually};
 
 const ROUNDS: usize = 3;
 
@@ -33,11 +33,6 @@ fn memory_script(mib: u64) -> String {
         "x=$(head -c {} /dev/zero | tr '\\0' m); i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done",
         mib << 20
     )
-}
-
-async fn count(client: &mut support::Runtime, cid: &str) -> u64 {
-    let (out, _) = exec(client, cid, &["cat", "/tmp/count"]).await;
-    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
 }
 
 async fn wait_counting(client: &support::Runtime, cid: &str) {

@@ -422,29 +422,44 @@ pub fn install_interposer() {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        let socket = self.socket.clone();
-        let id = self.id.clone();
-        // Drop cannot await; a thread with its own runtime can.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let mut client = runtime_client(&socket).await;
-                let _ = client
-                    .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                        pod_sandbox_id: id.clone(),
-                    })
-                    .await;
-                let _ = client
-                    .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-                    .await;
-            });
-        })
-        .join()
-        .ok();
+        remove_pod_blocking(&self.socket, &self.id);
     }
+}
+
+/// Stops and removes a pod from a synchronous context (a Drop): Drop cannot
+/// await, a thread with its own runtime can.
+pub fn remove_pod_blocking(socket: &Path, id: &str) {
+    let (socket, id) = (socket.to_owned(), id.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut client = runtime_client(&socket).await;
+            let _ = client
+                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await;
+            let _ = client
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await;
+        });
+    })
+    .join()
+    .ok();
+}
+
+/// Counts up in /tmp/count every 0.2 s; also writes a file and deletes
+/// one, so its writable layer has both kinds of change.
+pub const COUNTER: &str =
+    "echo hi > /tmp/written; rm /bin/yes; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
+
+/// The value in a container's /tmp/count (0 if unreadable).
+pub async fn count(client: &mut Runtime, cid: &str) -> u64 {
+    let (out, _) = exec(client, cid, &["cat", "/tmp/count"]).await;
+    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
 }
 
 /// ContainerStatus of a container that must exist.
