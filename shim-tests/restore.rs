@@ -295,9 +295,9 @@ async fn a_container_holding_256_mib_restores() {
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "big").await;
     const SIZE: u64 = 256 << 20;
-    // Progress without sleeping children: a child restored in the middle of
-    // nanosleep(2) after a long dump sometimes does not wake (seen with CRIU
-    // 4.1 here), which would hide what this test is about.
+    // Progress without sleeping children: once here, a `sleep 0.2` child
+    // restored mid-sleep after a long dump had not woken 10 s later (CRIU
+    // 4.1); that would hide what this test is about.
     let script = format!(
         "x=$(head -c {SIZE} /dev/zero | tr '\\0' m); i=0; while :; do i=$((i+1)); \\
          if [ $((i % 20000)) -eq 0 ]; then echo ${{#x}} > /tmp/len; echo $i > /tmp/count; fi; done"

@@ -456,10 +456,17 @@ pub fn remove_pod_blocking(socket: &Path, id: &str) {
 pub const COUNTER: &str =
     "echo hi > /tmp/written; rm /bin/yes; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
 
-/// The value in a container's /tmp/count (0 if unreadable).
+/// The value in a container's /tmp/count (0 if unreadable). The writer
+/// truncates before it writes, so an empty read is retried.
 pub async fn count(client: &mut Runtime, cid: &str) -> u64 {
-    let (out, _) = exec(client, cid, &["cat", "/tmp/count"]).await;
-    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
+    for _ in 0..10 {
+        let (out, _) = exec(client, cid, &["cat", "/tmp/count"]).await;
+        if let Ok(n) = String::from_utf8_lossy(&out).trim().parse() {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    0
 }
 
 /// ContainerStatus of a container that must exist.
