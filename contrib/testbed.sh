@@ -166,6 +166,7 @@ cmd_stop() {
     done
     ip link delete podckpt0 2>/dev/null || true
     rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd"
+    rm -f "$SOCK" "$SOCK.ttrpc"
     log "stopped"
 }
 
