@@ -109,16 +109,7 @@ async fn one_checkpoint_restored_twice_gives_two_replicas() {
     let (_keep, checkpoint, saved) = checkpointed_counter(&shim, &tb, 5).await;
     let mut pods = Vec::new();
     for _ in 0..2 {
-        let (pod, restored) = Pod::restore(&shim, &tb, &checkpoint, &[("counter", "exit 1")])
-            .await
-            .expect("RestorePod");
-        let cid = restored[0].container_id.clone();
-        client
-            .start_container(cri::StartContainerRequest {
-                container_id: cid.clone(),
-            })
-            .await
-            .expect("StartContainer");
+        let (pod, cid) = support::restore_and_start(&shim, &tb, &checkpoint, "counter").await;
         pods.push((pod, cid));
     }
     assert_ne!(pods[0].0.id, pods[1].0.id);
@@ -329,16 +320,7 @@ async fn a_container_holding_256_mib_restores() {
     );
     drop(pod);
 
-    let (restored_pod, restored) = Pod::restore(&shim, &tb, &out, &[("big", "exit 1")])
-        .await
-        .expect("RestorePod");
-    let new = restored[0].container_id.clone();
-    client
-        .start_container(cri::StartContainerRequest {
-            container_id: new.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    let (restored_pod, new) = support::restore_and_start(&shim, &tb, &out, "big").await;
     // /tmp/len also came back with the rootfs diff; remove it, so that only
     // the restored process, from the variable in its memory, can write it.
     assert_eq!(exec(&mut client, &new, &["rm", "/tmp/len"]).await.1, 0);

@@ -18,7 +18,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use podckpt::api::cri;
 use support::{Pod, Shim, Testbed, checkpoint_pod, count, eventually};
 
 const ROUNDS: usize = 3;
@@ -84,16 +83,7 @@ async fn podckpt_checkpoint(shim: &Shim, pod: &str, ids: &[&str], out: &Path) ->
 async fn podckpt_restore(shim: &Shim, tb: &Testbed, checkpoint: &Path, name: &str) -> (f64, f64) {
     let mut client = shim.client().await;
     let started = Instant::now();
-    let (pod, restored) = Pod::restore(shim, tb, checkpoint, &[(name, "exit 1")])
-        .await
-        .expect("RestorePod");
-    let cid = restored[0].container_id.clone();
-    client
-        .start_container(cri::StartContainerRequest {
-            container_id: cid.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    let (pod, cid) = support::restore_and_start(shim, tb, checkpoint, name).await;
     let total = started.elapsed().as_secs_f64();
     let record = Path::new(support::RUNC_ROOT)
         .join(&cid)

@@ -408,6 +408,23 @@ impl Pod {
     }
 }
 
+/// RestorePod of a one-container checkpoint, then StartContainer; returns
+/// the new pod and the restored container's id.
+pub async fn restore_and_start(shim: &Shim, tb: &Testbed, checkpoint: &Path, name: &str) -> (Pod, String) {
+    let (pod, restored) = Pod::restore(shim, tb, checkpoint, &[(name, "exit 1")])
+        .await
+        .expect("RestorePod");
+    let cid = restored[0].container_id.clone();
+    let mut client = shim.client().await;
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: cid.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    (pod, cid)
+}
+
 /// Where the test bed's containerd looks for podckpt-runc (its "podckpt"
 /// handler); the freshly built one is copied there.
 pub const INTERPOSER_PATH: &str = "/run/podckpt-testbed/bin/podckpt-runc";
