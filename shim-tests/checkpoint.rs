@@ -28,14 +28,7 @@ async fn a_counter_pod_is_checkpointed_and_keeps_running() {
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "ckpt").await;
     let cid = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let mut c = client.clone();
-            let cid = cid.clone();
-            async move { count(&mut c, &cid).await >= 2 }
-        })
-        .await
-    );
+    assert!(support::count_reaches(&client, &cid, 2, Duration::from_secs(5)).await);
 
     let parent = tempfile::tempdir().unwrap();
     let out = parent.path().join("ckpt");
@@ -47,14 +40,7 @@ async fn a_counter_pod_is_checkpointed_and_keeps_running() {
     // The pod goes on: running, not paused, and counting.
     assert_eq!(runc_status(&cid), "running");
     let after = count(&mut client, &cid).await;
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let mut c = client.clone();
-            let cid = cid.clone();
-            async move { count(&mut c, &cid).await > after }
-        })
-        .await
-    );
+    assert!(support::count_reaches(&client, &cid, after + 1, Duration::from_secs(5)).await);
 
     // The layout.
     let options: PodOptions = serde_json::from_slice(&std::fs::read(out.join(archive::POD_OPTIONS)).unwrap()).unwrap();

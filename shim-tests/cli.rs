@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serial_test::serial;
 
-use crate::support::{self, Pod, Shim, eventually, exec, testbed};
+use crate::support::{self, Pod, Shim, testbed};
 
 fn podckpt(shim: &Shim, args: &[&str]) -> Output {
     let endpoint = format!("unix://{}", shim.socket.display());
@@ -36,20 +36,7 @@ async fn checkpointp_inspectcp_restorep_through_the_cli() {
     let pod = Pod::run(&mut client, &shim.socket, "cli").await;
     let script = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
     let cid = pod.start_container(&mut client, &tb.image, "counter", script).await;
-    let count = |cid: String| {
-        let mut client = client.clone();
-        async move {
-            let (out, _) = exec(&mut client, &cid, &["cat", "/tmp/count"]).await;
-            String::from_utf8_lossy(&out).trim().parse::<u64>().unwrap_or(0)
-        }
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let c = count(cid.clone());
-            async move { c.await >= 5 }
-        })
-        .await
-    );
+    assert!(support::count_reaches(&client, &cid, 5, Duration::from_secs(10)).await);
 
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("from-cli");
@@ -67,7 +54,7 @@ async fn checkpointp_inspectcp_restorep_through_the_cli() {
     assert_eq!(inspected["containers"][0]["name"], "counter");
     assert_eq!(inspected["containers"][0]["id"], cid.as_str());
 
-    let saved = count(cid.clone()).await;
+    let saved = support::count(&mut client, &cid).await;
     drop(pod);
     let restored = json(&podckpt(
         &shim,
@@ -81,7 +68,7 @@ async fn checkpointp_inspectcp_restorep_through_the_cli() {
     let new_cid = restored["containers"][0]["container_id"].as_str().unwrap().to_owned();
     assert_eq!(restored["containers"][0]["name"], "counter");
     assert!(
-        count(new_cid.clone()).await >= saved,
+        support::count(&mut client, &new_cid).await >= saved,
         "the restored counter started over"
     );
 

@@ -16,12 +16,7 @@ async fn checkpointed_counter(shim: &Shim, tb: &support::Testbed, min: u64) -> (
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "source").await;
     let cid = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
-    let reached = eventually(Duration::from_secs(20), || {
-        let mut c = client.clone();
-        let cid = cid.clone();
-        async move { count(&mut c, &cid).await >= min }
-    })
-    .await;
+    let reached = support::count_reaches(&client, &cid, min, Duration::from_secs(20)).await;
     assert!(reached, "the counter did not reach {min}");
     let parent = tempfile::tempdir().unwrap();
     let out = parent.path().join("ckpt");
@@ -80,12 +75,7 @@ async fn a_restored_counter_goes_on_from_its_saved_value() {
         first >= saved,
         "the counter restarted: {first} after restore, {saved} before the checkpoint"
     );
-    let advanced = eventually(Duration::from_secs(5), || {
-        let mut c = client.clone();
-        let cid = cid.clone();
-        async move { count(&mut c, &cid).await > first }
-    })
-    .await;
+    let advanced = support::count_reaches(&client, &cid, first + 1, Duration::from_secs(5)).await;
     assert!(advanced, "the restored counter does not count");
     // The writable layer came back too: the written file, and not the deleted one.
     assert_eq!(
@@ -222,14 +212,7 @@ async fn a_two_container_pod_comes_back_whole() {
             "echo payload-$$ > /data.txt; while :; do sleep 1; done",
         )
         .await;
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let mut c = client.clone();
-            let id = counter.clone();
-            async move { count(&mut c, &id).await >= 5 }
-        })
-        .await
-    );
+    assert!(support::count_reaches(&client, &counter, 5, Duration::from_secs(10)).await);
     let (written, _) = exec(&mut client, &writer, &["cat", "/data.txt"]).await;
     assert!(written.starts_with(b"payload-"));
 
@@ -294,12 +277,7 @@ async fn a_container_holding_256_mib_restores() {
          if [ $((i % 20000)) -eq 0 ]; then echo ${{#x}} > /tmp/len; echo $i > /tmp/count; fi; done"
     );
     let cid = pod.start_container(&mut client, &tb.image, "big", &script).await;
-    let ready = eventually(Duration::from_secs(60), || {
-        let mut c = client.clone();
-        let id = cid.clone();
-        async move { count(&mut c, &id).await >= 2 }
-    })
-    .await;
+    let ready = support::count_reaches(&client, &cid, 2, Duration::from_secs(60)).await;
     assert!(ready, "the 256 MiB container did not get going");
 
     let parent = tempfile::tempdir().unwrap();

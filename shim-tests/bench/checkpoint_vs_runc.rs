@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Pod, Shim, Testbed, checkpoint_pod, count, eventually};
+use support::{Pod, Shim, Testbed, checkpoint_pod, count};
 
 const ROUNDS: usize = 3;
 
@@ -35,12 +35,7 @@ fn memory_script(mib: u64) -> String {
 }
 
 async fn wait_counting(client: &support::Runtime, cid: &str) {
-    let ok = eventually(Duration::from_secs(180), || {
-        let mut c = client.clone();
-        let id = cid.to_owned();
-        async move { count(&mut c, &id).await >= 2 }
-    })
-    .await;
+    let ok = support::count_reaches(client, cid, 2, Duration::from_secs(180)).await;
     assert!(ok, "container {cid} did not start counting");
 }
 

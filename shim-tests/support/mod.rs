@@ -500,6 +500,16 @@ pub async fn container_status(client: &mut Runtime, container_id: &str) -> cri::
         .expect("container status")
 }
 
+/// Whether the container's /tmp/count reaches `at_least` within `limit`.
+pub async fn count_reaches(client: &Runtime, cid: &str, at_least: u64, limit: Duration) -> bool {
+    eventually(limit, || {
+        let mut client = client.clone();
+        let cid = cid.to_owned();
+        async move { count(&mut client, &cid).await >= at_least }
+    })
+    .await
+}
+
 /// Runs a command in a container and returns (stdout, exit code).
 pub async fn exec(client: &mut Runtime, container_id: &str, cmd: &[&str]) -> (Vec<u8>, i32) {
     let resp = client
