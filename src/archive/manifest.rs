@@ -70,7 +70,7 @@ impl Manifest {
 fn hash_tree(root: &Path) -> Result<BTreeMap<String, FileEntry>, ArchiveError> {
     let mut files = BTreeMap::new();
     for entry in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
-        let entry = entry.map_err(|e| ArchiveError::Invalid(format!("walking {}: {e}", root.display())))?;
+        let entry = entry.map_err(ArchiveError::walk(root))?;
         let kind = entry.file_type();
         if kind.is_dir() {
             continue;

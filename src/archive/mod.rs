@@ -89,6 +89,11 @@ pub enum ArchiveError {
 }
 
 impl ArchiveError {
+    /// For errors met while walking the tree under `root`.
+    pub fn walk(root: &std::path::Path) -> impl FnOnce(walkdir::Error) -> Self + '_ {
+        move |e| Self::Invalid(format!("walking {}: {e}", root.display()))
+    }
+
     pub fn io(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }
@@ -104,15 +109,19 @@ pub fn write_json(path: &std::path::Path, value: &impl Serialize) -> Result<(), 
     write_private(path, &bytes)
 }
 
-/// Writes `bytes` to a new file at `path`, mode 0600 from the start.
-pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), ArchiveError> {
-    use std::io::Write;
+/// Creates a new file at `path`, mode 0600 from the start.
+pub fn create_private(path: &std::path::Path) -> Result<std::fs::File, ArchiveError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(FILE_MODE)
         .open(path)
-        .map_err(ArchiveError::io(path))?;
-    file.write_all(bytes).map_err(ArchiveError::io(path))
+        .map_err(ArchiveError::io(path))
+}
+
+/// Writes `bytes` to a new file at `path`, mode 0600 from the start.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+    use std::io::Write;
+    create_private(path)?.write_all(bytes).map_err(ArchiveError::io(path))
 }

@@ -10,12 +10,7 @@ use super::{ArchiveError, write_json};
 /// become entries of `deleted.files`; everything else goes into the tar with
 /// its owner, mode and times.
 pub fn write(upper: &Path, tar_path: &Path, deleted_path: &Path) -> Result<(), ArchiveError> {
-    let file = super::write_private(tar_path, &[]).and_then(|()| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(tar_path)
-            .map_err(ArchiveError::io(tar_path))
-    })?;
+    let file = super::create_private(tar_path)?;
     let mut tar = tar::Builder::new(file);
     tar.follow_symlinks(false);
     let mut deleted = Vec::new();
@@ -24,7 +19,7 @@ pub fn write(upper: &Path, tar_path: &Path, deleted_path: &Path) -> Result<(), A
         .sort_by_file_name()
         .min_depth(1)
     {
-        let entry = entry.map_err(|e| ArchiveError::Invalid(format!("walking {}: {e}", upper.display())))?;
+        let entry = entry.map_err(ArchiveError::walk(upper))?;
         let relative = entry.path().strip_prefix(upper).expect("walkdir stays under its root");
         let meta = entry
             .metadata()

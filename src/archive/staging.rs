@@ -65,7 +65,7 @@ impl Drop for Staging {
 
 fn restrict_modes(root: &Path) -> Result<(), ArchiveError> {
     for entry in walkdir::WalkDir::new(root).follow_links(false) {
-        let entry = entry.map_err(|e| ArchiveError::Invalid(format!("walking {}: {e}", root.display())))?;
+        let entry = entry.map_err(ArchiveError::walk(root))?;
         let mode = match entry.file_type() {
             t if t.is_dir() => DIR_MODE,
             t if t.is_file() => FILE_MODE,
