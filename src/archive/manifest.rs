@@ -1,19 +1,21 @@
-//! `manifest.json`: what a checkpoint holds, and the SHA-256 of every file,
-//! so that a restore can refuse anything changed, added or missing.
+//! `manifest.json`: what a checkpoint holds, and the SHA-256 of every file
+//! (chunk by chunk, see `digest`), so that a restore can refuse anything
+//! changed, added or missing.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use super::digest::{self, CHUNK_SIZE, CHUNK_SIZES, Listed};
 use super::{ArchiveError, FORMAT_VERSION, MANIFEST};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
-    pub sha256: String,
     pub size: u64,
+    /// The SHA-256 of each `chunk_size` piece of the file, in order. A file
+    /// no larger than one chunk has one, its plain SHA-256.
+    pub sha256: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,89 +26,135 @@ pub struct Manifest {
     pub pod_sandbox_id: String,
     /// RFC 3339, UTC.
     pub created: String,
+    /// The size of the pieces each file is hashed in.
+    pub chunk_size: u64,
     /// Every regular file but the manifest, by path relative to the root.
     pub files: BTreeMap<String, FileEntry>,
 }
 
 impl Manifest {
-    /// Hashes every file under `root`. Anything that is not a regular file
-    /// or a directory is refused: a checkpoint holds no links or devices.
+    /// Hashes every file under `root`.
     pub fn build(root: &Path, backend: &str, criu_version: &str, pod_sandbox_id: &str) -> Result<Self, ArchiveError> {
+        Self::build_with(root, backend, criu_version, pod_sandbox_id, BTreeMap::new())
+    }
+
+    /// Lists every file under `root`, taking the entries in `known` (hashed
+    /// earlier by `digest_tree`, and not written since) as they are and
+    /// hashing the rest. A known entry that is not there is an error, so the
+    /// manifest always describes exactly what is on disk.
+    pub fn build_with(
+        root: &Path,
+        backend: &str,
+        criu_version: &str,
+        pod_sandbox_id: &str,
+        mut known: BTreeMap<String, FileEntry>,
+    ) -> Result<Self, ArchiveError> {
+        let listed = listed_without_manifest(root)?;
+        let mut files = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for file in listed {
+            match known.remove(&file.name) {
+                Some(entry) if entry.size == file.size => {
+                    files.insert(file.name, entry);
+                }
+                Some(_) => {
+                    return Err(ArchiveError::Invalid(format!(
+                        "{} changed size after it was hashed",
+                        file.name
+                    )));
+                }
+                None => unknown.push(file),
+            }
+        }
+        if let Some(name) = known.keys().next() {
+            return Err(ArchiveError::Invalid(format!("{name} was hashed but is gone")));
+        }
+        files.extend(entries(unknown, CHUNK_SIZE)?);
         Ok(Self {
             format_version: FORMAT_VERSION,
             backend: backend.to_owned(),
             criu_version: criu_version.to_owned(),
             pod_sandbox_id: pod_sandbox_id.to_owned(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            files: hash_tree(root)?,
+            chunk_size: CHUNK_SIZE,
+            files,
         })
     }
 
-    /// Checks that `root` holds exactly the files listed, with their hashes.
+    /// Checks that `root` holds exactly the files listed, with their sizes
+    /// and hashes. Sizes and names are compared before any byte is read.
     pub fn verify(&self, root: &Path) -> Result<(), ArchiveError> {
-        let found = hash_tree(root)?;
-        for (path, entry) in &self.files {
-            match found.get(path) {
-                None => {
-                    return Err(ArchiveError::Invalid(format!(
-                        "{path} is listed in the manifest but missing"
-                    )));
-                }
-                Some(actual) if actual != entry => {
-                    return Err(ArchiveError::Invalid(format!(
-                        "{path} does not match its SHA-256 in the manifest"
-                    )));
-                }
-                Some(_) => {}
+        if !CHUNK_SIZES.contains(&self.chunk_size) {
+            return Err(ArchiveError::Invalid(format!(
+                "chunk size {} is outside {CHUNK_SIZES:?}",
+                self.chunk_size
+            )));
+        }
+        let listed = listed_without_manifest(root)?;
+        if let Some(extra) = listed.iter().find(|f| !self.files.contains_key(&f.name)) {
+            return Err(ArchiveError::Invalid(format!(
+                "{} is not listed in the manifest",
+                extra.name
+            )));
+        }
+        if let Some(missing) = self.files.keys().find(|name| !listed.iter().any(|f| &f.name == *name)) {
+            return Err(ArchiveError::Invalid(format!(
+                "{missing} is listed in the manifest but missing"
+            )));
+        }
+        for file in &listed {
+            let entry = &self.files[&file.name];
+            if entry.size != file.size || entry.sha256.len() != digest::chunk_count(file.size, self.chunk_size) {
+                return Err(mismatch(&file.name));
             }
         }
-        if let Some(extra) = found.keys().find(|p| !self.files.contains_key(*p)) {
-            return Err(ArchiveError::Invalid(format!("{extra} is not listed in the manifest")));
+        let digests = digest::hash_files(&listed, self.chunk_size)?;
+        for (file, actual) in listed.iter().zip(digests) {
+            if self.files[&file.name].sha256 != actual {
+                return Err(mismatch(&file.name));
+            }
         }
         Ok(())
     }
 }
 
-fn hash_tree(root: &Path) -> Result<BTreeMap<String, FileEntry>, ArchiveError> {
-    let mut files = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
-        let entry = entry.map_err(ArchiveError::walk(root))?;
-        let kind = entry.file_type();
-        if kind.is_dir() {
-            continue;
-        }
-        let relative = entry.path().strip_prefix(root).expect("walkdir stays under its root");
-        let name = relative
-            .to_str()
-            .ok_or_else(|| ArchiveError::Invalid(format!("{} is not UTF-8", relative.display())))?;
-        if !kind.is_file() {
-            return Err(ArchiveError::Invalid(format!("{name} is not a regular file")));
-        }
-        if name == MANIFEST {
-            continue;
-        }
-        files.insert(name.to_owned(), hash_file(entry.path())?);
-    }
-    Ok(files)
+fn mismatch(name: &str) -> ArchiveError {
+    ArchiveError::Invalid(format!("{name} does not match its size and SHA-256 in the manifest"))
 }
 
-fn hash_file(path: &Path) -> Result<FileEntry, ArchiveError> {
-    let mut file = std::fs::File::open(path).map_err(ArchiveError::io(path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(ArchiveError::io(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
+fn listed_without_manifest(root: &Path) -> Result<Vec<Listed>, ArchiveError> {
+    let mut listed = digest::list(root)?;
+    listed.retain(|f| f.name != MANIFEST);
+    Ok(listed)
+}
+
+fn entries(files: Vec<Listed>, chunk_size: u64) -> Result<BTreeMap<String, FileEntry>, ArchiveError> {
+    let digests = digest::hash_files(&files, chunk_size)?;
+    Ok(files
+        .into_iter()
+        .zip(digests)
+        .map(|(file, sha256)| {
+            (
+                file.name,
+                FileEntry {
+                    size: file.size,
+                    sha256,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The entries of every file under `root`, named as seen from `root`'s
+/// parent (`FOLDER/...`), ready for `Manifest::build_with`. The checkpoint
+/// hashes a container's folder as soon as it is complete, while the other
+/// containers are still being captured.
+pub fn digest_tree(root: &Path, folder: &str) -> Result<BTreeMap<String, FileEntry>, ArchiveError> {
+    let mut listed = digest::list(root)?;
+    for file in &mut listed {
+        file.name = format!("{folder}/{}", file.name);
     }
-    Ok(FileEntry {
-        sha256: format!("{:x}", hasher.finalize()),
-        size,
-    })
+    entries(listed, CHUNK_SIZE)
 }
 
 #[cfg(test)]
@@ -123,7 +171,7 @@ mod tests {
         assert_eq!(m.files.len(), 2);
         assert_eq!(
             m.files["c/a"].sha256,
-            "7692c3ad3540bb803c020b3aee66cd8887123234ea0c6e7143c0add73ff431ed"
+            ["7692c3ad3540bb803c020b3aee66cd8887123234ea0c6e7143c0add73ff431ed"]
         );
         m.verify(dir.path()).unwrap();
 
@@ -150,6 +198,40 @@ mod tests {
                 .to_string()
                 .contains("pod.dump is listed")
         );
+    }
+
+    #[test]
+    fn build_with_takes_known_entries_and_hashes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("c")).unwrap();
+        std::fs::write(dir.path().join("c/a"), b"one").unwrap();
+        let known = digest_tree(&dir.path().join("c"), "c").unwrap();
+        assert_eq!(known.keys().collect::<Vec<_>>(), ["c/a"]);
+        std::fs::write(dir.path().join("pod.options"), b"{}").unwrap();
+        let m = Manifest::build_with(dir.path(), "b", "v", "p", known.clone()).unwrap();
+        assert_eq!(
+            m,
+            Manifest {
+                created: m.created.clone(),
+                ..Manifest::build(dir.path(), "b", "v", "p").unwrap()
+            }
+        );
+
+        std::fs::write(dir.path().join("c/a"), b"longer").unwrap();
+        let err = Manifest::build_with(dir.path(), "b", "v", "p", known.clone()).unwrap_err();
+        assert!(err.to_string().contains("changed size"), "{err}");
+        std::fs::remove_file(dir.path().join("c/a")).unwrap();
+        let err = Manifest::build_with(dir.path(), "b", "v", "p", known).unwrap_err();
+        assert!(err.to_string().contains("gone"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_cannot_choose_a_silly_chunk_size() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"one").unwrap();
+        let mut m = Manifest::build(dir.path(), "b", "v", "p").unwrap();
+        m.chunk_size = 1;
+        assert!(m.verify(dir.path()).unwrap_err().to_string().contains("chunk size"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! OUTPUT/
-//!   manifest.json           format version, CRIU version, SHA-256 of every file
+//!   manifest.json           format version, CRIU version, SHA-256 of every file (by chunk)
 //!   pod.options             {"version":1,"containers":{NAME: "ID-NAME"},"annotations":{..}}
 //!   pod.dump                the PodSandboxConfig, as JSON
 //!   ID-NAME/                one checkpointctl-compatible folder per container
@@ -12,6 +12,7 @@
 //!     rootfs-diff.tar deleted.files
 //! ```
 
+pub mod digest;
 pub mod manifest;
 pub mod rootfs_diff;
 mod staging;
@@ -20,10 +21,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use manifest::{FileEntry, Manifest};
+pub use manifest::{FileEntry, Manifest, digest_tree};
 pub use staging::Staging;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's format. 2: each file's SHA-256 is a list, one per chunk
+/// of `chunk_size` bytes.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// `pod.options`'s own version, as the CRI-O and containerd prototypes write it.
+pub const POD_OPTIONS_VERSION: u32 = 1;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const POD_OPTIONS: &str = "pod.options";
