@@ -29,7 +29,7 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let upstream = Upstream::new(config.runtime_endpoint.clone(), config.connect_timeout);
     let pods = PodService::new(&config, podckpt::cri_client::channel(config.runtime_endpoint.path()))?;
     pods.recover().await;
-    let router = Router::new(upstream, pods);
+    let router = Router::new(upstream, pods.clone());
     info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %config.listen.display(),
@@ -38,6 +38,7 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     );
     let shutdown = shutdown_signal()?;
     proxy::serve(listener, &config.listen, router, shutdown, config.shutdown_grace).await;
+    pods.drain().await;
     info!("podckptd stopped");
     Ok(())
 }

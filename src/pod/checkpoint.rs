@@ -1,44 +1,23 @@
 //! CheckpointPod: validate everything, then freeze every selected container,
 //! capture each, and always resume them all; the output appears only whole.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::PodService;
+use super::capture::{Capture, Target};
 use super::error::PodError;
 use super::journal::PausedSet;
 use super::options;
 use crate::api::cri;
 use crate::api::pod::CheckpointPodRequest;
-use crate::archive::{self, ContainerConfigDump, Manifest, PodOptions, Staging, rootfs_diff};
-use crate::backend::{CaptureDirs, CaptureOptions, ContainerRef};
-
-/// One container to capture, with what the runtime told us about it.
-struct Target {
-    status: cri::ContainerStatus,
-    /// containerd's verbose info: pid, runtimeSpec, config.
-    info: Value,
-}
-
-impl Target {
-    fn id(&self) -> &str {
-        &self.status.id
-    }
-    fn name(&self) -> &str {
-        self.status
-            .metadata
-            .as_ref()
-            .map(|m| m.name.as_str())
-            .unwrap_or_default()
-    }
-    fn folder(&self) -> String {
-        archive::container_dir_name(self.id(), self.name())
-    }
-}
+use crate::archive::{self, Manifest, PodOptions, Staging};
+use crate::backend::ContainerRef;
 
 impl PodService {
     pub(super) async fn checkpoint(
@@ -78,12 +57,15 @@ impl PodService {
             self.inner.journal.clear(&key)?;
             return Err(err.into());
         }
-        let remaining = deadline.saturating_sub(started.elapsed());
-        let captured = tokio::time::timeout(
-            remaining,
-            capture_all(&*backend.checkpointer, &targets, staging.path(), &capture_options),
-        )
-        .await;
+        let capture = Capture {
+            backend: backend.checkpointer.clone(),
+            root: staging.path().to_owned(),
+            options: capture_options,
+            checkpointed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            deadline: started + deadline,
+            limit: deadline,
+        };
+        let captured = capture.all(targets.iter().cloned().collect()).await;
         let failures = backend.checkpointer.resume_pod(&refs).await;
         if !failures.is_empty() {
             // The journal keeps them, so a restarted daemon tries again.
@@ -94,23 +76,28 @@ impl PodService {
             )));
         }
         self.inner.journal.clear(&key)?;
-        match captured {
-            Err(_) => return Err(PodError::DeadlineExceeded(deadline)),
-            Ok(result) => result?,
-        }
+        let paused_ms = started.elapsed().as_millis() as u64;
+        let hashed = captured?.finish().await?;
 
-        let checkpointed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        for target in &targets {
-            write_container_files(&staging.path().join(target.folder()), target, &checkpointed_at)?;
-        }
         write_pod_files(staging.path(), &pod, &targets)?;
-        let manifest = Manifest::build(staging.path(), backend.checkpointer.name(), &engine_version, pod_id)?;
+        let manifest = Manifest::build_with(
+            staging.path(),
+            backend.checkpointer.name(),
+            &engine_version,
+            pod_id,
+            hashed,
+        )?;
         archive::write_json(&staging.path().join(archive::MANIFEST), &manifest)?;
+        if Instant::now() >= capture.deadline {
+            // The caller has given up: a checkpoint it never hears of must not appear.
+            return Err(capture.deadline_exceeded());
+        }
         let done = staging.commit()?;
         info!(
             pod = pod_id,
             containers = targets.len(),
             output = %done.display(),
+            paused_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "pod checkpointed"
         );
@@ -144,7 +131,7 @@ impl PodService {
     }
 
     /// The selected containers, or every running one when none is named.
-    async fn resolve_containers(&self, pod_id: &str, wanted: &[String]) -> Result<Vec<Target>, PodError> {
+    async fn resolve_containers(&self, pod_id: &str, wanted: &[String]) -> Result<Vec<Arc<Target>>, PodError> {
         let filter = cri::ContainerFilter {
             pod_sandbox_id: pod_id.into(),
             ..Default::default()
@@ -203,10 +190,10 @@ impl PodService {
             let status = response
                 .status
                 .ok_or_else(|| PodError::Internal(format!("container {} has no status", container.id)))?;
-            targets.push(Target {
+            targets.push(Arc::new(Target {
                 status,
                 info: info.unwrap_or(Value::Null),
-            });
+            }));
         }
         Ok(targets)
     }
@@ -248,104 +235,14 @@ fn validate_output(path: &str) -> Result<PathBuf, PodError> {
     Ok(path)
 }
 
-/// Captures each (already paused) container: process images through the
-/// backend, then its writable-layer changes.
-async fn capture_all(
-    backend: &dyn crate::backend::Checkpointer,
-    targets: &[Target],
-    root: &Path,
-    options: &CaptureOptions,
-) -> Result<(), PodError> {
-    for target in targets {
-        let folder = root.join(target.folder());
-        let images = folder.join(archive::CHECKPOINT_DIR);
-        let work = root.join(format!(".work-{}", target.id()));
-        for dir in [&folder, &images, &work] {
-            std::fs::DirBuilder::new()
-                .mode(archive::DIR_MODE)
-                .create(dir)
-                .map_err(archive::ArchiveError::io(dir))?;
-        }
-        let container = ContainerRef {
-            id: target.id().to_owned(),
-        };
-        let started = Instant::now();
-        backend
-            .capture(
-                &container,
-                &CaptureDirs {
-                    images: &images,
-                    work: &work,
-                },
-                options,
-            )
-            .await?;
-        for name in [archive::DUMP_LOG, archive::STATS_DUMP] {
-            let from = work.join(name);
-            if from.exists() {
-                std::fs::rename(&from, folder.join(name)).map_err(archive::ArchiveError::io(&from))?;
-            }
-        }
-        std::fs::remove_dir_all(&work).map_err(archive::ArchiveError::io(&work))?;
-
-        let pid = target.info.get("pid").and_then(Value::as_u64).unwrap_or_default() as u32;
-        let folder_for_diff = folder.clone();
-        let id = target.id().to_owned();
-        tokio::task::spawn_blocking(move || -> Result<(), PodError> {
-            let upper = rootfs_diff::upper_dir_of(pid)?.ok_or_else(|| {
-                PodError::FailedPrecondition(format!(
-                    "container {id}: its root file system is not an overlay; cannot capture its changes"
-                ))
-            })?;
-            rootfs_diff::write(
-                &upper,
-                &folder_for_diff.join(archive::ROOTFS_DIFF),
-                &folder_for_diff.join(archive::DELETED_FILES),
-            )?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| PodError::Internal(format!("rootfs diff task: {e}")))??;
-        info!(container = %target.id(), name = target.name(), elapsed_ms = started.elapsed().as_millis() as u64, "container captured");
-    }
-    Ok(())
-}
-
-fn write_container_files(folder: &Path, target: &Target, checkpointed_at: &str) -> Result<(), PodError> {
-    let status = &target.status;
-    let image = status.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
-    let created = std::time::UNIX_EPOCH + Duration::from_nanos(status.created_at.max(0) as u64);
-    let config = ContainerConfigDump {
-        id: status.id.clone(),
-        name: target.name().to_owned(),
-        rootfs_image_name: image,
-        rootfs_image_ref: status.image_ref.clone(),
-        oci_runtime: target
-            .info
-            .get("runtimeType")
-            .and_then(Value::as_str)
-            .unwrap_or("runc")
-            .to_owned(),
-        created_time: humantime::format_rfc3339_seconds(created).to_string(),
-        checkpointed_at: checkpointed_at.to_owned(),
-    };
-    archive::write_json(&folder.join(archive::CONFIG_DUMP), &config)?;
-    archive::write_json(
-        &folder.join(archive::SPEC_DUMP),
-        target.info.get("runtimeSpec").unwrap_or(&Value::Null),
-    )?;
-    archive::write_json(&folder.join(archive::STATUS_DUMP), status)?;
-    Ok(())
-}
-
-fn write_pod_files(root: &Path, pod: &cri::PodSandboxStatusResponse, targets: &[Target]) -> Result<(), PodError> {
+fn write_pod_files(root: &Path, pod: &cri::PodSandboxStatusResponse, targets: &[Arc<Target>]) -> Result<(), PodError> {
     let annotations = pod
         .status
         .as_ref()
         .map(|s| s.annotations.clone().into_iter().collect())
         .unwrap_or_default();
     let options = PodOptions {
-        version: archive::FORMAT_VERSION,
+        version: archive::POD_OPTIONS_VERSION,
         containers: targets.iter().map(|t| (t.name().to_owned(), t.folder())).collect(),
         annotations,
     };

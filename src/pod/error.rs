@@ -24,10 +24,11 @@ pub enum PodError {
     Backend(#[from] BackendError),
     #[error("checkpoint archive: {0}")]
     Archive(#[from] ArchiveError),
-    #[error(
-        "the deadline of {0:?} ran out during the checkpoint; every container was resumed and the partial output removed"
-    )]
-    DeadlineExceeded(Duration),
+    /// `undone` tells the caller what was cleaned up, so it knows nothing is left.
+    #[error("the deadline of {limit:?} ran out; {undone}")]
+    DeadlineExceeded { limit: Duration, undone: &'static str },
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -49,7 +50,8 @@ impl From<PodError> for Status {
             PodError::PermissionDenied(_) => Code::PermissionDenied,
             PodError::Busy(_) => Code::Aborted,
             PodError::Runtime { status, .. } => status.code(),
-            PodError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            PodError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            PodError::Unavailable(_) => Code::Unavailable,
             PodError::Backend(_) | PodError::Archive(_) | PodError::Internal(_) => Code::Internal,
         };
         Status::new(code, err.to_string())

@@ -2,6 +2,7 @@
 //! answers itself. The tonic service here is a thin wrapper: it checks who
 //! is calling and turns domain errors into statuses.
 
+mod capture;
 mod checkpoint;
 pub mod error;
 pub mod journal;
@@ -11,6 +12,7 @@ mod restore;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -52,6 +54,8 @@ struct Inner {
     journal: Journal,
     access: AccessPolicy,
     busy: Mutex<HashSet<String>>,
+    /// Checkpoints and restores under way; see `detached`.
+    operations: TaskTracker,
 }
 
 /// Releases a pod's claim when the operation ends, however it ends.
@@ -98,6 +102,7 @@ impl PodService {
             journal,
             access: config.access.clone(),
             busy: Mutex::new(HashSet::new()),
+            operations: TaskTracker::new(),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -109,6 +114,36 @@ impl PodService {
             Ok(n) => info!(resumed = n, "resumed containers left paused by a previous podckptd"),
             Err(error) => warn!(%error, "could not read the paused-container journal"),
         }
+    }
+
+    /// Waits for the checkpoints and restores under way, so that a daemon
+    /// told to stop still resumes what it paused and undoes what it half
+    /// created. No new one may start once this is called.
+    pub async fn drain(&self) {
+        let operations = &self.inner.operations;
+        operations.close();
+        if !operations.is_empty() {
+            info!(operations = operations.len(), "waiting for pod operations to finish");
+        }
+        operations.wait().await;
+    }
+
+    /// Runs a pod operation to its end even if the caller goes away. The
+    /// call's own future is dropped when its client disconnects or the
+    /// connection is cut at shutdown; dropped half way, a checkpoint would
+    /// leave the pod paused and a restore would leave a sandbox behind.
+    async fn detached<T: Send + 'static>(
+        &self,
+        operation: impl Future<Output = Result<T, PodError>> + Send + 'static,
+    ) -> Result<T, PodError> {
+        if self.inner.operations.is_closed() {
+            return Err(PodError::Unavailable("podckptd is shutting down".into()));
+        }
+        self.inner
+            .operations
+            .spawn(operation)
+            .await
+            .map_err(|e| PodError::Internal(format!("pod operation task: {e}")))?
     }
 
     fn runtime(&self) -> RuntimeServiceClient<Channel> {
@@ -156,13 +191,19 @@ impl RuntimeService for PodService {
     ) -> Result<Response<CheckpointPodResponse>, Status> {
         self.authorize(&request, "CheckpointPod")?;
         let deadline = crate::deadline::grpc_timeout(&request.metadata().clone().into_headers());
-        self.checkpoint(deadline, request.into_inner()).await?;
+        let this = self.clone();
+        self.detached(async move { this.checkpoint(deadline, request.into_inner()).await })
+            .await?;
         Ok(Response::new(CheckpointPodResponse {}))
     }
 
     async fn restore_pod(&self, request: Request<RestorePodRequest>) -> Result<Response<RestorePodResponse>, Status> {
         self.authorize(&request, "RestorePod")?;
         let deadline = crate::deadline::grpc_timeout(&request.metadata().clone().into_headers());
-        Ok(Response::new(self.restore(deadline, request.into_inner()).await?))
+        let this = self.clone();
+        let restored = self
+            .detached(async move { this.restore(deadline, request.into_inner()).await })
+            .await?;
+        Ok(Response::new(restored))
     }
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use prost::Message;
 use tracing::{info, warn};
 
@@ -32,6 +34,8 @@ struct Verified {
 struct Created {
     sandbox: Option<String>,
     tokens: Vec<PathBuf>,
+    /// When the sandbox was ready, counted from the start of the call.
+    sandbox_ms: u64,
 }
 
 impl PodService {
@@ -40,6 +44,7 @@ impl PodService {
         deadline: Option<Duration>,
         request: RestorePodRequest,
     ) -> Result<RestorePodResponse, PodError> {
+        let started = Instant::now();
         if request.config.is_empty() {
             return Err(PodError::InvalidArgument(
                 "config (the new sandbox's PodSandboxConfig) is required".into(),
@@ -58,19 +63,38 @@ impl PodService {
                 "RestorePod takes no options; got {keys:?}"
             )));
         }
-        let checkpoint = verify(&request)?;
+        // Hashing a large checkpoint takes a while; off the thread that relays
+        // everyone else's CRI calls.
+        let (path, configs) = (request.checkpoint_path.clone(), request.container_configs.clone());
+        let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs))
+            .await
+            .map_err(|e| PodError::Internal(format!("verification task: {e}")))??;
+        let verified_ms = started.elapsed().as_millis() as u64;
 
         let mut created = Created::default();
-        let work = self.create_all(&request, &checkpoint, &mut created);
+        let work = self.create_all(&request, &checkpoint, &mut created, started);
         let result = match deadline {
-            Some(limit) => tokio::time::timeout(limit, work)
-                .await
-                .unwrap_or(Err(PodError::DeadlineExceeded(limit))),
+            Some(limit) => {
+                tokio::time::timeout_at(started + limit, work)
+                    .await
+                    .unwrap_or(Err(PodError::DeadlineExceeded {
+                        limit,
+                        undone: "the half-restored sandbox and its containers were removed",
+                    }))
+            }
             None => work.await,
         };
         match result {
             Ok(response) => {
-                info!(pod = %response.pod_sandbox_id, containers = response.restored_containers.len(), from = %checkpoint.root.display(), "pod restored (containers CREATED)");
+                info!(
+                    pod = %response.pod_sandbox_id,
+                    containers = response.restored_containers.len(),
+                    from = %checkpoint.root.display(),
+                    verified_ms,
+                    sandbox_ms = created.sandbox_ms,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "pod restored (containers CREATED)"
+                );
                 Ok(response)
             }
             Err(err) => {
@@ -85,6 +109,7 @@ impl PodService {
         request: &RestorePodRequest,
         checkpoint: &Verified,
         created: &mut Created,
+        started: Instant,
     ) -> Result<RestorePodResponse, PodError> {
         let run = RunPodSandboxRequestBytes {
             config: request.config.clone(),
@@ -93,6 +118,7 @@ impl PodService {
         let sandbox: cri::RunPodSandboxResponse = self.raw_call("RunPodSandbox", run).await?;
         let sandbox_id = sandbox.pod_sandbox_id;
         created.sandbox = Some(sandbox_id.clone());
+        created.sandbox_ms = started.elapsed().as_millis() as u64;
 
         let mut restored = Vec::new();
         for (name, folder, config) in &checkpoint.containers {
@@ -182,12 +208,11 @@ fn invalid(root: &Path, why: impl std::fmt::Display) -> PodError {
 /// Everything that can be checked before anything is created: the manifest
 /// and every checksum (which also refuses links and devices), the layout,
 /// and that the caller's container configs name exactly the checkpoint's.
-fn verify(request: &RestorePodRequest) -> Result<Verified, PodError> {
-    let root = PathBuf::from(&request.checkpoint_path);
+fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>]) -> Result<Verified, PodError> {
+    let root = PathBuf::from(checkpoint_path);
     if !root.is_absolute() {
         return Err(PodError::InvalidArgument(format!(
-            "checkpoint_path {:?} must be absolute",
-            request.checkpoint_path
+            "checkpoint_path {checkpoint_path:?} must be absolute"
         )));
     }
     let meta = std::fs::symlink_metadata(&root).map_err(|e| invalid(&root, e))?;
@@ -216,7 +241,7 @@ fn verify(request: &RestorePodRequest) -> Result<Verified, PodError> {
             .map_err(|e| invalid(&root, format!("{}: {e}", archive::POD_OPTIONS)))?;
     let mut by_name = Vec::new();
     let mut seen = BTreeSet::new();
-    for bytes in &request.container_configs {
+    for bytes in container_configs {
         let config = cri::ContainerConfig::decode(bytes.as_ref())
             .map_err(|e| PodError::InvalidArgument(format!("a container config does not decode: {e}")))?;
         let name = config.metadata.map(|m| m.name).unwrap_or_default();

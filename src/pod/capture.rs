@@ -1,0 +1,244 @@
+//! Capturing the paused containers of a pod: each one's process images
+//! through the backend, its writable-layer changes and its dump files.
+//! Containers are captured side by side, up to one per core, so a pod costs
+//! less than its containers one after another. Each folder is hashed as soon
+//! as it is complete, in the background: hashing is not capturing, so the
+//! pod need not stay paused for it.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::error::PodError;
+use crate::api::cri;
+use crate::archive::{self, ContainerConfigDump, FileEntry, rootfs_diff};
+use crate::backend::{CaptureDirs, CaptureOptions, Checkpointer, ContainerRef};
+
+/// How long a capture may run on past the deadline before it is killed.
+/// CRIU cannot be stopped safely halfway (its parasite code is running
+/// inside the process), so a capture under way is let finish; only one that
+/// hangs this long is killed, to resume the pod at last.
+pub const CAPTURE_OVERRUN: Duration = Duration::from_secs(60);
+
+const UNDONE: &str = "every container was resumed and the partial output removed";
+
+/// One container to capture, with what the runtime told us about it.
+pub struct Target {
+    pub status: cri::ContainerStatus,
+    /// containerd's verbose info: pid, runtimeSpec, config.
+    pub info: Value,
+}
+
+impl Target {
+    pub fn id(&self) -> &str {
+        &self.status.id
+    }
+
+    pub fn name(&self) -> &str {
+        self.status
+            .metadata
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or_default()
+    }
+
+    pub fn folder(&self) -> String {
+        archive::container_dir_name(self.id(), self.name())
+    }
+
+    fn pid(&self) -> u32 {
+        self.info.get("pid").and_then(Value::as_u64).unwrap_or_default() as u32
+    }
+}
+
+/// What every capture of one checkpoint shares.
+#[derive(Clone)]
+pub struct Capture {
+    pub backend: Arc<dyn Checkpointer>,
+    /// The staging directory the container folders go in.
+    pub root: PathBuf,
+    pub options: CaptureOptions,
+    pub checkpointed_at: String,
+    pub deadline: Instant,
+    pub limit: Duration,
+}
+
+impl Capture {
+    /// Captures every target, and returns the hashing of their folders, still
+    /// under way. Past the deadline no capture starts; those under way finish
+    /// (see `CAPTURE_OVERRUN`) and the result is DEADLINE_EXCEEDED. The first
+    /// error wins, but only once every capture has ended: the others are never
+    /// cut off halfway through a dump.
+    pub async fn all(&self, targets: Vec<Arc<Target>>) -> Result<Hashing, PodError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let permits = Arc::new(Semaphore::new(cores));
+        let mut tasks = JoinSet::new();
+        for target in targets {
+            let (capture, permits) = (self.clone(), permits.clone());
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
+                capture.one(&target).await
+            });
+        }
+        let mut hashing = Hashing(Vec::new());
+        let mut first_error = None;
+        loop {
+            match tokio::time::timeout_at(self.deadline + CAPTURE_OVERRUN, tasks.join_next()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(Ok(folder)))) => hashing.0.push(folder),
+                Ok(Some(Ok(Err(err)))) => {
+                    first_error.get_or_insert(err);
+                }
+                Ok(Some(Err(join))) => {
+                    first_error.get_or_insert(PodError::Internal(format!("capture task: {join}")));
+                }
+                Err(_) => {
+                    error!(
+                        overrun_s = CAPTURE_OVERRUN.as_secs(),
+                        "a capture hung past the deadline; killing it so the pod can be resumed; its process may be damaged"
+                    );
+                    // Dropping a capture kills its runtime and CRIU.
+                    tasks.shutdown().await;
+                    first_error.get_or_insert(self.deadline_exceeded());
+                    break;
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None if Instant::now() >= self.deadline => Err(self.deadline_exceeded()),
+            None => Ok(hashing),
+        }
+    }
+
+    pub fn deadline_exceeded(&self) -> PodError {
+        PodError::DeadlineExceeded {
+            limit: self.limit,
+            undone: UNDONE,
+        }
+    }
+
+    async fn one(&self, target: &Target) -> Result<JoinHandle<Result<Entries, PodError>>, PodError> {
+        if Instant::now() >= self.deadline {
+            return Err(self.deadline_exceeded());
+        }
+        let started = Instant::now();
+        let folder_name = target.folder();
+        let folder = self.root.join(&folder_name);
+        let images = folder.join(archive::CHECKPOINT_DIR);
+        let work = self.root.join(format!(".work-{}", target.id()));
+        for dir in [&folder, &images, &work] {
+            std::fs::DirBuilder::new()
+                .mode(archive::DIR_MODE)
+                .create(dir)
+                .map_err(archive::ArchiveError::io(dir))?;
+        }
+        write_container_files(&folder, target, &self.checkpointed_at)?;
+        let container = ContainerRef {
+            id: target.id().to_owned(),
+        };
+        let dirs = CaptureDirs {
+            images: &images,
+            work: &work,
+        };
+        self.backend.capture(&container, &dirs, &self.options).await?;
+        let dumped_ms = started.elapsed().as_millis() as u64;
+        for name in [archive::DUMP_LOG, archive::STATS_DUMP] {
+            let from = work.join(name);
+            if from.exists() {
+                std::fs::rename(&from, folder.join(name)).map_err(archive::ArchiveError::io(&from))?;
+            }
+        }
+        std::fs::remove_dir_all(&work).map_err(archive::ArchiveError::io(&work))?;
+        if Instant::now() >= self.deadline {
+            warn!(container = %target.id(), "deadline passed while the container was dumped");
+            return Err(self.deadline_exceeded());
+        }
+
+        let (pid, id) = (target.pid(), target.id().to_owned());
+        let upper = tokio::task::spawn_blocking(move || rootfs_diff::upper_dir_of(pid))
+            .await
+            .map_err(|e| PodError::Internal(format!("rootfs diff task: {e}")))??
+            .ok_or_else(|| {
+                PodError::FailedPrecondition(format!(
+                    "container {id}: its root file system is not an overlay; cannot capture its changes"
+                ))
+            })?;
+        let diff_folder = folder.clone();
+        tokio::task::spawn_blocking(move || {
+            rootfs_diff::write(
+                &upper,
+                &diff_folder.join(archive::ROOTFS_DIFF),
+                &diff_folder.join(archive::DELETED_FILES),
+            )
+        })
+        .await
+        .map_err(|e| PodError::Internal(format!("rootfs diff task: {e}")))??;
+        info!(
+            container = %target.id(),
+            name = target.name(),
+            dump_ms = dumped_ms,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "container captured"
+        );
+        // The folder is complete and nothing writes to it again.
+        Ok(tokio::task::spawn_blocking(move || {
+            Ok(archive::digest_tree(&folder, &folder_name)?)
+        }))
+    }
+}
+
+type Entries = BTreeMap<String, FileEntry>;
+
+/// The hashing of the captured folders, under way. Dropped, it runs on
+/// into a staging directory that is being removed, and nothing reads it.
+pub struct Hashing(Vec<JoinHandle<Result<Entries, PodError>>>);
+
+impl Hashing {
+    /// The manifest entries of every captured folder.
+    pub async fn finish(self) -> Result<Entries, PodError> {
+        let mut entries = BTreeMap::new();
+        for task in self.0 {
+            entries.extend(
+                task.await
+                    .map_err(|e| PodError::Internal(format!("hashing task: {e}")))??,
+            );
+        }
+        Ok(entries)
+    }
+}
+
+fn write_container_files(folder: &std::path::Path, target: &Target, checkpointed_at: &str) -> Result<(), PodError> {
+    let status = &target.status;
+    let image = status.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+    let created = std::time::UNIX_EPOCH + Duration::from_nanos(status.created_at.max(0) as u64);
+    let config = ContainerConfigDump {
+        id: status.id.clone(),
+        name: target.name().to_owned(),
+        rootfs_image_name: image,
+        rootfs_image_ref: status.image_ref.clone(),
+        oci_runtime: target
+            .info
+            .get("runtimeType")
+            .and_then(Value::as_str)
+            .unwrap_or("runc")
+            .to_owned(),
+        created_time: humantime::format_rfc3339_seconds(created).to_string(),
+        checkpointed_at: checkpointed_at.to_owned(),
+    };
+    archive::write_json(&folder.join(archive::CONFIG_DUMP), &config)?;
+    archive::write_json(
+        &folder.join(archive::SPEC_DUMP),
+        target.info.get("runtimeSpec").unwrap_or(&Value::Null),
+    )?;
+    archive::write_json(&folder.join(archive::STATUS_DUMP), status)?;
+    Ok(())
+}
