@@ -316,3 +316,132 @@ async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
         "the journal was not cleared"
     );
 }
+
+/// A pod whose one container holds 256 MiB, so that CRIU takes a while.
+async fn pod_holding_256_mib(shim: &Shim, tb: &support::Testbed, name: &str) -> (Pod, String) {
+    let mut client = shim.client().await;
+    let pod = Pod::run(&mut client, &shim.socket, name).await;
+    let cid = pod
+        .start_container(&mut client, &tb.image, "mem", &support::memory_counter(256))
+        .await;
+    assert!(
+        support::count_reaches(&client, &cid, 2, Duration::from_secs(120)).await,
+        "the 256 MiB container did not get going"
+    );
+    (pod, cid)
+}
+
+/// The pod is running, counting, and nothing of the checkpoint is left.
+fn left_running_and_clean(shim: &Shim, cid: &str, parent: &Path) -> Result<(), String> {
+    let state = runc_status(cid);
+    if state != "running" {
+        return Err(format!("container is {state}"));
+    }
+    if support::criu_running() {
+        return Err("a CRIU process is still running".into());
+    }
+    if shim.state_dir().join("paused.json").exists() {
+        return Err("the paused-container journal is not empty".into());
+    }
+    let names: Vec<String> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    if names != ["ckpt"] || std::fs::read_dir(parent.join("ckpt")).unwrap().count() != 0 {
+        return Err(format!("output left behind: {names:?}"));
+    }
+    Ok(())
+}
+
+fn checkpoint_request(pod: &str, out: &Path) -> podckpt::api::pod::CheckpointPodRequest {
+    podckpt::api::pod::CheckpointPodRequest {
+        pod_sandbox_id: pod.into(),
+        output_path: out.display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// The deadline runs out while CRIU dumps 256 MiB. The dump under way is
+/// let finish (CRIU cannot be cut off safely), then everything is undone:
+/// when the DEADLINE_EXCEEDED answer arrives the pod already runs again,
+/// unharmed, and nothing was written.
+#[tokio::test]
+#[serial]
+async fn a_deadline_that_runs_out_mid_capture_resumes_the_pod_and_writes_nothing() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start(&tb);
+    let (pod, cid) = pod_holding_256_mib(&shim, &tb, "deadline").await;
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+
+    // A raw client, which waits for the server's own answer rather than
+    // giving up at the deadline itself.
+    let reply = raw::h2_unary(
+        &shim.socket,
+        podckpt::api::CHECKPOINT_POD_PATH,
+        &prost::Message::encode_to_vec(&checkpoint_request(&pod.id, &out)),
+        &[("grpc-timeout", "150m")],
+    )
+    .await;
+    assert_eq!(
+        reply.grpc_status.as_deref(),
+        Some("4"),
+        "expected DEADLINE_EXCEEDED: {:?}",
+        reply.grpc_message
+    );
+    let message = reply.grpc_message.unwrap_or_default();
+    assert!(message.contains("resumed"), "{message}");
+    // At once, not eventually.
+    if let Err(why) = left_running_and_clean(&shim, &cid, parent.path()) {
+        panic!("after DEADLINE_EXCEEDED: {why}");
+    }
+    let mut client = shim.client().await;
+    let now = count(&mut client, &cid).await;
+    assert!(support::count_reaches(&client, &cid, now + 2, Duration::from_secs(10)).await);
+}
+
+/// podckptd told to stop mid-checkpoint, with no grace period for its
+/// calls, still ends what it started before it exits: the pod runs, and the
+/// output is whole or absent, never partial.
+#[tokio::test]
+#[serial]
+async fn a_daemon_stopped_mid_checkpoint_resumes_the_pod_before_it_exits() {
+    let Some(tb) = testbed() else { return };
+    let mut shim = Shim::start_with(&tb, "", 0);
+    let (pod, cid) = pod_holding_256_mib(&shim, &tb, "sigterm").await;
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+
+    let mut pods = shim.pods();
+    let request = checkpoint_request(&pod.id, &out);
+    let call = tokio::spawn(async move {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(Duration::from_secs(60));
+        pods.checkpoint_pod(request).await
+    });
+    let paused = eventually(Duration::from_secs(10), || {
+        let cid = cid.clone();
+        async move { runc_status(&cid) == "paused" }
+    })
+    .await;
+    assert!(paused, "the checkpoint never paused the pod");
+    let status = shim.stop();
+    assert!(status.success(), "podckptd exited with {status}");
+
+    // Already true when the daemon has exited.
+    assert_eq!(runc_status(&cid), "running");
+    assert!(!support::criu_running(), "a CRIU process is still running");
+    assert!(!shim.state_dir().join("paused.json").exists());
+    only_entry(parent.path(), "ckpt");
+    if std::fs::read_dir(&out).unwrap().count() > 0 {
+        let manifest: Manifest = serde_json::from_slice(&std::fs::read(out.join(archive::MANIFEST)).unwrap()).unwrap();
+        manifest
+            .verify(&out)
+            .expect("a checkpoint finished at shutdown is whole");
+    }
+    // The caller lost its connection; what it heard does not matter here.
+    let _ = call.await;
+    shim.respawn(&tb);
+}

@@ -1,7 +1,7 @@
 //! The `podckpt` command line against the shim: checkpointp, inspectcp and
 //! restorep --start, as an operator would run them.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use serial_test::serial;
@@ -9,12 +9,7 @@ use serial_test::serial;
 use crate::support::{self, Pod, Shim, testbed};
 
 fn podckpt(shim: &Shim, args: &[&str]) -> Output {
-    let endpoint = format!("unix://{}", shim.socket.display());
-    Command::new(env!("CARGO_BIN_EXE_podckpt"))
-        .args(["--runtime-endpoint", &endpoint, "--output", "json"])
-        .args(args)
-        .output()
-        .expect("running podckpt")
+    support::podckpt_cli(shim, None, args)
 }
 
 fn json(out: &Output) -> serde_json::Value {

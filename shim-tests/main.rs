@@ -5,6 +5,7 @@
 
 mod support;
 
+mod access;
 mod checkpoint;
 mod cli;
 mod lifecycle;

@@ -27,13 +27,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn memory_script(mib: u64) -> String {
-    format!(
-        "x=$(head -c {} /dev/zero | tr '\\0' m); i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done",
-        mib << 20
-    )
-}
-
 async fn wait_counting(client: &support::Runtime, cid: &str) {
     let ok = support::count_reaches(client, cid, 2, Duration::from_secs(180)).await;
     assert!(ok, "container {cid} did not start counting");
@@ -111,7 +104,7 @@ async fn main() {
     for mib in [64u64, 256, 1024] {
         let pod = Pod::run(&mut client, &shim.socket, &format!("bench{mib}")).await;
         let cid = pod
-            .start_container(&mut client, &tb.image, "mem", &memory_script(mib))
+            .start_container(&mut client, &tb.image, "mem", &support::memory_counter(mib))
             .await;
         wait_counting(&client, &cid).await;
         let out = scratch.path().join(format!("ckpt-{mib}"));
@@ -138,10 +131,10 @@ async fn main() {
 
     let pod = Pod::run(&mut client, &shim.socket, "bench-pair").await;
     let a = pod
-        .start_container(&mut client, &tb.image, "a", &memory_script(64))
+        .start_container(&mut client, &tb.image, "a", &support::memory_counter(64))
         .await;
     let b = pod
-        .start_container(&mut client, &tb.image, "b", &memory_script(64))
+        .start_container(&mut client, &tb.image, "b", &support::memory_counter(64))
         .await;
     wait_counting(&client, &a).await;
     wait_counting(&client, &b).await;

@@ -62,9 +62,12 @@ pub struct Testbed {
     pub image: String,
 }
 
+fn containerd_socket() -> PathBuf {
+    PathBuf::from(std::env::var("PODCKPT_TEST_CONTAINERD").unwrap_or_else(|_| DEFAULT_CONTAINERD.into()))
+}
+
 pub fn testbed() -> Option<Testbed> {
-    let containerd =
-        PathBuf::from(std::env::var("PODCKPT_TEST_CONTAINERD").unwrap_or_else(|_| DEFAULT_CONTAINERD.into()));
+    let containerd = containerd_socket();
     let image = std::env::var("PODCKPT_TEST_BUSYBOX_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.into());
     let reachable = nix::unistd::geteuid().is_root() && std::os::unix::net::UnixStream::connect(&containerd).is_ok();
     if reachable {
@@ -116,16 +119,29 @@ pub async fn image_client(socket: &Path) -> Images {
 pub struct Shim {
     pub socket: PathBuf,
     child: Option<Child>,
+    config: PathBuf,
+    grace_seconds: u64,
     _dir: tempfile::TempDir,
 }
 
 impl Shim {
     pub fn start(tb: &Testbed) -> Self {
+        Self::start_with(tb, "", 5)
+    }
+
+    /// A daemon reading `toml` as its config file, which gives its calls
+    /// `grace_seconds` to finish when it is told to stop.
+    pub fn start_with(tb: &Testbed, toml: &str, grace_seconds: u64) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("podckpt.sock");
+        // The node's own /etc/podckpt/config.toml stays out of the tests.
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, toml).expect("writing the shim's config");
         let mut shim = Self {
             socket,
             child: None,
+            config,
+            grace_seconds,
             _dir: dir,
         };
         shim.spawn(&tb.endpoint());
@@ -139,11 +155,10 @@ impl Shim {
             .arg(&self.socket)
             .arg("--runtime-endpoint")
             .arg(endpoint)
-            // Keep the node's own /etc/podckpt/config.toml out of the tests.
             .arg("--config")
-            .arg("/dev/null")
+            .arg(&self.config)
             .arg("--shutdown-grace-seconds")
-            .arg("5")
+            .arg(self.grace_seconds.to_string())
             // Each daemon keeps its own paused-container journal.
             .arg("--state-dir")
             .arg(self.state_dir())
@@ -446,7 +461,12 @@ impl Drop for Pod {
 /// Stops and removes a pod from a synchronous context (a Drop): Drop cannot
 /// await, a thread with its own runtime can.
 pub fn remove_pod_blocking(socket: &Path, id: &str) {
-    let (socket, id) = (socket.to_owned(), id.to_owned());
+    // A test may have stopped the shim it ran the pod through.
+    let socket = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => socket.to_owned(),
+        Err(_) => containerd_socket(),
+    };
+    let id = id.to_owned();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -475,6 +495,39 @@ pub const COUNTER: &str =
 
 /// The value in a container's /tmp/count (0 if unreadable). The writer
 /// truncates before it writes, so an empty read is retried.
+/// A counter that also holds `mib` MiB in a shell variable, so that its
+/// process memory is that large.
+pub fn memory_counter(mib: u64) -> String {
+    format!(
+        "x=$(head -c {} /dev/zero | tr '\\0' m); i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done",
+        mib << 20
+    )
+}
+
+/// Runs the `podckpt` CLI against `shim` with JSON output, as `uid` (and
+/// the group of the same number) when given.
+pub fn podckpt_cli(shim: &Shim, uid: Option<u32>, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let endpoint = format!("unix://{}", shim.socket.display());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_podckpt"));
+    command
+        .args(["--runtime-endpoint", &endpoint, "--output", "json"])
+        .args(args);
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    command.output().expect("running podckpt")
+}
+
+/// Whether any CRIU process is running on the machine.
+pub fn criu_running() -> bool {
+    Command::new("pgrep")
+        .args(["-x", "criu"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 pub async fn count(client: &mut Runtime, cid: &str) -> u64 {
     for _ in 0..10 {
         let (out, _) = exec(client, cid, &["cat", "/tmp/count"]).await;

@@ -65,7 +65,7 @@ impl PodService {
             deadline: started + deadline,
             limit: deadline,
         };
-        let captured = capture.all(targets.iter().cloned().collect()).await;
+        let captured = capture.all(targets.to_vec()).await;
         let failures = backend.checkpointer.resume_pod(&refs).await;
         if !failures.is_empty() {
             // The journal keeps them, so a restarted daemon tries again.
