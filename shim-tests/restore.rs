@@ -160,6 +160,35 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("SHA-256"), "{err:?}");
 
+    // The original, sealed by the checkpoint that wrote it, changed in place
+    // with its size and mtime kept: the seal no longer holds, and the full
+    // verification finds the change.
+    let folder = std::fs::read_dir(&checkpoint)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let pages = std::fs::read_dir(folder.join("checkpoint"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pages-"))
+        .expect("a pages image");
+    let mtime = std::fs::metadata(&pages).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::options().read(true).write(true).open(&pages).unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, 100).unwrap();
+        file.write_all_at(&[byte[0] ^ 0xff], 100).unwrap();
+        file.set_modified(mtime).unwrap();
+    }
+    let err = Pod::restore(&shim, &tb, &checkpoint, &[("counter", "exit 1")])
+        .await
+        .err()
+        .expect("changed in place");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("SHA-256"), "{err:?}");
+
     // A relative path.
     let err = Pod::restore(&shim, &tb, Path::new("relative/ckpt"), &[("counter", "exit 1")])
         .await

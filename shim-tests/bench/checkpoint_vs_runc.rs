@@ -6,7 +6,8 @@
 //! - checkpoint: CheckpointPod through the shim against `runc checkpoint
 //!   --leave-running` of the same container, alternating, 3 rounds each;
 //! - restore: RestorePod plus StartContainer against the `runc restore` that
-//!   podckpt-runc ran inside it (it records its duration beside runc's state);
+//!   podckpt-runc ran inside it (it records its duration beside runc's state),
+//!   from the checkpoint as written (sealed) and from a copy of it (hashed in full);
 //! - a two-container pod (64 MiB each) against checkpointing each container alone.
 //!
 //! Prints a Markdown report with medians and ratios.
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use support::{Pod, Shim, Testbed, checkpoint_pod, count};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -98,9 +99,9 @@ async fn main() {
     let scratch = tempfile::tempdir().unwrap();
 
     println!(
-        "| memory | bare runc checkpoint s | CheckpointPod s | ratio | bare runc restore s | RestorePod + StartContainer s | ratio |"
+        "| memory | bare runc checkpoint s | CheckpointPod s | ratio | bare runc restore s | RestorePod + StartContainer, sealed s | ratio | bare runc restore s | RestorePod + StartContainer, copy s | ratio |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for mib in [64u64, 256, 1024] {
         let pod = Pod::run(&mut client, &shim.socket, &format!("bench{mib}")).await;
         let cid = pod
@@ -114,17 +115,29 @@ async fn main() {
             ours.push(podckpt_checkpoint(&shim, &pod.id, &[], &out).await);
         }
         drop(pod);
-        let (mut restore_total, mut restore_bare) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            let (total, bare) = podckpt_restore(&shim, &tb, &out, "mem").await;
-            restore_total.push(total);
-            restore_bare.push(bare);
+        // Sealed: the checkpoint this node wrote, as a warm start uses it.
+        // Copy: the same images at a new path, as from another node, which
+        // RestorePod hashes in full.
+        let (mut sealed, mut copied) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            sealed.push(podckpt_restore(&shim, &tb, &out, "mem").await);
+            let copy = scratch.path().join(format!("copy-{mib}-{round}"));
+            let status = Command::new("cp").arg("-a").arg(&out).arg(&copy).status().unwrap();
+            assert!(status.success(), "copying the checkpoint");
+            copied.push(podckpt_restore(&shim, &tb, &copy, "mem").await);
+            std::fs::remove_dir_all(&copy).unwrap();
         }
-        let (b, o, rb, rt) = (median(bare), median(ours), median(restore_bare), median(restore_total));
+        let (b, o) = (median(bare), median(ours));
+        let restore_columns = |runs: Vec<(f64, f64)>| {
+            let total = median(runs.iter().map(|r| r.0).collect());
+            let bare = median(runs.iter().map(|r| r.1).collect());
+            format!("{bare:.3} | {total:.3} | {:.2}", total / bare)
+        };
         println!(
-            "| {mib} MiB | {b:.3} | {o:.3} | {:.2} | {rb:.3} | {rt:.3} | {:.2} |",
+            "| {mib} MiB | {b:.3} | {o:.3} | {:.2} | {} | {} |",
             o / b,
-            rt / rb
+            restore_columns(sealed),
+            restore_columns(copied)
         );
         std::fs::remove_dir_all(&out).unwrap();
     }

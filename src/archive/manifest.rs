@@ -84,12 +84,7 @@ impl Manifest {
     /// Checks that `root` holds exactly the files listed, with their sizes
     /// and hashes. Sizes and names are compared before any byte is read.
     pub fn verify(&self, root: &Path) -> Result<(), ArchiveError> {
-        if !CHUNK_SIZES.contains(&self.chunk_size) {
-            return Err(ArchiveError::Invalid(format!(
-                "chunk size {} is outside {CHUNK_SIZES:?}",
-                self.chunk_size
-            )));
-        }
+        self.check_chunk_size()?;
         let listed = listed_without_manifest(root)?;
         if let Some(extra) = listed.iter().find(|f| !self.files.contains_key(&f.name)) {
             return Err(ArchiveError::Invalid(format!(
@@ -108,7 +103,41 @@ impl Manifest {
                 return Err(mismatch(&file.name));
             }
         }
-        let digests = digest::hash_files(&listed, self.chunk_size)?;
+        self.compare_hashes(&listed)
+    }
+
+    /// Hashes only `names` under `root` and compares them with the manifest:
+    /// for a checkpoint whose listing and sizes are known to be unchanged
+    /// (see `Seals`).
+    pub fn verify_files(&self, root: &Path, names: &[String]) -> Result<(), ArchiveError> {
+        self.check_chunk_size()?;
+        let listed = names
+            .iter()
+            .filter(|name| name.as_str() != MANIFEST)
+            .map(|name| {
+                let entry = self.files.get(name).ok_or_else(|| mismatch(name))?;
+                Ok(Listed {
+                    name: name.clone(),
+                    path: root.join(name),
+                    size: entry.size,
+                })
+            })
+            .collect::<Result<Vec<_>, ArchiveError>>()?;
+        self.compare_hashes(&listed)
+    }
+
+    fn check_chunk_size(&self) -> Result<(), ArchiveError> {
+        if CHUNK_SIZES.contains(&self.chunk_size) {
+            return Ok(());
+        }
+        Err(ArchiveError::Invalid(format!(
+            "chunk size {} is outside {CHUNK_SIZES:?}",
+            self.chunk_size
+        )))
+    }
+
+    fn compare_hashes(&self, listed: &[Listed]) -> Result<(), ArchiveError> {
+        let digests = digest::hash_files(listed, self.chunk_size)?;
         for (file, actual) in listed.iter().zip(digests) {
             if self.files[&file.name].sha256 != actual {
                 return Err(mismatch(&file.name));

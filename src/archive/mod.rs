@@ -15,6 +15,7 @@
 pub mod digest;
 pub mod manifest;
 pub mod rootfs_diff;
+pub mod seal;
 mod staging;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use manifest::{FileEntry, Manifest, digest_tree};
+pub use seal::Seals;
 pub use staging::Staging;
 
 /// The manifest's format. 2: each file's SHA-256 is a list, one per chunk

@@ -41,11 +41,14 @@ impl PodService {
                 .map(|s| s.runtime_handler.as_str())
                 .unwrap_or_default(),
         )?;
-        let targets = self.resolve_containers(pod_id, &request.container_ids).await?;
+        // Asking CRIU its version costs a process start; overlap it.
+        let (targets, engine_version) =
+            tokio::try_join!(self.resolve_containers(pod_id, &request.container_ids), async {
+                Ok(backend.checkpointer.engine_version().await?)
+            },)?;
 
         let _busy = self.claim(pod_id)?;
         let staging = Staging::create(&output)?;
-        let engine_version = backend.checkpointer.engine_version().await?;
         let refs: Vec<ContainerRef> = targets.iter().map(|t| ContainerRef { id: t.id().to_owned() }).collect();
         let paused = PausedSet {
             runtime: backend.config.runtime.clone(),
@@ -87,12 +90,23 @@ impl PodService {
             pod_id,
             hashed,
         )?;
-        archive::write_json(&staging.path().join(archive::MANIFEST), &manifest)?;
+        let manifest = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| PodError::Internal(format!("encoding the manifest: {e}")))?;
+        archive::write_private(&staging.path().join(archive::MANIFEST), &manifest)?;
         if Instant::now() >= capture.deadline {
             // The caller has given up: a checkpoint it never hears of must not appear.
             return Err(capture.deadline_exceeded());
         }
         let done = staging.commit()?;
+        // Everything was just hashed, in a directory only we could write, so
+        // a restore on this node need not hash it again.
+        let sealed = self.inner.seals.snapshot(&done).and_then(|s| match s {
+            Some(snapshot) => self.inner.seals.seal(snapshot, &manifest),
+            None => Ok(()),
+        });
+        if let Err(error) = sealed {
+            warn!(%error, "could not seal the checkpoint; its first restore will hash it in full");
+        }
         info!(
             pod = pod_id,
             containers = targets.len(),

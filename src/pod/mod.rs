@@ -22,6 +22,7 @@ use crate::api::pod::{
     CheckpointPodRequest, CheckpointPodResponse, RestorePodRequest, RestorePodResponse,
     runtime_service_server::RuntimeService,
 };
+use crate::archive::Seals;
 use crate::backend::Checkpointer;
 use crate::backend::runc::OciRuntimeCheckpointer;
 use crate::config::{AccessPolicy, DaemonConfig, HandlerConfig};
@@ -52,6 +53,7 @@ struct Inner {
     state_dir: std::path::PathBuf,
     backends: BTreeMap<String, Arc<Backend>>,
     journal: Journal,
+    seals: Seals,
     access: AccessPolicy,
     busy: Mutex<HashSet<String>>,
     /// Checkpoints and restores under way; see `detached`.
@@ -91,6 +93,7 @@ impl PodService {
             );
         }
         let journal = Journal::open(&config.state_dir)?;
+        let seals = Seals::open(&config.state_dir)?;
         let runtime = RuntimeServiceClient::new(channel.clone())
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
@@ -100,6 +103,7 @@ impl PodService {
             state_dir: config.state_dir.clone(),
             backends,
             journal,
+            seals,
             access: config.access.clone(),
             busy: Mutex::new(HashSet::new()),
             operations: TaskTracker::new(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use prost::Message;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::PodService;
 use super::error::PodError;
@@ -18,7 +18,7 @@ use crate::api::pod::{
     ContainerConfigAnnotations, CreateContainerRequestBytes, RestorePodRequest, RestorePodResponse, RestoredContainer,
     RunPodSandboxRequestBytes,
 };
-use crate::archive::{self, Manifest, PodOptions};
+use crate::archive::{self, Manifest, PodOptions, Seals};
 use crate::interposer::token::{self, RestoreToken};
 
 /// A checkpoint that passed every check, and the caller's config for each
@@ -66,7 +66,8 @@ impl PodService {
         // Hashing a large checkpoint takes a while; off the thread that relays
         // everyone else's CRI calls.
         let (path, configs) = (request.checkpoint_path.clone(), request.container_configs.clone());
-        let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs))
+        let seals = self.inner.seals.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs, &seals))
             .await
             .map_err(|e| PodError::Internal(format!("verification task: {e}")))??;
         let verified_ms = started.elapsed().as_millis() as u64;
@@ -208,7 +209,7 @@ fn invalid(root: &Path, why: impl std::fmt::Display) -> PodError {
 /// Everything that can be checked before anything is created: the manifest
 /// and every checksum (which also refuses links and devices), the layout,
 /// and that the caller's container configs name exactly the checkpoint's.
-fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>]) -> Result<Verified, PodError> {
+fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>], seals: &Seals) -> Result<Verified, PodError> {
     let root = PathBuf::from(checkpoint_path);
     if !root.is_absolute() {
         return Err(PodError::InvalidArgument(format!(
@@ -220,10 +221,10 @@ fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>]) -> Result<Verifi
         return Err(invalid(&root, "not a directory"));
     }
     let manifest_path = root.join(archive::MANIFEST);
-    let manifest: Manifest = serde_json::from_slice(
-        &std::fs::read(&manifest_path).map_err(|e| invalid(&root, format!("{}: {e}", archive::MANIFEST)))?,
-    )
-    .map_err(|e| invalid(&root, format!("{}: {e}", archive::MANIFEST)))?;
+    let manifest_bytes =
+        std::fs::read(&manifest_path).map_err(|e| invalid(&root, format!("{}: {e}", archive::MANIFEST)))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| invalid(&root, format!("{}: {e}", archive::MANIFEST)))?;
     if manifest.format_version != archive::FORMAT_VERSION {
         return Err(invalid(
             &root,
@@ -234,7 +235,21 @@ fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>]) -> Result<Verifi
             ),
         ));
     }
-    manifest.verify(&root).map_err(|e| invalid(&root, e))?;
+    match seals.unchanged(&root, &manifest_bytes) {
+        Some(recheck) => {
+            debug!(checkpoint = %root.display(), rehashed = recheck.len(), "sealed and unchanged");
+            manifest.verify_files(&root, &recheck).map_err(|e| invalid(&root, e))?;
+        }
+        None => {
+            let snapshot = seals.snapshot(&root).map_err(|e| invalid(&root, e))?;
+            manifest.verify(&root).map_err(|e| invalid(&root, e))?;
+            if let Some(snapshot) = snapshot
+                && let Err(error) = seals.seal(snapshot, &manifest_bytes)
+            {
+                warn!(%error, "could not seal the verified checkpoint; the next restore will hash it again");
+            }
+        }
+    }
 
     let options: PodOptions =
         serde_json::from_slice(&std::fs::read(root.join(archive::POD_OPTIONS)).map_err(|e| invalid(&root, e))?)
