@@ -129,18 +129,14 @@ impl Seals {
         std::fs::rename(&temporary, &path).map_err(ArchiveError::io(&path))
     }
 
-    /// Whether `root` holds exactly the files sealed with this manifest,
-    /// each as it was then. `None`: not sealed, or changed; verify it all.
-    /// `Some(files)`: unchanged, but these few were written too close to the
-    /// sealing for their ctime to prove it, and must be hashed again.
-    pub fn unchanged(&self, root: &Path, manifest: &[u8]) -> Option<Vec<String>> {
-        if !is_local(root) {
-            return None;
-        }
-        let bytes = std::fs::read(self.path_for(root)).ok()?;
+    /// Whether the files of `snapshot` are exactly those sealed with this
+    /// manifest, each as it was then. `None`: not sealed, or changed; verify
+    /// it all. `Some(files)`: unchanged, but these were written too close to
+    /// the sealing for their ctime to prove it, and must be hashed again.
+    pub fn unchanged(&self, snapshot: &Snapshot, manifest: &[u8]) -> Option<Vec<String>> {
+        let bytes = std::fs::read(self.path_for(&snapshot.root)).ok()?;
         let seal = serde_json::from_slice::<Seal>(&bytes).ok()?;
-        let now = identities(root).ok()?;
-        if seal.root != root || seal.manifest_sha256 != sha256_hex(manifest) || now != seal.files {
+        if seal.root != snapshot.root || seal.manifest_sha256 != sha256_hex(manifest) || seal.files != snapshot.files {
             return None;
         }
         Some(
@@ -211,6 +207,11 @@ mod tests {
         seals.seal(snapshot, b"{}").unwrap();
     }
 
+    fn unchanged(seals: &Seals, root: &Path, manifest: &[u8]) -> Option<Vec<String>> {
+        let snapshot = seals.snapshot(root).unwrap().expect("a local file system");
+        seals.unchanged(&snapshot, manifest)
+    }
+
     #[test]
     fn a_sealed_checkpoint_holds_until_a_file_changes_even_with_its_times_put_back() {
         let (_dir, root) = checkpoint();
@@ -220,17 +221,17 @@ mod tests {
         }
         let state = tempfile::tempdir().unwrap();
         let seals = Seals::open(state.path()).unwrap();
-        assert_eq!(seals.unchanged(&root, b"{}"), None, "nothing sealed yet");
+        assert_eq!(unchanged(&seals, &root, b"{}"), None, "nothing sealed yet");
         seal(&seals, &root);
         // Just written: every file is racy, so every one is named for hashing.
         assert_eq!(
-            seals.unchanged(&root, b"{}"),
+            unchanged(&seals, &root, b"{}"),
             Some(vec!["c/pages.img".to_string(), "manifest.json".to_string()])
         );
-        assert_eq!(seals.unchanged(&root, b"{ }"), None, "another manifest");
+        assert_eq!(unchanged(&seals, &root, b"{ }"), None, "another manifest");
         std::thread::sleep(std::time::Duration::from_nanos(RACY_NS as u64));
         seal(&seals, &root);
-        assert_eq!(seals.unchanged(&root, b"{}"), Some(vec![]), "old enough to trust");
+        assert_eq!(unchanged(&seals, &root, b"{}"), Some(vec![]), "old enough to trust");
 
         // Same size, same mtime: only ctime tells.
         let image = root.join("c/pages.img");
@@ -242,12 +243,12 @@ mod tests {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
-        assert_eq!(seals.unchanged(&root, b"{}"), None, "a rewritten file still held");
+        assert_eq!(unchanged(&seals, &root, b"{}"), None, "a rewritten file still held");
 
         seal(&seals, &root);
-        assert!(seals.unchanged(&root, b"{}").is_some());
+        assert!(unchanged(&seals, &root, b"{}").is_some());
         std::fs::write(root.join("c/extra"), b"").unwrap();
-        assert_eq!(seals.unchanged(&root, b"{}"), None, "an added file still held");
+        assert_eq!(unchanged(&seals, &root, b"{}"), None, "an added file still held");
     }
 
     #[test]
@@ -260,7 +261,7 @@ mod tests {
         };
         std::fs::write(root.join("c/pages.img"), b"MEMORY").unwrap();
         assert!(seals.seal(snapshot, b"{}").is_err());
-        assert_eq!(seals.unchanged(&root, b"{}"), None);
+        assert_eq!(unchanged(&seals, &root, b"{}"), None);
     }
 
     #[test]
@@ -274,6 +275,6 @@ mod tests {
         seal(&seals, &root);
         let copy = dir.path().join("copy");
         std::fs::rename(&root, &copy).unwrap();
-        assert_eq!(seals.unchanged(&copy, b"{}"), None);
+        assert_eq!(unchanged(&seals, &copy, b"{}"), None);
     }
 }

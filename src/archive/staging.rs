@@ -63,7 +63,10 @@ impl Drop for Staging {
     }
 }
 
-fn restrict_modes(root: &Path) -> Result<(), ArchiveError> {
+/// Makes every directory under `root` 0700 and every file 0600. A mode
+/// already right is left alone: chmod moves ctime, and a seal taken right
+/// after would then see every file as just written.
+pub fn restrict_modes(root: &Path) -> Result<(), ArchiveError> {
     for entry in walkdir::WalkDir::new(root).follow_links(false) {
         let entry = entry.map_err(ArchiveError::walk(root))?;
         let mode = match entry.file_type() {
@@ -76,8 +79,11 @@ fn restrict_modes(root: &Path) -> Result<(), ArchiveError> {
                 )));
             }
         };
-        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))
-            .map_err(ArchiveError::io(entry.path()))?;
+        let current = entry.metadata().map_err(ArchiveError::walk(root))?.permissions().mode() & 0o7777;
+        if current != mode {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))
+                .map_err(ArchiveError::io(entry.path()))?;
+        }
     }
     Ok(())
 }

@@ -189,8 +189,10 @@ impl Capture {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "container captured"
         );
-        // The folder is complete and nothing writes to it again.
+        // The folder is complete and nothing writes to it again; its modes
+        // are made private before it is hashed, not at commit (see `Seals`).
         Ok(tokio::task::spawn_blocking(move || {
+            archive::restrict_modes(&folder)?;
             Ok(archive::digest_tree(&folder, &folder_name)?)
         }))
     }

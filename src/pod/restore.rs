@@ -235,14 +235,20 @@ fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>], seals: &Seals) -
             ),
         ));
     }
-    match seals.unchanged(&root, &manifest_bytes) {
-        Some(recheck) => {
-            debug!(checkpoint = %root.display(), rehashed = recheck.len(), "sealed and unchanged");
-            manifest.verify_files(&root, &recheck).map_err(|e| invalid(&root, e))?;
+    // Taken first: what is trusted or hashed is what was there then, and
+    // sealing checks that nothing moved while it was being hashed.
+    let snapshot = seals.snapshot(&root).map_err(|e| invalid(&root, e))?;
+    match snapshot.as_ref().and_then(|s| seals.unchanged(s, &manifest_bytes)) {
+        Some(recheck) if recheck.is_empty() => {
+            debug!(checkpoint = %root.display(), "sealed and unchanged");
         }
-        None => {
-            let snapshot = seals.snapshot(&root).map_err(|e| invalid(&root, e))?;
-            manifest.verify(&root).map_err(|e| invalid(&root, e))?;
+        recheck => {
+            match recheck {
+                Some(racy) => manifest.verify_files(&root, &racy),
+                None => manifest.verify(&root),
+            }
+            .map_err(|e| invalid(&root, e))?;
+            // The next restore hashes nothing.
             if let Some(snapshot) = snapshot
                 && let Err(error) = seals.seal(snapshot, &manifest_bytes)
             {
