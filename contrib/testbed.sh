@@ -100,12 +100,32 @@ running_pid() {
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
 }
 
+# crun refuses a hybrid cgroup layout whose cgroup2 mount has controllers
+# ("cgroups in hybrid mode not supported, drop all controllers from
+# cgroupv2"). On this kind of machine hugetlb alone is left on cgroup2; runc
+# does not mind either way. A v1 hierarchy of its own takes the controller
+# off cgroup2 (the kernel allows it while no cgroup2 subtree uses it).
+free_cgroup2_controllers() {
+    local unified=/sys/fs/cgroup/unified c
+    # Pure v1 has no such file there, pure v2 is mounted at /sys/fs/cgroup.
+    [ -f "$unified/cgroup.controllers" ] || return 0
+    for c in $(cat "$unified/cgroup.controllers"); do
+        mkdir -p "/sys/fs/cgroup/$c"
+        if mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c"; then
+            log "cgroup controller $c moved to a v1 hierarchy, for crun"
+        else
+            log "could not move cgroup controller $c off cgroup2; crun will not run here"
+        fi
+    done
+}
+
 cmd_start() {
     need_root
     if pid=$(running_pid); then
         log "containerd already running (pid $pid) on $SOCK"
         return
     fi
+    free_cgroup2_controllers
     [ -f "$TB_DIR/images/busybox.tar" ] || cmd_images
     write_config
     rm -f "$SOCK" "$SOCK.ttrpc"

@@ -2,6 +2,7 @@
 //! under containerd's podckpt handler (podckpt-runc).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use podckpt::api::cri;
@@ -355,4 +356,54 @@ async fn a_container_holding_256_mib_restores() {
         "the restored memory is not whole"
     );
     drop(restored_pod);
+}
+
+/// podckptd's handlers for the test bed's crun and podckpt-crun.
+const CRUN_HANDLERS: &str =
+    "[handlers.crun]\nruntime = \"crun\"\n\n[handlers.podckpt-crun]\nruntime = \"crun\"\nrestore = true\n";
+
+/// crun as the backend: a pod run by crun is captured with `crun
+/// checkpoint`, and restored through podckpt-runc in front of crun (`crun
+/// restore`); its counter goes on from the saved value.
+#[tokio::test]
+#[serial]
+async fn crun_checkpoints_and_restores_a_counter() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start_with(&tb, CRUN_HANDLERS, 5);
+    let mut client = shim.client().await;
+    let pod = Pod::run_on(&mut client, &shim.socket, "crun", "crun").await;
+    let cid = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
+    assert!(support::count_reaches(&client, &cid, 5, Duration::from_secs(20)).await);
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+    let before = count(&mut client, &cid).await;
+    checkpoint_pod(&shim, &pod.id, &out, &[], &[])
+        .await
+        .expect("CheckpointPod of a crun pod");
+    let manifest: podckpt::archive::Manifest =
+        serde_json::from_slice(&std::fs::read(out.join(podckpt::archive::MANIFEST)).unwrap()).unwrap();
+    assert_eq!(manifest.backend, "criu-crun");
+    drop(pod);
+
+    let (pod, restored) = Pod::restore_on(&shim, &tb, &out, &[("counter", "exit 1")], "podckpt-crun")
+        .await
+        .expect("RestorePod through podckpt-crun");
+    let cid = restored[0].container_id.clone();
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: cid.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    // A fresh start would run `exit 1`; the restored loop counts on.
+    assert!(count(&mut client, &cid).await >= before);
+    assert!(support::count_reaches(&client, &cid, before + 3, Duration::from_secs(10)).await);
+    let state = Command::new("crun")
+        .args(["--root", support::RUNC_ROOT, "state", &cid])
+        .output()
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).expect("crun knows the container");
+    assert_eq!(state["status"], "running");
+    drop(pod);
 }

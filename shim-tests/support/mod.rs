@@ -332,12 +332,17 @@ pub struct Pod {
 impl Pod {
     /// Runs a sandbox through `client`; `socket` is where cleanup goes.
     pub async fn run(client: &mut Runtime, socket: &Path, name: &str) -> Self {
+        Self::run_on(client, socket, name, "").await
+    }
+
+    /// `run` with a runtime handler of the test bed's containerd.
+    pub async fn run_on(client: &mut Runtime, socket: &Path, name: &str, handler: &str) -> Self {
         let log_dir = tempfile::tempdir().expect("log dir");
         let config = pod_config(&unique(name), log_dir.path());
         let id = client
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: String::new(),
+                runtime_handler: handler.into(),
             })
             .await
             .expect("RunPodSandbox")
@@ -397,6 +402,17 @@ impl Pod {
         checkpoint: &Path,
         containers: &[(&str, &str)],
     ) -> Result<(Self, Vec<podckpt::api::pod::RestoredContainer>), tonic::Status> {
+        Self::restore_on(shim, tb, checkpoint, containers, "podckpt").await
+    }
+
+    /// `restore` through a given handler that runs podckpt-runc.
+    pub async fn restore_on(
+        shim: &Shim,
+        tb: &Testbed,
+        checkpoint: &Path,
+        containers: &[(&str, &str)],
+        handler: &str,
+    ) -> Result<(Self, Vec<podckpt::api::pod::RestoredContainer>), tonic::Status> {
         use prost::Message;
         install_interposer();
         let log_dir = tempfile::tempdir().expect("log dir");
@@ -404,7 +420,7 @@ impl Pod {
         let mut request = tonic::Request::new(podckpt::api::pod::RestorePodRequest {
             checkpoint_path: checkpoint.display().to_string(),
             config: config.encode_to_vec(),
-            runtime_handler: "podckpt".into(),
+            runtime_handler: handler.into(),
             options: Default::default(),
             container_configs: containers
                 .iter()
@@ -450,6 +466,11 @@ pub fn install_interposer() {
     let staged = target.with_extension("new");
     std::fs::copy(env!("CARGO_BIN_EXE_podckpt-runc"), &staged).expect("copying podckpt-runc");
     std::fs::rename(&staged, target).expect("installing podckpt-runc");
+    // Under the name podckpt-crun it wraps crun (the test bed's
+    // "podckpt-crun" handler).
+    let crun = target.with_file_name("podckpt-crun");
+    let _ = std::fs::remove_file(&crun);
+    std::os::unix::fs::symlink("podckpt-runc", &crun).expect("linking podckpt-crun");
 }
 
 impl Drop for Pod {
