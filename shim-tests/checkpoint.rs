@@ -294,17 +294,26 @@ async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
         .unwrap();
     assert!(status.success());
     assert_eq!(runc_status(&cid), "paused");
+    // And a half-written checkpoint beside its destination, with a file
+    // that must not be touched next to it.
+    let parent = tempfile::tempdir().unwrap();
+    let staging = podckpt::archive::Staging::create(&parent.path().join("ckpt")).unwrap();
+    std::fs::write(staging.path().join("pages-1.img"), b"memory").unwrap();
+    let staging_path = staging.path().to_owned();
+    std::mem::forget(staging);
+    std::fs::write(parent.path().join("keep"), b"").unwrap();
     let journal = podckpt::pod::journal::Journal::open(&shim.state_dir()).unwrap();
     journal
         .record(podckpt::pod::journal::PausedSet {
             runtime: "runc".into(),
             root: support::RUNC_ROOT.into(),
             containers: vec![podckpt::backend::ContainerRef { id: cid.clone() }],
+            staging: Some(staging_path.clone()),
         })
         .unwrap();
 
     shim.respawn(&tb);
-    // Recovery runs right after the socket is bound, before serving.
+    // Recovery starts right after the socket is bound, beside serving.
     let resumed = eventually(Duration::from_secs(10), || {
         let cid = cid.clone();
         async move { runc_status(&cid) == "running" }
@@ -315,6 +324,8 @@ async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
         !shim.state_dir().join("paused.json").exists(),
         "the journal was not cleared"
     );
+    assert!(!staging_path.exists(), "the half-written checkpoint was left");
+    only_entry(parent.path(), "keep");
 }
 
 /// A pod whose one container holds 256 MiB, so that CRIU takes a while.
@@ -444,4 +455,55 @@ async fn a_daemon_stopped_mid_checkpoint_resumes_the_pod_before_it_exits() {
     // The caller lost its connection; what it heard does not matter here.
     let _ = call.await;
     shim.respawn(&tb);
+}
+
+/// podckptd killed outright while CRIU dumps: the next daemon resumes the
+/// pod from its journal and removes the half-written checkpoint, and the
+/// pod keeps running once the orphaned dump has ended.
+#[tokio::test]
+#[serial]
+async fn a_daemon_killed_mid_dump_is_undone_by_the_next_one() {
+    let Some(tb) = testbed() else { return };
+    let mut shim = Shim::start(&tb);
+    let (pod, cid) = pod_holding_256_mib(&shim, &tb, "killed").await;
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+
+    let mut pods = shim.pods();
+    let request = checkpoint_request(&pod.id, &out);
+    let call = tokio::spawn(async move {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(Duration::from_secs(60));
+        pods.checkpoint_pod(request).await
+    });
+    // CRIU writes its dump.log into the capture's work directory as it starts.
+    let dumping = eventually(Duration::from_secs(10), || {
+        let log = parent
+            .path()
+            .read_dir()
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join(format!(".work-{cid}")).join("dump.log"))
+            .find(|log| log.exists());
+        async move { log.is_some() }
+    })
+    .await;
+    assert!(dumping, "the checkpoint never reached CRIU");
+    shim.kill();
+    assert!(call.await.unwrap().is_err(), "a killed daemon answered");
+    shim.respawn(&tb);
+
+    // The orphaned runc and CRIU finish on their own; after that nothing may
+    // freeze the pod again.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while let Err(why) = left_running_and_clean(&shim, &cid, parent.path()) {
+        assert!(std::time::Instant::now() < until, "60 s after the kill: {why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(runc_status(&cid), "running", "re-frozen after recovery");
+    let mut client = shim.client().await;
+    let now = count(&mut client, &cid).await;
+    assert!(support::count_reaches(&client, &cid, now + 2, Duration::from_secs(10)).await);
 }

@@ -542,11 +542,11 @@ pub fn podckpt_cli(shim: &Shim, uid: Option<u32>, args: &[&str]) -> std::process
 
 /// Whether any CRIU process is running on the machine.
 pub fn criu_running() -> bool {
-    Command::new("pgrep")
-        .args(["-x", "criu"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    std::fs::read_dir("/proc")
+        .expect("reading /proc")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .any(|comm| comm.trim_end() == "criu")
 }
 
 pub async fn count(client: &mut Runtime, cid: &str) -> u64 {

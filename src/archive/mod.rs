@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use manifest::{FileEntry, Manifest, digest_tree};
 pub use seal::Seals;
-pub use staging::{Staging, restrict_modes};
+pub use staging::{Staging, is_staging_dir, restrict_modes};
 
 /// The manifest's format. 2: each file's SHA-256 is a list, one per chunk
 /// of `chunk_size` bytes.

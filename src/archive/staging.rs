@@ -8,6 +8,18 @@ use tracing::warn;
 
 use super::{ArchiveError, DIR_MODE, FILE_MODE};
 
+const STAGING_MARK: &str = ".podckpt-";
+
+/// Whether `path` is named as `Staging` names its directories: recovery
+/// removes nothing else, whatever its journal says.
+pub fn is_staging_dir(path: &Path) -> bool {
+    path.is_absolute()
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.') && n.contains(STAGING_MARK))
+}
+
 pub struct Staging {
     dir: PathBuf,
     destination: PathBuf,
@@ -26,7 +38,7 @@ impl Staging {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        let dir = parent.join(format!(".{name}.podckpt-{}-{nanos}", std::process::id()));
+        let dir = parent.join(format!(".{name}{STAGING_MARK}{}-{nanos}", std::process::id()));
         std::fs::DirBuilder::new()
             .mode(DIR_MODE)
             .create(&dir)
@@ -91,6 +103,15 @@ pub fn restrict_modes(root: &Path) -> Result<(), ArchiveError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_staging_names_count_as_staging() {
+        let parent = tempfile::tempdir().unwrap();
+        let staging = Staging::create(&parent.path().join("out")).unwrap();
+        assert!(is_staging_dir(staging.path()));
+        assert!(!is_staging_dir(Path::new("/var/lib/kubelet")));
+        assert!(!is_staging_dir(Path::new(".out.podckpt-1-2")), "relative");
+    }
 
     #[test]
     fn appears_only_on_commit_and_vanishes_if_dropped() {

@@ -54,6 +54,7 @@ impl PodService {
             runtime: backend.config.runtime.clone(),
             root: backend.config.root.clone(),
             containers: refs.clone(),
+            staging: Some(staging.path().to_owned()),
         };
         let key = self.inner.journal.record(paused)?;
         if let Err(err) = backend.checkpointer.pause_pod(&refs).await {
@@ -78,26 +79,32 @@ impl PodService {
                 list.join("; ")
             )));
         }
-        self.inner.journal.clear(&key)?;
+        // Resumed; the half-built output stays recorded until it is
+        // committed or removed, so a daemon killed meanwhile leaves none.
+        self.inner.journal.resumed(&key)?;
         let paused_ms = started.elapsed().as_millis() as u64;
-        let hashed = captured?.finish().await?;
-
-        write_pod_files(staging.path(), &pod, &targets)?;
-        let manifest = Manifest::build_with(
-            staging.path(),
-            backend.checkpointer.name(),
-            &engine_version,
-            pod_id,
-            hashed,
-        )?;
-        let manifest = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| PodError::Internal(format!("encoding the manifest: {e}")))?;
-        archive::write_private(&staging.path().join(archive::MANIFEST), &manifest)?;
-        if Instant::now() >= capture.deadline {
-            // The caller has given up: a checkpoint it never hears of must not appear.
-            return Err(capture.deadline_exceeded());
+        let outcome = async {
+            let hashed = captured?.finish().await?;
+            write_pod_files(staging.path(), &pod, &targets)?;
+            let manifest = Manifest::build_with(
+                staging.path(),
+                backend.checkpointer.name(),
+                &engine_version,
+                pod_id,
+                hashed,
+            )?;
+            let manifest = serde_json::to_vec_pretty(&manifest)
+                .map_err(|e| PodError::Internal(format!("encoding the manifest: {e}")))?;
+            archive::write_private(&staging.path().join(archive::MANIFEST), &manifest)?;
+            if Instant::now() >= capture.deadline {
+                // The caller has given up: a checkpoint it never hears of must not appear.
+                return Err(capture.deadline_exceeded());
+            }
+            Ok((staging.commit()?, manifest))
         }
-        let done = staging.commit()?;
+        .await;
+        self.inner.journal.clear(&key)?;
+        let (done, manifest) = outcome?;
         // Everything was just hashed, in a directory only we could write, so
         // a restore on this node need not hash it again.
         let sealed = self.inner.seals.snapshot(&done).and_then(|s| match s {

@@ -24,6 +24,10 @@ pub struct PausedSet {
     pub runtime: PathBuf,
     pub root: PathBuf,
     pub containers: Vec<ContainerRef>,
+    /// The checkpoint being built, which a daemon killed halfway leaves
+    /// behind; it holds process memory, so recovery removes it.
+    #[serde(default)]
+    pub staging: Option<PathBuf>,
 }
 
 pub struct Journal {
@@ -56,6 +60,16 @@ impl Journal {
         Ok(key)
     }
 
+    /// The set's containers are running again; only its output is left to
+    /// account for.
+    pub fn resumed(&self, key: &str) -> Result<(), ArchiveError> {
+        self.update(|entries| {
+            if let Some(set) = entries.get_mut(key) {
+                set.containers.clear();
+            }
+        })
+    }
+
     pub fn clear(&self, key: &str) -> Result<(), ArchiveError> {
         self.update(|entries| {
             entries.remove(key);
@@ -72,6 +86,7 @@ impl Journal {
         let mut resumed = 0;
         for set in entries.values() {
             let backend = OciRuntimeCheckpointer::new(&set.runtime, &set.root);
+            wait_for_orphans(&backend, &set.containers).await;
             for container in &set.containers {
                 match backend.resume(container).await {
                     Ok(()) => {
@@ -80,6 +95,17 @@ impl Journal {
                     }
                     Err(error) => {
                         warn!(container = %container.id, %error, "could not resume (already running or gone?)")
+                    }
+                }
+            }
+            if let Some(staging) = set.staging.as_deref().filter(|p| archive::is_staging_dir(p)) {
+                match std::fs::remove_dir_all(staging) {
+                    Ok(()) => {
+                        info!(path = %staging.display(), "removed a checkpoint a previous podckptd left half-written")
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        warn!(path = %staging.display(), %error, "could not remove a half-written checkpoint")
                     }
                 }
             }
@@ -117,6 +143,31 @@ impl Journal {
     }
 }
 
+/// Waits until no checkpoint a killed daemon started on these containers is
+/// still running (see `checkpoints_in_flight`), for as long as a capture
+/// may overrun its deadline.
+async fn wait_for_orphans(backend: &OciRuntimeCheckpointer, containers: &[ContainerRef]) {
+    let until = tokio::time::Instant::now() + crate::pod::capture::CAPTURE_OVERRUN;
+    let mut orphans = backend.checkpoints_in_flight(containers);
+    if !orphans.is_empty() {
+        info!(
+            ?orphans,
+            "waiting for checkpoints left by a previous podckptd to end before resuming"
+        );
+    }
+    while !orphans.is_empty() {
+        if tokio::time::Instant::now() >= until {
+            warn!(
+                ?orphans,
+                "checkpoints left by a previous podckptd are still running; resuming anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        orphans = backend.checkpoints_in_flight(containers);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +180,7 @@ mod tests {
             runtime: "runc".into(),
             root: "/run/r".into(),
             containers: vec![ContainerRef { id: "a".into() }],
+            staging: None,
         };
         let k1 = journal.record(set.clone()).unwrap();
         let k2 = journal.record(set).unwrap();

@@ -2,7 +2,7 @@
 //! answers itself. The tonic service here is a thin wrapper: it checks who
 //! is calling and turns domain errors into statuses.
 
-mod capture;
+pub(crate) mod capture;
 mod checkpoint;
 pub mod error;
 pub mod journal;
@@ -58,6 +58,9 @@ struct Inner {
     busy: Mutex<HashSet<String>>,
     /// Checkpoints and restores under way; see `detached`.
     operations: TaskTracker,
+    /// Held while a previous daemon's leftovers are recovered; pod
+    /// operations wait for it, ordinary CRI calls do not.
+    recovery: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Releases a pod's claim when the operation ends, however it ends.
@@ -107,17 +110,26 @@ impl PodService {
             access: config.access.clone(),
             busy: Mutex::new(HashSet::new()),
             operations: TaskTracker::new(),
+            recovery: Arc::new(tokio::sync::RwLock::new(())),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
 
-    /// Resumes containers that a previous daemon paused and did not resume.
+    /// Resumes, in the background, containers that a previous daemon paused
+    /// and did not resume. That may wait for a checkpoint it left running
+    /// (up to a minute), so the node's CRI calls are served meanwhile; pod
+    /// operations start only after it.
     pub async fn recover(&self) {
-        match self.inner.journal.recover().await {
-            Ok(0) => {}
-            Ok(n) => info!(resumed = n, "resumed containers left paused by a previous podckptd"),
-            Err(error) => warn!(%error, "could not read the paused-container journal"),
-        }
+        let gate = self.inner.recovery.clone().write_owned().await;
+        let journal = self.clone();
+        self.inner.operations.spawn(async move {
+            match journal.inner.journal.recover().await {
+                Ok(0) => {}
+                Ok(n) => info!(resumed = n, "resumed containers left paused by a previous podckptd"),
+                Err(error) => warn!(%error, "could not read the paused-container journal"),
+            }
+            drop(gate);
+        });
     }
 
     /// Waits for the checkpoints and restores under way, so that a daemon
@@ -143,9 +155,13 @@ impl PodService {
         if self.inner.operations.is_closed() {
             return Err(PodError::Unavailable("podckptd is shutting down".into()));
         }
+        let recovery = self.inner.recovery.clone();
         self.inner
             .operations
-            .spawn(operation)
+            .spawn(async move {
+                let _recovered = recovery.read_owned().await;
+                operation.await
+            })
             .await
             .map_err(|e| PodError::Internal(format!("pod operation task: {e}")))?
     }
