@@ -364,6 +364,18 @@ fn left_running_and_clean(shim: &Shim, cid: &str, parent: &Path) -> Result<(), S
     Ok(())
 }
 
+/// CheckpointPod in a task of its own, with a 60 s deadline.
+fn checkpoint_in_background(
+    shim: &Shim,
+    pod: &str,
+    out: &Path,
+) -> tokio::task::JoinHandle<Result<tonic::Response<podckpt::api::pod::CheckpointPodResponse>, tonic::Status>> {
+    let mut pods = shim.pods();
+    let mut request = tonic::Request::new(checkpoint_request(pod, out));
+    request.set_timeout(Duration::from_secs(60));
+    tokio::spawn(async move { pods.checkpoint_pod(request).await })
+}
+
 fn checkpoint_request(pod: &str, out: &Path) -> podckpt::api::pod::CheckpointPodRequest {
     podckpt::api::pod::CheckpointPodRequest {
         pod_sandbox_id: pod.into(),
@@ -425,13 +437,7 @@ async fn a_daemon_stopped_mid_checkpoint_resumes_the_pod_before_it_exits() {
     let out = parent.path().join("ckpt");
     std::fs::create_dir(&out).unwrap();
 
-    let mut pods = shim.pods();
-    let request = checkpoint_request(&pod.id, &out);
-    let call = tokio::spawn(async move {
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(Duration::from_secs(60));
-        pods.checkpoint_pod(request).await
-    });
+    let call = checkpoint_in_background(&shim, &pod.id, &out);
     let paused = eventually(Duration::from_secs(10), || {
         let cid = cid.clone();
         async move { runc_status(&cid) == "paused" }
@@ -470,13 +476,7 @@ async fn a_daemon_killed_mid_dump_is_undone_by_the_next_one() {
     let out = parent.path().join("ckpt");
     std::fs::create_dir(&out).unwrap();
 
-    let mut pods = shim.pods();
-    let request = checkpoint_request(&pod.id, &out);
-    let call = tokio::spawn(async move {
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(Duration::from_secs(60));
-        pods.checkpoint_pod(request).await
-    });
+    let call = checkpoint_in_background(&shim, &pod.id, &out);
     // CRIU writes its dump.log into the capture's work directory as it starts.
     let dumping = eventually(Duration::from_secs(10), || {
         let log = parent
