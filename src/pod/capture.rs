@@ -98,7 +98,7 @@ impl Capture {
                     first_error.get_or_insert(err);
                 }
                 Ok(Some(Err(join))) => {
-                    first_error.get_or_insert(PodError::Internal(format!("capture task: {join}")));
+                    first_error.get_or_insert(PodError::task("capture")(join));
                 }
                 Err(_) => {
                     error!(
@@ -163,25 +163,22 @@ impl Capture {
             return Err(self.deadline_exceeded());
         }
 
-        let (pid, id) = (target.pid(), target.id().to_owned());
-        let upper = tokio::task::spawn_blocking(move || rootfs_diff::upper_dir_of(pid))
-            .await
-            .map_err(|e| PodError::Internal(format!("rootfs diff task: {e}")))??
-            .ok_or_else(|| {
+        let (pid, id, diff_folder) = (target.pid(), target.id().to_owned(), folder.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), PodError> {
+            let upper = rootfs_diff::upper_dir_of(pid)?.ok_or_else(|| {
                 PodError::FailedPrecondition(format!(
                     "container {id}: its root file system is not an overlay; cannot capture its changes"
                 ))
             })?;
-        let diff_folder = folder.clone();
-        tokio::task::spawn_blocking(move || {
             rootfs_diff::write(
                 &upper,
                 &diff_folder.join(archive::ROOTFS_DIFF),
                 &diff_folder.join(archive::DELETED_FILES),
-            )
+            )?;
+            Ok(())
         })
         .await
-        .map_err(|e| PodError::Internal(format!("rootfs diff task: {e}")))??;
+        .map_err(PodError::task("rootfs diff"))??;
         info!(
             container = %target.id(),
             name = target.name(),
@@ -209,10 +206,7 @@ impl Hashing {
     pub async fn finish(self) -> Result<Entries, PodError> {
         let mut entries = BTreeMap::new();
         for task in self.0 {
-            entries.extend(
-                task.await
-                    .map_err(|e| PodError::Internal(format!("hashing task: {e}")))??,
-            );
+            entries.extend(task.await.map_err(PodError::task("hashing"))??);
         }
         Ok(entries)
     }

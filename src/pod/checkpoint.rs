@@ -45,7 +45,7 @@ impl PodService {
         let (targets, engine_version) =
             tokio::try_join!(self.resolve_containers(pod_id, &request.container_ids), async {
                 Ok(backend.checkpointer.engine_version().await?)
-            },)?;
+            })?;
 
         let _busy = self.claim(pod_id)?;
         let staging = Staging::create(&output)?;

@@ -40,6 +40,11 @@ impl PodError {
             status,
         }
     }
+
+    /// For a task of ours that panicked or was cancelled.
+    pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        move |e| Self::Internal(format!("{what} task: {e}"))
+    }
 }
 
 impl From<PodError> for Status {

@@ -163,7 +163,7 @@ impl PodService {
                 operation.await
             })
             .await
-            .map_err(|e| PodError::Internal(format!("pod operation task: {e}")))?
+            .map_err(PodError::task("pod operation"))?
     }
 
     fn runtime(&self) -> RuntimeServiceClient<Channel> {

@@ -69,7 +69,7 @@ impl PodService {
         let seals = self.inner.seals.clone();
         let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs, &seals))
             .await
-            .map_err(|e| PodError::Internal(format!("verification task: {e}")))??;
+            .map_err(PodError::task("verification"))??;
         let verified_ms = started.elapsed().as_millis() as u64;
 
         let mut created = Created::default();
