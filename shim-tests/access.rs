@@ -129,9 +129,9 @@ async fn pod_calls_are_denied_to_other_users_and_allowed_to_configured_ones() {
         "an allowed uid was refused: {}",
         String::from_utf8_lossy(&done.stderr)
     );
-    let manifest: podckpt::archive::Manifest =
-        serde_json::from_slice(&std::fs::read(out.join(podckpt::archive::MANIFEST)).unwrap()).unwrap();
-    manifest.verify(&out).expect("the allowed checkpoint is whole");
+    support::read_manifest(&out)
+        .verify(&out)
+        .expect("the allowed checkpoint is whole");
     // Written by the daemon: private to root whoever asked for it.
     assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o700);
 }

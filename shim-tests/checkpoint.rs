@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use podckpt::archive::{self, Manifest, PodOptions};
+use podckpt::archive::{self, PodOptions};
 use serial_test::serial;
 use tonic::Code;
 
@@ -13,11 +13,7 @@ use crate::support::{self, COUNTER, Pod, Shim, checkpoint_pod, count, eventually
 
 /// Nothing but `keep` in `parent`: no staging directory left behind.
 fn only_entry(parent: &Path, keep: &str) {
-    let names: Vec<String> = std::fs::read_dir(parent)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, vec![keep.to_string()], "leftovers beside the checkpoint");
+    assert_eq!(support::dir_names(parent), [keep], "leftovers beside the checkpoint");
 }
 
 #[tokio::test]
@@ -92,7 +88,7 @@ async fn a_counter_pod_is_checkpointed_and_keeps_running() {
         let want = if entry.file_type().is_dir() { 0o700 } else { 0o600 };
         assert_eq!(mode, want, "{} has mode {mode:o}", entry.path().display());
     }
-    let manifest: Manifest = serde_json::from_slice(&std::fs::read(out.join(archive::MANIFEST)).unwrap()).unwrap();
+    let manifest = support::read_manifest(&out);
     assert_eq!(manifest.criu_version, "4.1.1");
     assert_eq!(manifest.pod_sandbox_id, pod.id);
     assert!(
@@ -225,12 +221,7 @@ async fn bad_requests_get_their_status_and_change_nothing() {
     assert_eq!(runc_status(&foreign), "running");
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     assert_eq!(std::fs::read(full.join("keep")).unwrap(), b"precious");
-    let mut names: Vec<String> = std::fs::read_dir(parent.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, vec!["empty", "full"]);
+    assert_eq!(support::dir_names(parent.path()), ["empty", "full"]);
 }
 
 #[tokio::test]
@@ -256,9 +247,9 @@ async fn concurrent_checkpoints_of_one_pod_do_not_corrupt_each_other() {
         match result {
             Ok(()) => {
                 succeeded += 1;
-                let manifest: Manifest =
-                    serde_json::from_slice(&std::fs::read(dir.join(archive::MANIFEST)).unwrap()).unwrap();
-                manifest.verify(dir).expect("a complete, intact checkpoint");
+                support::read_manifest(dir)
+                    .verify(dir)
+                    .expect("a complete, intact checkpoint");
             }
             Err(status) => {
                 assert_eq!(status.code(), Code::Aborted, "{status:?}");
@@ -268,16 +259,11 @@ async fn concurrent_checkpoints_of_one_pod_do_not_corrupt_each_other() {
     }
     assert!(succeeded >= 1, "neither checkpoint succeeded");
     assert_eq!(runc_status(&cid), "running");
-    let mut names: Vec<String> = std::fs::read_dir(parent.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, vec!["a", "b"]);
+    assert_eq!(support::dir_names(parent.path()), ["a", "b"]);
 }
 
 /// A daemon killed between pause and resume leaves a journal; the next one
-/// resumes what it lists before serving.
+/// resumes what it lists, and removes the half-written output it names.
 #[tokio::test]
 #[serial]
 async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
@@ -354,10 +340,7 @@ fn left_running_and_clean(shim: &Shim, cid: &str, parent: &Path) -> Result<(), S
     if shim.state_dir().join("paused.json").exists() {
         return Err("the paused-container journal is not empty".into());
     }
-    let names: Vec<String> = std::fs::read_dir(parent)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = support::dir_names(parent);
     if names != ["ckpt"] || std::fs::read_dir(parent.join("ckpt")).unwrap().count() != 0 {
         return Err(format!("output left behind: {names:?}"));
     }
@@ -453,8 +436,7 @@ async fn a_daemon_stopped_mid_checkpoint_resumes_the_pod_before_it_exits() {
     assert!(!shim.state_dir().join("paused.json").exists());
     only_entry(parent.path(), "ckpt");
     if std::fs::read_dir(&out).unwrap().count() > 0 {
-        let manifest: Manifest = serde_json::from_slice(&std::fs::read(out.join(archive::MANIFEST)).unwrap()).unwrap();
-        manifest
+        support::read_manifest(&out)
             .verify(&out)
             .expect("a checkpoint finished at shutdown is whole");
     }

@@ -381,21 +381,10 @@ async fn crun_checkpoints_and_restores_a_counter() {
     checkpoint_pod(&shim, &pod.id, &out, &[], &[])
         .await
         .expect("CheckpointPod of a crun pod");
-    let manifest: podckpt::archive::Manifest =
-        serde_json::from_slice(&std::fs::read(out.join(podckpt::archive::MANIFEST)).unwrap()).unwrap();
-    assert_eq!(manifest.backend, "criu-crun");
+    assert_eq!(support::read_manifest(&out).backend, "criu-crun");
     drop(pod);
 
-    let (pod, restored) = Pod::restore_on(&shim, &tb, &out, &[("counter", "exit 1")], "podckpt-crun")
-        .await
-        .expect("RestorePod through podckpt-crun");
-    let cid = restored[0].container_id.clone();
-    client
-        .start_container(cri::StartContainerRequest {
-            container_id: cid.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    let (pod, cid) = support::restore_and_start_on(&shim, &tb, &out, "counter", "podckpt-crun").await;
     // A fresh start would run `exit 1`; the restored loop counts on.
     assert!(count(&mut client, &cid).await >= before);
     assert!(support::count_reaches(&client, &cid, before + 3, Duration::from_secs(10)).await);

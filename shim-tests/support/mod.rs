@@ -442,7 +442,19 @@ impl Pod {
 /// RestorePod of a one-container checkpoint, then StartContainer; returns
 /// the new pod and the restored container's id.
 pub async fn restore_and_start(shim: &Shim, tb: &Testbed, checkpoint: &Path, name: &str) -> (Pod, String) {
-    let (pod, restored) = Pod::restore(shim, tb, checkpoint, &[(name, "exit 1")])
+    restore_and_start_on(shim, tb, checkpoint, name, "podckpt").await
+}
+
+/// `restore_and_start` through a given handler that runs podckpt-runc. The
+/// config's own command is `exit 1`: only a restored process keeps running.
+pub async fn restore_and_start_on(
+    shim: &Shim,
+    tb: &Testbed,
+    checkpoint: &Path,
+    name: &str,
+    handler: &str,
+) -> (Pod, String) {
+    let (pod, restored) = Pod::restore_on(shim, tb, checkpoint, &[(name, "exit 1")], handler)
         .await
         .expect("RestorePod");
     let cid = restored[0].container_id.clone();
@@ -538,6 +550,22 @@ pub fn podckpt_cli(shim: &Shim, uid: Option<u32>, args: &[&str]) -> std::process
         command.uid(uid).gid(uid);
     }
     command.output().expect("running podckpt")
+}
+
+/// The names in `dir`, sorted.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The manifest of the checkpoint in `dir`.
+pub fn read_manifest(dir: &Path) -> podckpt::archive::Manifest {
+    serde_json::from_slice(&std::fs::read(dir.join(podckpt::archive::MANIFEST)).expect("reading the manifest"))
+        .expect("parsing the manifest")
 }
 
 /// Whether any CRIU process is running on the machine.
