@@ -2,6 +2,8 @@
 //! with no decoding in between. Messages, metadata, trailers, streams and
 //! status codes reach the other side exactly as they were sent.
 
+mod authority;
+mod client_io;
 mod h2_settings;
 pub mod listener;
 mod relay;

@@ -10,6 +10,7 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
+use http_body::Body as _;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
@@ -75,7 +76,16 @@ impl Router {
             Err(never) => match never {},
         };
         let (parts, body) = response.into_parts();
-        let send = respond.send_response(Response::from_parts(parts, ()), false)?;
+        // tonic answers an error with the status in the headers and no body.
+        // That must go out as one HEADERS frame with END_STREAM (gRPC's
+        // "trailers-only"): grpc-go and grpc C-core read a status only from
+        // trailers, and report a stream ended by an empty DATA frame as
+        // INTERNAL or UNKNOWN, whatever the real code was.
+        let trailers_only = body.is_end_stream() || parts.headers.contains_key(tonic::Status::GRPC_STATUS);
+        let send = respond.send_response(Response::from_parts(parts, ()), trailers_only)?;
+        if trailers_only {
+            return Ok(());
+        }
         relay::pump_body(body, send).await
     }
 

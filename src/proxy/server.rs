@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use super::client_io::ClientIo;
 use super::h2_settings;
 use super::router::Router;
 use crate::pod::PeerCredentials;
@@ -76,7 +77,7 @@ async fn serve_connection(stream: UnixStream, router: Router, mut stop: watch::R
         .max_frame_size(h2_settings::MAX_FRAME)
         .max_header_list_size(h2_settings::MAX_HEADER_LIST)
         .max_send_buffer_size(h2_settings::MAX_SEND_BUF)
-        .handshake(stream);
+        .handshake(ClientIo::new(stream));
     let mut conn = match handshake.await {
         Ok(conn) => conn,
         Err(error) => {
