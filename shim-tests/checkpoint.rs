@@ -1,6 +1,6 @@
 //! CheckpointPod through the shim, with real runc and CRIU.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -9,11 +9,19 @@ use podckpt::archive::{self, PodOptions};
 use serial_test::serial;
 use tonic::Code;
 
-use crate::support::{self, COUNTER, Pod, Shim, checkpoint_pod, count, eventually, raw, runc_status, testbed};
+use crate::support::{
+    self, COUNTER, Pod, Shim, checkpoint_pod, checkpoint_pod_exactly, count, eventually, raw, runc_status, testbed,
+};
 
-/// Nothing but `keep` in `parent`: no staging directory left behind.
+/// Nothing but `keep` in `parent`: nothing written beside the checkpoint.
 fn only_entry(parent: &Path, keep: &str) {
     assert_eq!(support::dir_names(parent), [keep], "leftovers beside the checkpoint");
+}
+
+/// The identity of the caller's directory, which the call must keep.
+fn inode_and_mode(dir: &Path) -> (u64, u32) {
+    let meta = std::fs::symlink_metadata(dir).unwrap();
+    (meta.ino(), meta.permissions().mode() & 0o7777)
 }
 
 #[tokio::test]
@@ -29,9 +37,15 @@ async fn a_counter_pod_is_checkpointed_and_keeps_running() {
     let parent = tempfile::tempdir().unwrap();
     let out = parent.path().join("ckpt");
     std::fs::create_dir(&out).unwrap();
-    checkpoint_pod(&shim, &pod.id, &out, &[], &[])
+    let callers = inode_and_mode(&out);
+    checkpoint_pod(&shim, &pod.id, &out, &[&cid], &[])
         .await
         .expect("CheckpointPod");
+    assert_eq!(
+        inode_and_mode(&out),
+        callers,
+        "the caller's directory was replaced or changed"
+    );
 
     // The pod goes on: running, not paused, and counting.
     assert_eq!(runc_status(&cid), "running");
@@ -82,7 +96,7 @@ async fn a_counter_pod_is_checkpointed_and_keeps_running() {
     assert_eq!(written.as_deref(), Some("hi\n"));
 
     // Private to root, and every checksum holds.
-    for entry in walkdir::WalkDir::new(&out) {
+    for entry in walkdir::WalkDir::new(&out).min_depth(1) {
         let entry = entry.unwrap();
         let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
         let want = if entry.file_type().is_dir() { 0o700 } else { 0o600 };
@@ -156,8 +170,18 @@ async fn bad_requests_get_their_status_and_change_nothing() {
     let cases: Vec<(&str, Result<(), tonic::Status>, Code)> = vec![
         (
             "unknown pod",
-            checkpoint_pod(&shim, "no-such-pod", &empty, &[], &[]).await,
+            checkpoint_pod(&shim, "no-such-pod", &empty, &[&cid], &[]).await,
             Code::NotFound,
+        ),
+        (
+            "empty container list",
+            checkpoint_pod_exactly(&shim, &pod.id, &empty, vec![], &[]).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "a container named twice",
+            checkpoint_pod_exactly(&shim, &pod.id, &empty, vec![cid.clone(), cid.clone()], &[]).await,
+            Code::InvalidArgument,
         ),
         (
             "relative path",
@@ -197,11 +221,7 @@ async fn bad_requests_get_their_status_and_change_nothing() {
     }
 
     // No deadline: a bare HTTP/2 call without grpc-timeout.
-    let request = podckpt::api::pod::CheckpointPodRequest {
-        pod_sandbox_id: pod.id.clone(),
-        output_path: empty.display().to_string(),
-        ..Default::default()
-    };
+    let request = checkpoint_request(&pod.id, &empty, &cid);
     let reply = raw::h2_unary(
         &shim.socket,
         podckpt::api::CHECKPOINT_POD_PATH,
@@ -238,9 +258,10 @@ async fn concurrent_checkpoints_of_one_pod_do_not_corrupt_each_other() {
     for d in &dirs {
         std::fs::create_dir(d).unwrap();
     }
+    let ids = [cid.as_str()];
     let (a, b) = tokio::join!(
-        checkpoint_pod(&shim, &pod.id, &dirs[0], &[], &[]),
-        checkpoint_pod(&shim, &pod.id, &dirs[1], &[], &[])
+        checkpoint_pod(&shim, &pod.id, &dirs[0], &ids, &[]),
+        checkpoint_pod(&shim, &pod.id, &dirs[1], &ids, &[])
     );
     let mut succeeded = 0;
     for (dir, result) in dirs.iter().zip([a, b]) {
@@ -280,13 +301,13 @@ async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
         .unwrap();
     assert!(status.success());
     assert_eq!(runc_status(&cid), "paused");
-    // And a half-written checkpoint beside its destination, with a file
+    // And a half-written checkpoint in the caller's directory, with a file
     // that must not be touched next to it.
     let parent = tempfile::tempdir().unwrap();
-    let staging = podckpt::archive::Staging::create(&parent.path().join("ckpt")).unwrap();
-    std::fs::write(staging.path().join("pages-1.img"), b"memory").unwrap();
-    let staging_path = staging.path().to_owned();
-    std::mem::forget(staging);
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir_all(out.join("ID-NAME/checkpoint")).unwrap();
+    std::fs::write(out.join("ID-NAME/checkpoint/pages-1.img"), b"memory").unwrap();
+    let callers = inode_and_mode(&out);
     std::fs::write(parent.path().join("keep"), b"").unwrap();
     let journal = podckpt::pod::journal::Journal::open(&shim.state_dir()).unwrap();
     journal
@@ -294,7 +315,7 @@ async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
             runtime: "runc".into(),
             root: support::RUNC_ROOT.into(),
             containers: vec![podckpt::backend::ContainerRef { id: cid.clone() }],
-            staging: Some(staging_path.clone()),
+            output: Some(out.clone()),
         })
         .unwrap();
 
@@ -310,8 +331,13 @@ async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
         !shim.state_dir().join("paused.json").exists(),
         "the journal was not cleared"
     );
-    assert!(!staging_path.exists(), "the half-written checkpoint was left");
-    only_entry(parent.path(), "keep");
+    assert_eq!(
+        support::dir_names(&out),
+        Vec::<String>::new(),
+        "the half-written checkpoint was left"
+    );
+    assert_eq!(inode_and_mode(&out), callers, "the caller's directory itself stays");
+    assert_eq!(support::dir_names(parent.path()), ["ckpt", "keep"]);
 }
 
 /// A pod whose one container holds 256 MiB, so that CRIU takes a while.
@@ -347,24 +373,70 @@ fn left_running_and_clean(shim: &Shim, cid: &str, parent: &Path) -> Result<(), S
     Ok(())
 }
 
-/// CheckpointPod in a task of its own, with a 60 s deadline.
+/// CheckpointPod of one container in a task of its own, with a 60 s deadline.
 fn checkpoint_in_background(
     shim: &Shim,
     pod: &str,
     out: &Path,
+    container: &str,
 ) -> tokio::task::JoinHandle<Result<tonic::Response<podckpt::api::pod::CheckpointPodResponse>, tonic::Status>> {
     let mut pods = shim.pods();
-    let mut request = tonic::Request::new(checkpoint_request(pod, out));
+    let mut request = tonic::Request::new(checkpoint_request(pod, out, container));
     request.set_timeout(Duration::from_secs(60));
     tokio::spawn(async move { pods.checkpoint_pod(request).await })
 }
 
-fn checkpoint_request(pod: &str, out: &Path) -> podckpt::api::pod::CheckpointPodRequest {
+fn checkpoint_request(pod: &str, out: &Path, container: &str) -> podckpt::api::pod::CheckpointPodRequest {
     podckpt::api::pod::CheckpointPodRequest {
         pod_sandbox_id: pod.into(),
         output_path: out.display().to_string(),
+        container_ids: vec![container.into()],
         ..Default::default()
     }
+}
+
+/// The contract: "The runtime must not remove the directory ... must not
+/// write outside this directory". Watched all through a checkpoint long
+/// enough to see: the caller's directory keeps its inode and its (unusual)
+/// mode, and nothing ever appears beside it.
+#[tokio::test]
+#[serial]
+async fn the_callers_directory_is_kept_and_nothing_is_written_beside_it() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start(&tb);
+    let (pod, cid) = pod_holding_256_mib(&shim, &tb, "indir").await;
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let callers = inode_and_mode(&out);
+
+    let call = checkpoint_in_background(&shim, &pod.id, &out, &cid);
+    let mut looks = 0;
+    let mut saw_files_inside = false;
+    while !call.is_finished() {
+        assert_eq!(
+            support::dir_names(parent.path()),
+            ["ckpt"],
+            "written beside the checkpoint"
+        );
+        assert_eq!(
+            inode_and_mode(&out),
+            callers,
+            "the caller's directory was replaced or changed"
+        );
+        saw_files_inside |= !support::dir_names(&out).is_empty();
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    call.await.unwrap().expect("CheckpointPod");
+    assert!(
+        saw_files_inside && looks > 10,
+        "the checkpoint was too quick to watch ({looks} looks)"
+    );
+    assert_eq!(inode_and_mode(&out), callers);
+    only_entry(parent.path(), "ckpt");
+    support::read_manifest(&out).verify(&out).expect("a whole checkpoint");
 }
 
 /// The deadline runs out while CRIU dumps 256 MiB. The dump under way is
@@ -386,7 +458,7 @@ async fn a_deadline_that_runs_out_mid_capture_resumes_the_pod_and_writes_nothing
     let reply = raw::h2_unary(
         &shim.socket,
         podckpt::api::CHECKPOINT_POD_PATH,
-        &prost::Message::encode_to_vec(&checkpoint_request(&pod.id, &out)),
+        &prost::Message::encode_to_vec(&checkpoint_request(&pod.id, &out, &cid)),
         &[("grpc-timeout", "150m")],
     )
     .await;
@@ -420,7 +492,7 @@ async fn a_daemon_stopped_mid_checkpoint_resumes_the_pod_before_it_exits() {
     let out = parent.path().join("ckpt");
     std::fs::create_dir(&out).unwrap();
 
-    let call = checkpoint_in_background(&shim, &pod.id, &out);
+    let call = checkpoint_in_background(&shim, &pod.id, &out, &cid);
     let paused = eventually(Duration::from_secs(10), || {
         let cid = cid.clone();
         async move { runc_status(&cid) == "paused" }
@@ -458,17 +530,12 @@ async fn a_daemon_killed_mid_dump_is_undone_by_the_next_one() {
     let out = parent.path().join("ckpt");
     std::fs::create_dir(&out).unwrap();
 
-    let call = checkpoint_in_background(&shim, &pod.id, &out);
+    let call = checkpoint_in_background(&shim, &pod.id, &out, &cid);
     // CRIU writes its dump.log into the capture's work directory as it starts.
+    let log = out.join(format!(".work-{cid}")).join("dump.log");
     let dumping = eventually(Duration::from_secs(10), || {
-        let log = parent
-            .path()
-            .read_dir()
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join(format!(".work-{cid}")).join("dump.log"))
-            .find(|log| log.exists());
-        async move { log.is_some() }
+        let started = log.exists();
+        async move { started }
     })
     .await;
     assert!(dumping, "the checkpoint never reached CRIU");

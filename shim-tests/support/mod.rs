@@ -36,7 +36,9 @@ pub fn runc_status(id: &str) -> String {
     state["status"].as_str().unwrap_or("gone").to_owned()
 }
 
-/// Calls CheckpointPod through the shim with a 60 s deadline.
+/// Calls CheckpointPod through the shim with a 60 s deadline. An empty
+/// `container_ids` selects every running container of the pod, listed here
+/// as `podckpt checkpointp` does: the call itself refuses an empty list.
 pub async fn checkpoint_pod(
     shim: &Shim,
     pod_id: &str,
@@ -44,14 +46,49 @@ pub async fn checkpoint_pod(
     container_ids: &[&str],
     options: &[(&str, &str)],
 ) -> Result<(), tonic::Status> {
+    let mut ids: Vec<String> = container_ids.iter().map(|s| s.to_string()).collect();
+    if ids.is_empty() {
+        ids = running_containers(&mut shim.client().await, pod_id).await;
+    }
+    checkpoint_pod_exactly(shim, pod_id, output, ids, options).await
+}
+
+/// CheckpointPod with `container_ids` sent as given, even empty.
+pub async fn checkpoint_pod_exactly(
+    shim: &Shim,
+    pod_id: &str,
+    output: &Path,
+    container_ids: Vec<String>,
+    options: &[(&str, &str)],
+) -> Result<(), tonic::Status> {
     let mut request = tonic::Request::new(podckpt::api::pod::CheckpointPodRequest {
         pod_sandbox_id: pod_id.into(),
         output_path: output.display().to_string(),
-        container_ids: container_ids.iter().map(|s| s.to_string()).collect(),
+        container_ids,
         options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     });
     request.set_timeout(Duration::from_secs(60));
     shim.pods().checkpoint_pod(request).await.map(drop)
+}
+
+/// The ids of the pod's running containers.
+pub async fn running_containers(client: &mut Runtime, pod_id: &str) -> Vec<String> {
+    let filter = cri::ContainerFilter {
+        pod_sandbox_id: pod_id.into(),
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerRunning as i32,
+        }),
+        ..Default::default()
+    };
+    client
+        .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
 }
 
 /// The running test bed, or `None` when this machine has none. Tests that

@@ -12,19 +12,19 @@
 //!     rootfs-diff.tar deleted.files
 //! ```
 
+mod building;
 pub mod digest;
 pub mod manifest;
 pub mod rootfs_diff;
 pub mod seal;
-mod staging;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use building::{Building, empty, is_committed, restrict_modes};
 pub use manifest::{FileEntry, Manifest, digest_tree};
 pub use seal::Seals;
-pub use staging::{Staging, is_staging_dir, restrict_modes};
 
 /// The manifest's format. 2: each file's SHA-256 is a list, one per chunk
 /// of `chunk_size` bytes.

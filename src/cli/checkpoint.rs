@@ -24,6 +24,11 @@ pub(super) async fn run(
                 .ok_or_else(|| CliError::Usage(format!("--option {kv:?}: expected KEY=VALUE")))
         })
         .collect::<Result<_, _>>()?;
+    let containers = if containers.is_empty() {
+        running_containers(clients, &pod).await?
+    } else {
+        containers
+    };
     let dir = prepare_dir(dir, &pod)?;
     progress(
         format,
@@ -83,6 +88,35 @@ async fn resolve_pod(clients: &Clients, wanted: &str) -> Result<String, CliError
             matches.len()
         ))),
     }
+}
+
+/// Every running container of `pod`: the call itself takes no empty list,
+/// so the CLI's default of "the whole pod" is spelled out here.
+async fn running_containers(clients: &Clients, pod: &str) -> Result<Vec<String>, CliError> {
+    let filter = cri::ContainerFilter {
+        pod_sandbox_id: pod.to_owned(),
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerRunning as i32,
+        }),
+        ..Default::default()
+    };
+    let running: Vec<String> = clients
+        .runtime
+        .clone()
+        .list_containers(clients.request(cri::ListContainersRequest { filter: Some(filter) }))
+        .await
+        .map_err(CliError::call("ListContainers"))?
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if running.is_empty() {
+        return Err(CliError::Usage(format!(
+            "pod {pod} has no running container to checkpoint"
+        )));
+    }
+    Ok(running)
 }
 
 /// The output directory as an absolute path to an empty directory.

@@ -54,7 +54,7 @@ pub enum Command {
         /// Checkpoint option KEY=VALUE (podckpt.io/tcp-established, podckpt.io/file-locks, podckpt.io/tcp-skip-in-flight)
         #[arg(long = "option", value_name = "KEY=VALUE")]
         options: Vec<String>,
-        /// Capture only these containers (ID); default all running
+        /// Capture only these containers (ID) [default: every running container of the pod]
         #[arg(long = "container", value_name = "ID")]
         containers: Vec<String>,
     },

@@ -63,7 +63,7 @@ impl Target {
 #[derive(Clone)]
 pub struct Capture {
     pub backend: Arc<dyn Checkpointer>,
-    /// The staging directory the container folders go in.
+    /// The checkpoint directory the container folders go in.
     pub root: PathBuf,
     pub options: CaptureOptions,
     pub checkpointed_at: String,
@@ -198,7 +198,7 @@ impl Capture {
 type Entries = BTreeMap<String, FileEntry>;
 
 /// The hashing of the captured folders, under way. Dropped, it runs on
-/// into a staging directory that is being removed, and nothing reads it.
+/// into a checkpoint directory that is being emptied, and nothing reads it.
 pub struct Hashing(Vec<JoinHandle<Result<Entries, PodError>>>);
 
 impl Hashing {

@@ -1,5 +1,6 @@
 //! CheckpointPod: validate everything, then freeze every selected container,
-//! capture each, and always resume them all; the output appears only whole.
+//! capture each, and always resume them all. The checkpoint is built inside
+//! the caller's directory and counts only once its manifest is written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use super::journal::PausedSet;
 use super::options;
 use crate::api::cri;
 use crate::api::pod::CheckpointPodRequest;
-use crate::archive::{self, Manifest, PodOptions, Staging};
+use crate::archive::{self, Building, Manifest, PodOptions};
 use crate::backend::ContainerRef;
 
 impl PodService {
@@ -32,6 +33,7 @@ impl PodService {
             )
         })?;
         let capture_options = options::parse(&request.options)?;
+        validate_container_ids(&request.container_ids)?;
         let output = validate_output(&request.output_path)?;
         let pod_id = request.pod_sandbox_id.as_str();
         let pod = self.pod_status(pod_id).await?;
@@ -48,13 +50,14 @@ impl PodService {
             })?;
 
         let _busy = self.claim(pod_id)?;
-        let staging = Staging::create(&output)?;
+        let _writing = self.claim_output(&output)?;
+        let building = Building::begin(&output);
         let refs: Vec<ContainerRef> = targets.iter().map(|t| ContainerRef { id: t.id().to_owned() }).collect();
         let paused = PausedSet {
             runtime: backend.config.runtime.clone(),
             root: backend.config.root.clone(),
             containers: refs.clone(),
-            staging: Some(staging.path().to_owned()),
+            output: Some(output.clone()),
         };
         let key = self.inner.journal.record(paused)?;
         if let Err(err) = backend.checkpointer.pause_pod(&refs).await {
@@ -63,7 +66,7 @@ impl PodService {
         }
         let capture = Capture {
             backend: backend.checkpointer.clone(),
-            root: staging.path().to_owned(),
+            root: output.clone(),
             options: capture_options,
             checkpointed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             deadline: started + deadline,
@@ -85,22 +88,15 @@ impl PodService {
         let paused_ms = started.elapsed().as_millis() as u64;
         let outcome = async {
             let hashed = captured?.finish().await?;
-            write_pod_files(staging.path(), &pod, &targets)?;
-            let manifest = Manifest::build_with(
-                staging.path(),
-                backend.checkpointer.name(),
-                &engine_version,
-                pod_id,
-                hashed,
-            )?;
+            write_pod_files(&output, &pod, &targets)?;
+            let manifest = Manifest::build_with(&output, backend.checkpointer.name(), &engine_version, pod_id, hashed)?;
             let manifest = serde_json::to_vec_pretty(&manifest)
                 .map_err(|e| PodError::Internal(format!("encoding the manifest: {e}")))?;
-            archive::write_private(&staging.path().join(archive::MANIFEST), &manifest)?;
             if Instant::now() >= capture.deadline {
                 // The caller has given up: a checkpoint it never hears of must not appear.
                 return Err(capture.deadline_exceeded());
             }
-            Ok((staging.commit()?, manifest))
+            Ok((building.commit(&manifest)?, manifest))
         }
         .await;
         self.inner.journal.clear(&key)?;
@@ -151,7 +147,7 @@ impl PodService {
         Ok(pod)
     }
 
-    /// The selected containers, or every running one when none is named.
+    /// The selected containers, each a running container of the pod.
     async fn resolve_containers(&self, pod_id: &str, wanted: &[String]) -> Result<Vec<Arc<Target>>, PodError> {
         let filter = cri::ContainerFilter {
             pod_sandbox_id: pod_id.into(),
@@ -166,14 +162,6 @@ impl PodService {
             .containers;
         let running = |c: &cri::Container| c.state == cri::ContainerState::ContainerRunning as i32;
         let mut chosen: Vec<&cri::Container> = Vec::new();
-        if wanted.is_empty() {
-            chosen.extend(listed.iter().filter(|c| running(c)));
-            if chosen.is_empty() {
-                return Err(PodError::FailedPrecondition(format!(
-                    "pod {pod_id} has no running container to checkpoint"
-                )));
-            }
-        }
         for id in wanted {
             let container = listed.iter().find(|c| &c.id == id).ok_or_else(|| {
                 PodError::InvalidArgument(format!("container {id} is not a container of pod {pod_id}"))
@@ -186,9 +174,7 @@ impl PodService {
                     "container {id} is not running (state {state})"
                 )));
             }
-            if !chosen.iter().any(|c| &c.id == id) {
-                chosen.push(container);
-            }
+            chosen.push(container);
         }
         let mut targets = Vec::with_capacity(chosen.len());
         for container in chosen {
@@ -218,6 +204,27 @@ impl PodService {
         }
         Ok(targets)
     }
+}
+
+/// The contract: "The list must be non-empty, must not contain duplicates".
+/// An empty list does not mean "all": the caller names what it expects to
+/// get back, so a container it did not know of never slips in.
+fn validate_container_ids(ids: &[String]) -> Result<(), PodError> {
+    if ids.is_empty() {
+        return Err(PodError::InvalidArgument(
+            "container_ids is empty; name every running container to checkpoint (`podckpt checkpointp` lists them for you)".into(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(duplicate) = ids.iter().find(|id| !seen.insert(id.as_str())) {
+        return Err(PodError::InvalidArgument(format!(
+            "container_ids names {duplicate} more than once; name each container once"
+        )));
+    }
+    if let Some(empty) = ids.iter().position(String::is_empty) {
+        return Err(PodError::InvalidArgument(format!("container_ids[{empty}] is empty")));
+    }
+    Ok(())
 }
 
 fn validate_output(path: &str) -> Result<PathBuf, PodError> {

@@ -15,7 +15,8 @@ pub enum PodError {
     FailedPrecondition(String),
     #[error("{0}")]
     PermissionDenied(String),
-    #[error("pod {0} is being checkpointed by another call; try again when it has finished")]
+    /// Another call holds what this one needs: the pod, or the output directory.
+    #[error("{0}")]
     Busy(String),
     /// An error the runtime below returned, passed on with its own code.
     #[error("{context}: {}", status.message())]

@@ -24,10 +24,11 @@ pub struct PausedSet {
     pub runtime: PathBuf,
     pub root: PathBuf,
     pub containers: Vec<ContainerRef>,
-    /// The checkpoint being built, which a daemon killed halfway leaves
-    /// behind; it holds process memory, so recovery removes it.
+    /// The caller's directory the checkpoint is being built in. A daemon
+    /// killed halfway leaves partial files there, which hold process memory,
+    /// so recovery empties it unless the checkpoint was committed.
     #[serde(default)]
-    pub staging: Option<PathBuf>,
+    pub output: Option<PathBuf>,
 }
 
 pub struct Journal {
@@ -98,16 +99,8 @@ impl Journal {
                     }
                 }
             }
-            if let Some(staging) = set.staging.as_deref().filter(|p| archive::is_staging_dir(p)) {
-                match std::fs::remove_dir_all(staging) {
-                    Ok(()) => {
-                        info!(path = %staging.display(), "removed a checkpoint a previous podckptd left half-written")
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => {
-                        warn!(path = %staging.display(), %error, "could not remove a half-written checkpoint")
-                    }
-                }
+            if let Some(output) = set.output.as_deref() {
+                remove_partial(output);
             }
         }
         self.update(|entries| entries.clear())?;
@@ -140,6 +133,19 @@ impl Journal {
         let _ = std::fs::remove_file(&tmp);
         archive::write_json(&tmp, &entries)?;
         std::fs::rename(&tmp, &self.path).map_err(ArchiveError::io(&self.path))
+    }
+}
+
+/// Empties a checkpoint directory left half-written, keeping the directory,
+/// which is the caller's. A committed checkpoint is whole and stays.
+fn remove_partial(output: &Path) {
+    let is_dir = std::fs::symlink_metadata(output).is_ok_and(|m| m.is_dir());
+    if !output.is_absolute() || !is_dir || archive::is_committed(output) {
+        return;
+    }
+    match archive::empty(output) {
+        Ok(()) => info!(path = %output.display(), "removed a checkpoint a previous podckptd left half-written"),
+        Err(error) => warn!(path = %output.display(), %error, "could not remove a half-written checkpoint"),
     }
 }
 
@@ -180,7 +186,7 @@ mod tests {
             runtime: "runc".into(),
             root: "/run/r".into(),
             containers: vec![ContainerRef { id: "a".into() }],
-            staging: None,
+            output: None,
         };
         let k1 = journal.record(set.clone()).unwrap();
         let k2 = journal.record(set).unwrap();

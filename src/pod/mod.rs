@@ -63,15 +63,16 @@ struct Inner {
     recovery: Arc<tokio::sync::RwLock<()>>,
 }
 
-/// Releases a pod's claim when the operation ends, however it ends.
+/// Releases a claim on a pod or an output directory when the operation
+/// ends, however it ends.
 struct Claim<'a> {
     busy: &'a Mutex<HashSet<String>>,
-    pod: String,
+    key: String,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        self.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.pod);
+        self.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }
 
@@ -179,13 +180,28 @@ impl PodService {
     }
 
     fn claim(&self, pod: &str) -> Result<Claim<'_>, PodError> {
+        self.claim_key(format!("pod:{pod}")).ok_or_else(|| {
+            PodError::Busy(format!(
+                "pod {pod} is being checkpointed by another call; try again when it has finished"
+            ))
+        })
+    }
+
+    /// Two checkpoints written into one directory would mix their files.
+    fn claim_output(&self, output: &std::path::Path) -> Result<Claim<'_>, PodError> {
+        self.claim_key(format!("output:{}", output.display())).ok_or_else(|| {
+            PodError::Busy(format!(
+                "output_path {} is being written by another CheckpointPod call; give each call its own directory",
+                output.display()
+            ))
+        })
+    }
+
+    fn claim_key(&self, key: String) -> Option<Claim<'_>> {
         let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if !busy.insert(pod.to_owned()) {
-            return Err(PodError::Busy(pod.to_owned()));
-        }
-        Ok(Claim {
+        busy.insert(key.clone()).then(|| Claim {
             busy: &self.inner.busy,
-            pod: pod.to_owned(),
+            key,
         })
     }
 

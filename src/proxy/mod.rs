@@ -2,7 +2,7 @@
 //! with no decoding in between. Messages, metadata, trailers, streams and
 //! status codes reach the other side exactly as they were sent.
 
-mod authority;
+pub mod authority;
 mod client_io;
 mod h2_settings;
 pub mod listener;
