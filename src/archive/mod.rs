@@ -1,9 +1,10 @@
 //! The pod checkpoint directory: its layout, its manifest, and how it is
-//! built so that it appears only when complete and private to root.
+//! built inside the caller's directory, private to root, and counted whole
+//! only once its manifest is written.
 //!
 //! ```text
 //! OUTPUT/
-//!   manifest.json           format version, CRIU version, SHA-256 of every file (by chunk)
+//!   manifest.json           written last: format version, CRIU version, SHA-256 of every file (by chunk)
 //!   pod.options             {"version":1,"containers":{NAME: "ID-NAME"},"annotations":{..}}
 //!   pod.dump                the PodSandboxConfig, as JSON
 //!   ID-NAME/                one checkpointctl-compatible folder per container
