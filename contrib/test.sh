@@ -5,5 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash contrib/testbed.sh up
 trap 'bash contrib/testbed.sh stop' EXIT
+# The tests find the test bed's parts (containerd's socket, the interop
+# clients, ...) where `testbed.sh env` says.
+while IFS= read -r var; do export "$var"; done < <(bash contrib/testbed.sh env)
 # In this run a missing test bed is a failure, never a silent skip.
 PODCKPT_REQUIRE_TESTBED=1 cargo test --locked 2>&1

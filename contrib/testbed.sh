@@ -2,7 +2,7 @@
 # The podckpt test bed: a private containerd (own root, state, socket and CNI
 # bridge) with runc, crun and CRIU from Debian trixie and locally built images.
 #
-#   contrib/testbed.sh install   apt packages (idempotent)
+#   contrib/testbed.sh install   apt packages and the interop clients (idempotent)
 #   contrib/testbed.sh images    build the OCI test images into $PODCKPT_TESTBED_DIR/images
 #   contrib/testbed.sh start     start the private containerd and import the images
 #   contrib/testbed.sh stop      remove every pod, stop containerd, leave nothing behind
@@ -26,6 +26,14 @@ NS=k8s.io
 # runc keeps CRI containers' state here whatever containerd's state dir is
 # (see shared/notes/runtime-facts.md).
 RUNC_ROOT=/run/containerd/runc/$NS
+# The grpc-go and grpcio clients of the interop tests (contrib/interop/).
+INTEROP_DIR="$TB_DIR/interop"
+INTEROP_GO="$INTEROP_DIR/go/podckpt-interop"
+INTEROP_VENV="$INTEROP_DIR/venv"
+GO=/usr/lib/go-1.24/bin/go
+# Named by version: installing from trixie makes /usr/bin/python3 Debian's
+# 3.13, and grpcio's wheels are built for one CPython version.
+INTEROP_PYTHON_BASE=/usr/bin/python3.11
 
 log() { printf 'testbed: %s\n' "$*" >&2; }
 
@@ -35,9 +43,18 @@ need_root() {
 
 cmd_install() {
     need_root
-    # Only the runtime stack comes from trixie; the rest stays bookworm's.
-    local trixie_pkgs=(containerd runc crun criu checkpointctl containernetworking-plugins)
-    local pkgs=(busybox-static protobuf-compiler iproute2 python3)
+    install_packages
+    install_interop_go
+    install_interop_python
+}
+
+install_packages() {
+    # Only the runtime stack (and Go with grpc-go, which bookworm has too old)
+    # comes from trixie; the rest stays bookworm's. trixie's criu pulls in
+    # trixie's python3 anyway, so pip comes from there too.
+    local trixie_pkgs=(containerd runc crun criu checkpointctl containernetworking-plugins
+        golang-1.24-go golang-google-grpc-dev python3-pip)
+    local pkgs=(busybox-static protobuf-compiler iproute2 python3 python3.11)
     if have_all_packages; then
         log "packages already installed"
         return
@@ -69,11 +86,44 @@ EOF
 
 have_all_packages() {
     local b
-    for b in containerd ctr runc crun criu checkpointctl protoc busybox ip python3; do
+    for b in containerd ctr runc crun criu checkpointctl protoc busybox ip python3 "$GO" "$INTEROP_PYTHON_BASE"; do
         command -v "$b" >/dev/null || return 1
     done
     [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || return 1
     criu --version 2>/dev/null | grep -qE 'Version: (4|[5-9])\.' || return 1
+    [ -f /usr/share/gocode/src/google.golang.org/grpc/clientconn.go ] || return 1
+    "$INTEROP_PYTHON_BASE" -m pip --version >/dev/null 2>&1 || return 1
+}
+
+# The grpc-go client, built in GOPATH mode from Debian's grpc-go: no module
+# proxy. Rebuilt when its source changed since the last build.
+install_interop_go() {
+    local src="$HERE/interop/go/src/podckpt-interop/main.go" built="$INTEROP_DIR/go/main.go.built"
+    if [ -x "$INTEROP_GO" ] && cmp -s "$src" "$built"; then
+        log "grpc-go interop client up to date"
+        return
+    fi
+    mkdir -p "$INTEROP_DIR/go"
+    GO111MODULE=off GOFLAGS= GOTOOLCHAIN=local GOPATH="$HERE/interop/go:/usr/share/gocode" \
+        GOCACHE="$INTEROP_DIR/go/cache" "$GO" build -o "$INTEROP_GO.new" podckpt-interop
+    mv "$INTEROP_GO.new" "$INTEROP_GO"
+    cp "$src" "$built"
+    log "built $INTEROP_GO"
+}
+
+# grpcio from PyPI in a venv of Debian's python3.11. The venv has no pip of
+# its own (python3.11-venv cannot be installed next to trixie's python3);
+# the system pip installs into it with --python.
+install_interop_python() {
+    local py="$INTEROP_VENV/bin/python"
+    if "$py" -c 'import grpc' 2>/dev/null; then
+        log "grpcio $("$py" -c 'import grpc; print(grpc.__version__)') already installed"
+        return
+    fi
+    rm -rf "$INTEROP_VENV"
+    "$INTEROP_PYTHON_BASE" -m venv --without-pip "$INTEROP_VENV"
+    "$INTEROP_PYTHON_BASE" -m pip --python "$py" install -q --disable-pip-version-check grpcio
+    log "installed grpcio $("$py" -c 'import grpc; print(grpc.__version__)') for $INTEROP_PYTHON_BASE"
 }
 
 cmd_images() {
@@ -197,6 +247,10 @@ cmd_env() {
     echo "PODCKPT_TESTBED=$HERE/testbed.sh"
     # Where the test bed's "podckpt" runtime handler finds podckpt-runc.
     echo "PODCKPT_TESTBED_INTERPOSER=$TB_RUN/bin/podckpt-runc"
+    # The interop tests' grpc-go client, and the interpreter (with grpcio)
+    # that runs contrib/interop/python/podckpt_interop.py.
+    echo "PODCKPT_INTEROP_GO=$INTEROP_GO"
+    echo "PODCKPT_INTEROP_PYTHON=$INTEROP_VENV/bin/python"
 }
 
 case "${1:-}" in

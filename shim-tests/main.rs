@@ -8,6 +8,7 @@ mod support;
 mod access;
 mod checkpoint;
 mod cli;
+mod interop;
 mod lifecycle;
 mod passthrough;
 mod resilience;

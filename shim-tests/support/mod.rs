@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod interop;
 pub mod raw;
 
 use std::os::unix::process::CommandExt;
@@ -110,15 +111,20 @@ pub fn testbed() -> Option<Testbed> {
     if reachable {
         return Some(Testbed { containerd, image });
     }
-    let why = format!(
+    missing(&format!(
         "test bed not reachable at {} (run `contrib/testbed.sh up` as root)",
         containerd.display()
-    );
+    ));
+    None
+}
+
+/// Reports a part of the test bed this machine lacks: a skip, or a failure
+/// under PODCKPT_REQUIRE_TESTBED=1.
+pub fn missing(why: &str) {
     if std::env::var("PODCKPT_REQUIRE_TESTBED").as_deref() == Ok("1") {
         panic!("{why}");
     }
     eprintln!("SKIPPED: {why}");
-    None
 }
 
 impl Testbed {
