@@ -11,5 +11,6 @@ mod cli;
 mod interop;
 mod lifecycle;
 mod passthrough;
+mod pod_interop;
 mod resilience;
 mod restore;

@@ -58,7 +58,8 @@ func (rawCodec) Unmarshal(data []byte, v any) error {
 		return fmt.Errorf("rawCodec cannot unmarshal into %T", v)
 	}
 	// The transport may reuse its buffer once we return.
-	*b = append([]byte(nil), data...)
+	// Never nil: an empty message is a message, and JSON would write nil as null.
+	*b = append([]byte{}, data...)
 	return nil
 }
 
