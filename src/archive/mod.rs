@@ -10,10 +10,12 @@
 //!     checkpoint/           CRIU images
 //!     config.dump spec.dump status.dump stats-dump dump.log
 //!     rootfs-diff.tar deleted.files
+//!     podckpt-process.json  the image id and process config, checked on restore (see `record`)
 //! ```
 
 pub mod digest;
 pub mod manifest;
+pub mod record;
 pub mod rootfs_diff;
 pub mod seal;
 mod staging;
@@ -23,12 +25,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use manifest::{FileEntry, Manifest, digest_tree};
+pub use record::ProcessRecord;
 pub use seal::Seals;
 pub use staging::{Staging, is_staging_dir, restrict_modes};
 
 /// The manifest's format. 2: each file's SHA-256 is a list, one per chunk
-/// of `chunk_size` bytes.
-pub const FORMAT_VERSION: u32 = 2;
+/// of `chunk_size` bytes. 3: every container folder holds `PROCESS_RECORD`;
+/// without it a restore cannot be validated, so older checkpoints are refused.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// `pod.options`'s own version, as the CRI-O and containerd prototypes write it.
 pub const POD_OPTIONS_VERSION: u32 = 1;
@@ -44,6 +48,8 @@ pub const STATS_DUMP: &str = "stats-dump";
 pub const DUMP_LOG: &str = "dump.log";
 pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
 pub const DELETED_FILES: &str = "deleted.files";
+/// podckpt's own file in a container folder; checkpointctl ignores it.
+pub const PROCESS_RECORD: &str = "podckpt-process.json";
 
 /// Directories are private to root, and so is every file: a checkpoint
 /// holds process memory, secrets included.
