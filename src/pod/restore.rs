@@ -1,5 +1,6 @@
-//! RestorePod: verify the checkpoint before anything exists, then create the
-//! sandbox and the containers from the caller's own configs, each marked for
+//! RestorePod: verify the checkpoint, and that the caller's configs describe
+//! the processes it holds, before anything exists; then create the sandbox
+//! and the containers from the caller's own configs, each marked for
 //! podckpt-runc to restore; undo everything if any step fails.
 
 use std::collections::BTreeSet;
@@ -13,13 +14,14 @@ use prost::Message;
 use tracing::{debug, info, warn};
 
 use super::error::PodError;
-use super::{Backend, PodService};
+use super::{Backend, PodService, contract};
 use crate::api::cri;
+use crate::api::cri::image_service_client::ImageServiceClient;
 use crate::api::pod::{
     ContainerConfigAnnotations, CreateContainerRequestBytes, RestorePodRequest, RestorePodResponse, RestoredContainer,
     RunPodSandboxRequestBytes,
 };
-use crate::archive::{self, Manifest, PodOptions, Seals};
+use crate::archive::{self, Manifest, PodOptions, ProcessRecord, Seals};
 use crate::interposer::token::{self, RestoreToken};
 
 /// A checkpoint that passed every check, and the caller's config for each
@@ -34,6 +36,10 @@ struct VerifiedContainer {
     folder: PathBuf,
     /// The caller's encoded ContainerConfig, passed on as it came.
     config: Vec<u8>,
+    /// The image the caller's config names, whole: the runtime may resolve
+    /// it by more than its name (its runtime handler, annotations).
+    image: cri::ImageSpec,
+    record: ProcessRecord,
 }
 
 /// What a half-done restore has created, so that it can be undone.
@@ -80,6 +86,12 @@ impl PodService {
         let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs, &restorer, &seals))
             .await
             .map_err(PodError::task("verification"))??;
+        tokio::time::timeout_at(started + limit, self.check_images(&checkpoint.containers))
+            .await
+            .unwrap_or(Err(PodError::DeadlineExceeded {
+                limit,
+                undone: "nothing was created",
+            }))?;
         let verified_ms = started.elapsed().as_millis() as u64;
 
         let mut created = Created::default();
@@ -187,6 +199,38 @@ impl PodService {
         Ok(backend.clone())
     }
 
+    /// Resolves the image each caller's config names on the runtime below
+    /// and compares it, by id, with the image its checkpoint ran.
+    async fn check_images(&self, containers: &[VerifiedContainer]) -> Result<(), PodError> {
+        let mut images = ImageServiceClient::new(self.inner.channel.clone());
+        for container in containers {
+            let name = &container.image.image;
+            let id = if name.is_empty() {
+                None
+            } else {
+                let request = cri::ImageStatusRequest {
+                    image: Some(container.image.clone()),
+                    verbose: false,
+                };
+                let status = images
+                    .image_status(request)
+                    .await
+                    .map_err(PodError::runtime(format!("ImageStatus of {name}")))?
+                    .into_inner();
+                let image = status.image.ok_or_else(|| {
+                    PodError::FailedPrecondition(format!(
+                        "container {:?}: image {name} is not present on the node; pull it before restoring",
+                        container.name
+                    ))
+                })?;
+                Some(image.id)
+            };
+            contract::check_image(&container.name, &container.record, name, id.as_deref())?;
+            debug!(container = %container.name, image = %name, "image matches the checkpoint");
+        }
+        Ok(())
+    }
+
     /// Stops and removes the sandbox (and with it its containers) and the tokens.
     async fn undo(&self, created: Created) {
         if let Some(id) = created.sandbox {
@@ -276,10 +320,11 @@ fn check_restorable(root: &Path, manifest: &Manifest, restorer: &Restorer) -> Re
     Ok(())
 }
 
-/// Everything that can be checked before anything is created: that the
-/// handler can restore the checkpoint, the manifest and every checksum
-/// (which also refuses links and devices), the layout, and that the
-/// caller's container configs name exactly the checkpoint's.
+/// Everything that can be checked before anything is created but the
+/// images: that the handler can restore the checkpoint, the manifest and
+/// every checksum (which also refuses links and devices), the layout, that
+/// the caller's container configs name exactly the checkpoint's, and that
+/// each describes the process its container holds.
 fn verify(
     checkpoint_path: &str,
     container_configs: &[Vec<u8>],
@@ -332,13 +377,13 @@ fn verify(
     for bytes in container_configs {
         let config = cri::ContainerConfig::decode(bytes.as_ref())
             .map_err(|e| PodError::InvalidArgument(format!("a container config does not decode: {e}")))?;
-        let name = config.metadata.map(|m| m.name).unwrap_or_default();
+        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         if name.is_empty() || !seen.insert(name.clone()) {
             return Err(PodError::InvalidArgument(format!(
                 "container config names must be present and unique; {name:?} is not"
             )));
         }
-        by_name.push((name, bytes.clone()));
+        by_name.push((name, config, bytes.clone()));
     }
     let wanted: BTreeSet<&String> = options.containers.keys().collect();
     let given: BTreeSet<&String> = seen.iter().collect();
@@ -348,7 +393,7 @@ fn verify(
         )));
     }
     let mut containers = Vec::new();
-    for (name, bytes) in by_name {
+    for (name, config, bytes) in by_name {
         let folder_name = &options.containers[&name];
         let folder = root.join(folder_name);
         let is_child = Path::new(folder_name).components().count() == 1 && !folder_name.starts_with('.');
@@ -358,10 +403,17 @@ fn verify(
                 format!("container {name}: folder {folder_name:?} is not a checkpoint folder"),
             ));
         }
+        let unreadable =
+            |e: &dyn std::fmt::Display| invalid(&root, format!("{folder_name}/{}: {e}", archive::PROCESS_RECORD));
+        let raw = std::fs::read(folder.join(archive::PROCESS_RECORD)).map_err(|e| unreadable(&e))?;
+        let record: ProcessRecord = serde_json::from_slice(&raw).map_err(|e| unreadable(&e))?;
+        contract::check_process(&name, &record, &config)?;
         containers.push(VerifiedContainer {
+            image: config.image.unwrap_or_default(),
             name,
             folder,
             config: bytes,
+            record,
         });
     }
     Ok(Verified { root, containers })
