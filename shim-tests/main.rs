@@ -8,6 +8,7 @@ mod support;
 mod access;
 mod checkpoint;
 mod cli;
+mod contract;
 mod interop;
 mod lifecycle;
 mod passthrough;

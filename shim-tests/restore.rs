@@ -9,26 +9,13 @@ use podckpt::api::cri;
 use serial_test::serial;
 use tonic::Code;
 
-use crate::support::{self, COUNTER, Pod, Shim, checkpoint_pod, count, eventually, exec, testbed};
+use crate::support::{self, COUNTER, Pod, RestoreCall, Shim, checkpoint_pod, count, eventually, exec, testbed};
 
 /// A counter pod counted up to at least `min`, checkpointed into a new
 /// directory; returns (checkpoint dir holder, path, the count just before).
 async fn checkpointed_counter(shim: &Shim, tb: &support::Testbed, min: u64) -> (tempfile::TempDir, PathBuf, u64) {
-    let mut client = shim.client().await;
-    let pod = Pod::run(&mut client, &shim.socket, "source").await;
-    let cid = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
-    let reached = support::count_reaches(&client, &cid, min, Duration::from_secs(20)).await;
-    assert!(reached, "the counter did not reach {min}");
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
-    let before = count(&mut client, &cid).await;
-    checkpoint_pod(shim, &pod.id, &out, &[], &[])
-        .await
-        .expect("CheckpointPod");
-    // The source goes away, as after a node failure or a move.
-    drop(pod);
-    (parent, out, before)
+    let counter = support::container_config("counter", &tb.image, COUNTER);
+    support::checkpointed(shim, "", counter, min).await
 }
 
 fn sandbox_count(ids: &[cri::PodSandbox]) -> usize {
@@ -52,7 +39,7 @@ async fn a_restored_counter_goes_on_from_its_saved_value() {
     let mut client = shim.client().await;
     let (_keep, checkpoint, saved) = checkpointed_counter(&shim, &tb, 10).await;
 
-    let (pod, restored) = Pod::restore(&shim, &tb, &checkpoint, &[("counter", "echo fresh start; exit 1")])
+    let (pod, restored) = Pod::restore(&shim, &checkpoint, &["counter"])
         .await
         .expect("RestorePod");
     assert_eq!(restored.len(), 1);
@@ -71,6 +58,7 @@ async fn a_restored_counter_goes_on_from_its_saved_value() {
         })
         .await
         .expect("StartContainer");
+    assert!(support::was_restored(&cid), "the container was started afresh");
     let first = count(&mut client, &cid).await;
     assert!(
         first >= saved,
@@ -100,7 +88,7 @@ async fn one_checkpoint_restored_twice_gives_two_replicas() {
     let (_keep, checkpoint, saved) = checkpointed_counter(&shim, &tb, 5).await;
     let mut pods = Vec::new();
     for _ in 0..2 {
-        let (pod, cid) = support::restore_and_start(&shim, &tb, &checkpoint, "counter").await;
+        let (pod, cid) = support::restore_and_start(&shim, &checkpoint, "counter").await;
         pods.push((pod, cid));
     }
     assert_ne!(pods[0].0.id, pods[1].0.id);
@@ -123,28 +111,27 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
     let before = sandbox_count(&sandboxes(&mut client).await);
 
     // The wrong container set.
-    let err = Pod::restore(&shim, &tb, &checkpoint, &[("other", "exit 1")])
+    let other = support::container_config("other", &tb.image, "exit 1");
+    let err = RestoreCall::new(&checkpoint, &[other], "podckpt")
+        .send(&shim, Some(Duration::from_secs(60)))
         .await
         .err()
         .expect("wrong names");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let err = Pod::restore(&shim, &tb, &checkpoint, &[])
-        .await
-        .err()
-        .expect("no configs");
+    let err = Pod::restore(&shim, &checkpoint, &[]).await.err().expect("no configs");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     // A symlink that escapes the checkpoint.
-    let escaped = copy_dir(&checkpoint, "escaped");
+    let escaped = support::copy_dir(&checkpoint, "escaped");
     std::os::unix::fs::symlink("/etc/shadow", escaped.1.join("pod.dump.link")).unwrap();
-    let err = Pod::restore(&shim, &tb, &escaped.1, &[("counter", "exit 1")])
+    let err = Pod::restore(&shim, &escaped.1, &["counter"])
         .await
         .err()
         .expect("symlink");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     // A corrupted CRIU image.
-    let corrupted = copy_dir(&checkpoint, "corrupted");
+    let corrupted = support::copy_dir(&checkpoint, "corrupted");
     let folder = std::fs::read_dir(&corrupted.1)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -154,7 +141,7 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
     let mut bytes = std::fs::read(&image).unwrap();
     bytes[0] ^= 0xff;
     std::fs::write(&image, bytes).unwrap();
-    let err = Pod::restore(&shim, &tb, &corrupted.1, &[("counter", "exit 1")])
+    let err = Pod::restore(&shim, &corrupted.1, &["counter"])
         .await
         .err()
         .expect("corrupted");
@@ -183,7 +170,7 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
         file.write_all_at(&[byte[0] ^ 0xff], 100).unwrap();
         file.set_modified(mtime).unwrap();
     }
-    let err = Pod::restore(&shim, &tb, &checkpoint, &[("counter", "exit 1")])
+    let err = Pod::restore(&shim, &checkpoint, &["counter"])
         .await
         .err()
         .expect("changed in place");
@@ -191,7 +178,9 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
     assert!(err.message().contains("SHA-256"), "{err:?}");
 
     // A relative path.
-    let err = Pod::restore(&shim, &tb, Path::new("relative/ckpt"), &[("counter", "exit 1")])
+    let configs = support::checkpointed_configs(&checkpoint, &["counter"]);
+    let err = RestoreCall::new(Path::new("relative/ckpt"), &configs, "podckpt")
+        .send(&shim, Some(Duration::from_secs(60)))
         .await
         .err()
         .expect("relative");
@@ -206,22 +195,6 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(tokens, 0, "a refused restore left a token");
-}
-
-/// Copies a checkpoint directory (files only) to a sibling for tampering.
-fn copy_dir(from: &Path, name: &str) -> (tempfile::TempDir, PathBuf) {
-    let holder = tempfile::tempdir().unwrap();
-    let to = holder.path().join(name);
-    for entry in walkdir::WalkDir::new(from) {
-        let entry = entry.unwrap();
-        let target = to.join(entry.path().strip_prefix(from).unwrap());
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-    (holder, to)
 }
 
 #[tokio::test]
@@ -255,7 +228,7 @@ async fn a_two_container_pod_comes_back_whole() {
     let saved = count(&mut client, &counter).await;
     drop(pod);
 
-    let (restored_pod, restored) = Pod::restore(&shim, &tb, &out, &[("counter", "exit 1"), ("writer", "exit 1")])
+    let (restored_pod, restored) = Pod::restore(&shim, &out, &["counter", "writer"])
         .await
         .expect("RestorePod");
     assert_eq!(restored.len(), 2);
@@ -266,6 +239,7 @@ async fn a_two_container_pod_comes_back_whole() {
             })
             .await
             .expect("StartContainer");
+        assert!(support::was_restored(&c.container_id), "{} was started afresh", c.name);
     }
     let id_of = |name: &str| restored.iter().find(|c| c.name == name).unwrap().container_id.clone();
     assert!(
@@ -328,7 +302,7 @@ async fn a_container_holding_256_mib_restores() {
     );
     drop(pod);
 
-    let (restored_pod, new) = support::restore_and_start(&shim, &tb, &out, "big").await;
+    let (restored_pod, new) = support::restore_and_start(&shim, &out, "big").await;
     // /tmp/len also came back with the rootfs diff; remove it, so that only
     // the restored process, from the variable in its memory, can write it.
     assert_eq!(exec(&mut client, &new, &["rm", "/tmp/len"]).await.1, 0);
@@ -358,10 +332,6 @@ async fn a_container_holding_256_mib_restores() {
     drop(restored_pod);
 }
 
-/// podckptd's handlers for the test bed's crun and podckpt-crun.
-const CRUN_HANDLERS: &str =
-    "[handlers.crun]\nruntime = \"crun\"\n\n[handlers.podckpt-crun]\nruntime = \"crun\"\nrestore = true\n";
-
 /// crun as the backend: a pod run by crun is captured with `crun
 /// checkpoint`, and restored through podckpt-runc in front of crun (`crun
 /// restore`); its counter goes on from the saved value.
@@ -369,23 +339,13 @@ const CRUN_HANDLERS: &str =
 #[serial]
 async fn crun_checkpoints_and_restores_a_counter() {
     let Some(tb) = testbed() else { return };
-    let shim = Shim::start_with(&tb, CRUN_HANDLERS, 5);
+    let shim = Shim::start_with(&tb, support::CRUN_HANDLERS, 5);
     let mut client = shim.client().await;
-    let pod = Pod::run_on(&mut client, &shim.socket, "crun", "crun").await;
-    let cid = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
-    assert!(support::count_reaches(&client, &cid, 5, Duration::from_secs(20)).await);
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
-    let before = count(&mut client, &cid).await;
-    checkpoint_pod(&shim, &pod.id, &out, &[], &[])
-        .await
-        .expect("CheckpointPod of a crun pod");
+    let counter = support::container_config("counter", &tb.image, COUNTER);
+    let (_keep, out, before) = support::checkpointed(&shim, "crun", counter, 5).await;
     assert_eq!(support::read_manifest(&out).backend, "criu-crun");
-    drop(pod);
 
-    let (pod, cid) = support::restore_and_start_on(&shim, &tb, &out, "counter", "podckpt-crun").await;
-    // A fresh start would run `exit 1`; the restored loop counts on.
+    let (pod, cid) = support::restore_and_start_on(&shim, &out, "counter", "podckpt-crun").await;
     assert!(count(&mut client, &cid).await >= before);
     assert!(support::count_reaches(&client, &cid, before + 3, Duration::from_secs(10)).await);
     let state = Command::new("crun")

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Pod, Shim, Testbed, checkpoint_pod, count};
+use support::{Pod, Shim, checkpoint_pod, count};
 
 const ROUNDS: usize = 5;
 
@@ -69,10 +69,10 @@ async fn podckpt_checkpoint(shim: &Shim, pod: &str, ids: &[&str], out: &Path) ->
 }
 
 /// RestorePod + StartContainer, and the runc restore time recorded inside.
-async fn podckpt_restore(shim: &Shim, tb: &Testbed, checkpoint: &Path, name: &str) -> (f64, f64) {
+async fn podckpt_restore(shim: &Shim, checkpoint: &Path, name: &str) -> (f64, f64) {
     let mut client = shim.client().await;
     let started = Instant::now();
-    let (pod, cid) = support::restore_and_start(shim, tb, checkpoint, name).await;
+    let (pod, cid) = support::restore_and_start(shim, checkpoint, name).await;
     let total = started.elapsed().as_secs_f64();
     let record = Path::new(support::RUNC_ROOT)
         .join(&cid)
@@ -120,11 +120,11 @@ async fn main() {
         // RestorePod hashes in full.
         let (mut sealed, mut copied) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
-            sealed.push(podckpt_restore(&shim, &tb, &out, "mem").await);
+            sealed.push(podckpt_restore(&shim, &out, "mem").await);
             let copy = scratch.path().join(format!("copy-{mib}-{round}"));
             let status = Command::new("cp").arg("-a").arg(&out).arg(&copy).status().unwrap();
             assert!(status.success(), "copying the checkpoint");
-            copied.push(podckpt_restore(&shim, &tb, &copy, "mem").await);
+            copied.push(podckpt_restore(&shim, &copy, "mem").await);
             std::fs::remove_dir_all(&copy).unwrap();
         }
         let (b, o) = (median(bare), median(ours));

@@ -436,68 +436,154 @@ impl Pod {
     }
 }
 
-impl Pod {
-    /// RestorePod through the shim into a new sandbox (handler "podckpt"),
-    /// with `containers` as (name, script) configs; the containers are CREATED.
-    pub async fn restore(
-        shim: &Shim,
-        tb: &Testbed,
-        checkpoint: &Path,
-        containers: &[(&str, &str)],
-    ) -> Result<(Self, Vec<podckpt::api::pod::RestoredContainer>), tonic::Status> {
-        Self::restore_on(shim, tb, checkpoint, containers, "podckpt").await
-    }
+/// Runs `container` (a counter, see `COUNTER`) in a new pod through
+/// `handler`, lets it count to `min`, checkpoints the pod into a new
+/// directory and removes the pod, as after a node failure or a move.
+/// Returns (the directory's holder, the checkpoint, the count just before).
+pub async fn checkpointed(
+    shim: &Shim,
+    handler: &str,
+    container: cri::ContainerConfig,
+    min: u64,
+) -> (tempfile::TempDir, PathBuf, u64) {
+    let mut client = shim.client().await;
+    let pod = Pod::run_on(&mut client, &shim.socket, "source", handler).await;
+    let cid = pod.create_container(&mut client, container).await;
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: cid.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    let reached = count_reaches(&client, &cid, min, Duration::from_secs(20)).await;
+    assert!(reached, "the counter did not reach {min}");
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+    let before = count(&mut client, &cid).await;
+    checkpoint_pod(shim, &pod.id, &out, &[], &[])
+        .await
+        .expect("CheckpointPod");
+    drop(pod);
+    (parent, out, before)
+}
 
-    /// `restore` through a given handler that runs podckpt-runc.
-    pub async fn restore_on(
-        shim: &Shim,
-        tb: &Testbed,
-        checkpoint: &Path,
-        containers: &[(&str, &str)],
-        handler: &str,
-    ) -> Result<(Self, Vec<podckpt::api::pod::RestoredContainer>), tonic::Status> {
+/// podckptd's handlers for the test bed's crun and podckpt-crun.
+pub const CRUN_HANDLERS: &str =
+    "[handlers.crun]\nruntime = \"crun\"\n\n[handlers.podckpt-crun]\nruntime = \"crun\"\nrestore = true\n";
+
+/// Each named container's config as the kubelet sends it on restore: the
+/// checkpointed process (image, command, args, working directory,
+/// environment, credentials) as the checkpoint recorded it, with the test
+/// labels and log file around it.
+pub fn checkpointed_configs(checkpoint: &Path, names: &[&str]) -> Vec<cri::ContainerConfig> {
+    use podckpt::archive::{self, PodOptions, ProcessRecord};
+    let options: PodOptions =
+        serde_json::from_slice(&std::fs::read(checkpoint.join(archive::POD_OPTIONS)).expect("reading pod.options"))
+            .expect("parsing pod.options");
+    names
+        .iter()
+        .map(|name| {
+            let folder = &options.containers[*name];
+            let path = checkpoint.join(folder).join(archive::PROCESS_RECORD);
+            let record: ProcessRecord =
+                serde_json::from_slice(&std::fs::read(&path).expect("reading the process record"))
+                    .expect("parsing the process record");
+            let mut config = container_config(name, &record.image, "");
+            record.process.expect("a recorded process").apply_to(&mut config);
+            config
+        })
+        .collect()
+}
+
+/// A RestorePod request into a new sandbox under a name of its own.
+pub struct RestoreCall {
+    pub request: podckpt::api::pod::RestorePodRequest,
+    pub config: cri::PodSandboxConfig,
+    log_dir: tempfile::TempDir,
+}
+
+impl RestoreCall {
+    pub fn new(checkpoint: &Path, containers: &[cri::ContainerConfig], handler: &str) -> Self {
         use prost::Message;
-        install_interposer();
         let log_dir = tempfile::tempdir().expect("log dir");
         let config = pod_config(&unique("restored"), log_dir.path());
-        let mut request = tonic::Request::new(podckpt::api::pod::RestorePodRequest {
+        let request = podckpt::api::pod::RestorePodRequest {
             checkpoint_path: checkpoint.display().to_string(),
             config: config.encode_to_vec(),
             runtime_handler: handler.into(),
             options: Default::default(),
-            container_configs: containers
-                .iter()
-                .map(|(name, script)| container_config(name, &tb.image, script).encode_to_vec())
-                .collect(),
-        });
-        request.set_timeout(Duration::from_secs(60));
-        let response = shim.pods().restore_pod(request).await?.into_inner();
-        let pod = Self {
-            id: response.pod_sandbox_id,
+            container_configs: containers.iter().map(|c| c.encode_to_vec()).collect(),
+        };
+        Self {
+            request,
             config,
-            socket: shim.socket.clone(),
             log_dir,
+        }
+    }
+
+    /// The new pod's name, for looking it up in the runtime.
+    pub fn pod_name(&self) -> String {
+        self.config.metadata.as_ref().expect("pod metadata").name.clone()
+    }
+
+    /// Sends it through the shim, with `timeout` as the call's deadline (or
+    /// none); the restored containers are CREATED.
+    pub async fn send(
+        self,
+        shim: &Shim,
+        timeout: Option<Duration>,
+    ) -> Result<(Pod, Vec<podckpt::api::pod::RestoredContainer>), tonic::Status> {
+        install_interposer();
+        let mut request = tonic::Request::new(self.request);
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        let response = shim.pods().restore_pod(request).await?.into_inner();
+        let pod = Pod {
+            id: response.pod_sandbox_id,
+            config: self.config,
+            socket: shim.socket.clone(),
+            log_dir: self.log_dir,
         };
         Ok((pod, response.restored_containers))
     }
 }
 
+impl Pod {
+    /// RestorePod through the shim into a new sandbox (handler "podckpt"),
+    /// with the checkpointed configs of the named containers.
+    pub async fn restore(
+        shim: &Shim,
+        checkpoint: &Path,
+        names: &[&str],
+    ) -> Result<(Self, Vec<podckpt::api::pod::RestoredContainer>), tonic::Status> {
+        Self::restore_on(shim, checkpoint, names, "podckpt").await
+    }
+
+    /// `restore` through a given handler that runs podckpt-runc.
+    pub async fn restore_on(
+        shim: &Shim,
+        checkpoint: &Path,
+        names: &[&str],
+        handler: &str,
+    ) -> Result<(Self, Vec<podckpt::api::pod::RestoredContainer>), tonic::Status> {
+        RestoreCall::new(checkpoint, &checkpointed_configs(checkpoint, names), handler)
+            .send(shim, Some(Duration::from_secs(60)))
+            .await
+    }
+}
+
 /// RestorePod of a one-container checkpoint, then StartContainer; returns
 /// the new pod and the restored container's id.
-pub async fn restore_and_start(shim: &Shim, tb: &Testbed, checkpoint: &Path, name: &str) -> (Pod, String) {
-    restore_and_start_on(shim, tb, checkpoint, name, "podckpt").await
+pub async fn restore_and_start(shim: &Shim, checkpoint: &Path, name: &str) -> (Pod, String) {
+    restore_and_start_on(shim, checkpoint, name, "podckpt").await
 }
 
 /// `restore_and_start` through a given handler that runs podckpt-runc. The
-/// config's own command is `exit 1`: only a restored process keeps running.
-pub async fn restore_and_start_on(
-    shim: &Shim,
-    tb: &Testbed,
-    checkpoint: &Path,
-    name: &str,
-    handler: &str,
-) -> (Pod, String) {
-    let (pod, restored) = Pod::restore_on(shim, tb, checkpoint, &[(name, "exit 1")], handler)
+/// container must have been restored, not started afresh.
+pub async fn restore_and_start_on(shim: &Shim, checkpoint: &Path, name: &str, handler: &str) -> (Pod, String) {
+    let (pod, restored) = Pod::restore_on(shim, checkpoint, &[name], handler)
         .await
         .expect("RestorePod");
     let cid = restored[0].container_id.clone();
@@ -508,7 +594,17 @@ pub async fn restore_and_start_on(
         })
         .await
         .expect("StartContainer");
+    assert!(was_restored(&cid), "container {cid} was started afresh, not restored");
     (pod, cid)
+}
+
+/// Whether podckpt-runc restored the container (rather than the runtime
+/// starting its config's command): it leaves a record in the runtime's state.
+pub fn was_restored(container_id: &str) -> bool {
+    Path::new(RUNC_ROOT)
+        .join(container_id)
+        .join(podckpt::interposer::RESTORE_RECORD)
+        .exists()
 }
 
 /// Where the test bed's containerd looks for podckpt-runc (its "podckpt"
@@ -593,6 +689,22 @@ pub fn podckpt_cli(shim: &Shim, uid: Option<u32>, args: &[&str]) -> std::process
         command.uid(uid).gid(uid);
     }
     command.output().expect("running podckpt")
+}
+
+/// Copies a checkpoint directory (files only) to a new place, for tampering.
+pub fn copy_dir(from: &Path, name: &str) -> (tempfile::TempDir, PathBuf) {
+    let holder = tempfile::tempdir().unwrap();
+    let to = holder.path().join(name);
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.unwrap();
+        let target = to.join(entry.path().strip_prefix(from).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+    (holder, to)
 }
 
 /// The names in `dir`, sorted.

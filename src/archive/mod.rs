@@ -11,11 +11,13 @@
 //!     checkpoint/           CRIU images
 //!     config.dump spec.dump status.dump stats-dump dump.log
 //!     rootfs-diff.tar deleted.files
+//!     podckpt-process.json  the image id and process config, checked on restore (see `record`)
 //! ```
 
 mod building;
 pub mod digest;
 pub mod manifest;
+pub mod record;
 pub mod rootfs_diff;
 pub mod seal;
 
@@ -25,11 +27,13 @@ use serde::{Deserialize, Serialize};
 
 pub use building::{Building, empty, is_committed, restrict_modes};
 pub use manifest::{FileEntry, Manifest, digest_tree};
+pub use record::ProcessRecord;
 pub use seal::Seals;
 
 /// The manifest's format. 2: each file's SHA-256 is a list, one per chunk
-/// of `chunk_size` bytes.
-pub const FORMAT_VERSION: u32 = 2;
+/// of `chunk_size` bytes. 3: every container folder holds `PROCESS_RECORD`;
+/// without it a restore cannot be validated, so older checkpoints are refused.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// `pod.options`'s own version, as the CRI-O and containerd prototypes write it.
 pub const POD_OPTIONS_VERSION: u32 = 1;
@@ -45,6 +49,8 @@ pub const STATS_DUMP: &str = "stats-dump";
 pub const DUMP_LOG: &str = "dump.log";
 pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
 pub const DELETED_FILES: &str = "deleted.files";
+/// podckpt's own file in a container folder; checkpointctl ignores it.
+pub const PROCESS_RECORD: &str = "podckpt-process.json";
 
 /// Directories are private to root, and so is every file: a checkpoint
 /// holds process memory, secrets included.

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::api::cri;
+use crate::archive::ProcessRecord;
 
 fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
@@ -88,23 +89,17 @@ pub fn pod_from_checkpoint(pod_dump: &Value, name: &str) -> cri::PodSandboxConfi
     pod_from_json(&renamed)
 }
 
-/// A ContainerConfig rebuilt from the checkpoint's status.dump and spec.dump:
-/// the same name, image, command, environment, mounts, labels and log file.
-pub fn container_from_checkpoint(status: &cri::ContainerStatus, spec: &Value) -> cri::ContainerConfig {
-    let process = &spec["process"];
-    let envs = process["env"]
-        .as_array()
-        .map(|env| {
-            env.iter()
-                .filter_map(Value::as_str)
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(key, value)| cri::KeyValue {
-                    key: key.into(),
-                    value: value.into(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+/// A ContainerConfig rebuilt from the checkpoint: the process it describes
+/// (image, command, args, working directory, environment, credentials) as
+/// its record has it, which RestorePod insists on, and the restore-time
+/// settings (mounts, labels, annotations, log file, namespaces, tty) from
+/// status.dump and spec.dump. Without a record (a checkpoint too old to be
+/// restored) the process fields stay empty and RestorePod says why.
+pub fn container_from_checkpoint(
+    status: &cri::ContainerStatus,
+    spec: &Value,
+    record: Option<&ProcessRecord>,
+) -> cri::ContainerConfig {
     let shared_pid = spec["linux"]["namespaces"]
         .as_array()
         .is_some_and(|ns| ns.iter().any(|n| n["type"] == "pid" && n["path"].is_string()));
@@ -116,18 +111,17 @@ pub fn container_from_checkpoint(status: &cri::ContainerStatus, spec: &Value) ->
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    cri::ContainerConfig {
+    let mut config = cri::ContainerConfig {
         metadata: status.metadata.clone().map(|m| cri::ContainerMetadata {
             name: m.name,
             attempt: 0,
         }),
-        image: status.image.clone(),
-        command: process["args"]
-            .as_array()
-            .map(|a| a.iter().map(text).collect())
-            .unwrap_or_default(),
-        working_dir: text(&process["cwd"]),
-        envs,
+        image: record
+            .map(|r| cri::ImageSpec {
+                image: r.image.clone(),
+                ..Default::default()
+            })
+            .or_else(|| status.image.clone()),
         mounts: status.mounts.clone(),
         labels: status.labels.clone(),
         annotations: status
@@ -137,7 +131,7 @@ pub fn container_from_checkpoint(status: &cri::ContainerStatus, spec: &Value) ->
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         log_path,
-        tty: process["terminal"].as_bool().unwrap_or(false),
+        tty: spec["process"]["terminal"].as_bool().unwrap_or(false),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 namespace_options: Some(namespace_options),
@@ -146,12 +140,17 @@ pub fn container_from_checkpoint(status: &cri::ContainerStatus, spec: &Value) ->
             ..Default::default()
         }),
         ..Default::default()
+    };
+    if let Some(process) = record.and_then(|r| r.process.as_ref()) {
+        process.apply_to(&mut config);
     }
+    config
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::record::{Credentials, ExpectedProcess};
     use serde_json::json;
 
     #[test]
@@ -197,24 +196,41 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let spec = json!({"process": {"args": ["/bin/sh", "-c", "x"], "env": ["PATH=/bin", "A=b=c"], "cwd": "/w"}});
-        let c = container_from_checkpoint(&status, &spec);
+        // The spec's process mixes in the image's environment and what the
+        // runtime added, and joins command and args: the record is what counts.
+        let spec = json!({"process": {"args": ["/bin/sh", "-c", "x", "arg"], "env": ["PATH=/bin", "HOSTNAME=h", "A=b=c"], "cwd": "/w", "terminal": true}});
+        let record = ProcessRecord {
+            image: "img:tag".into(),
+            image_id: "sha256:1".into(),
+            process: Some(ExpectedProcess {
+                command: vec!["/bin/sh".into(), "-c".into(), "x".into()],
+                args: vec!["arg".into()],
+                working_dir: "/w".into(),
+                envs: [("A".to_string(), "b=c".to_string())].into(),
+                credentials: Credentials {
+                    run_as_user: Some(0),
+                    ..Default::default()
+                },
+            }),
+        };
+        let c = container_from_checkpoint(&status, &spec, Some(&record));
         assert_eq!(
-            c.metadata.unwrap(),
-            cri::ContainerMetadata {
+            c.metadata.as_ref().unwrap(),
+            &cri::ContainerMetadata {
                 name: "c".into(),
                 attempt: 0
             }
         );
-        assert_eq!(c.command, vec!["/bin/sh", "-c", "x"]);
-        assert_eq!(
-            c.envs[1],
-            cri::KeyValue {
-                key: "A".into(),
-                value: "b=c".into()
-            }
-        );
+        assert_eq!(ExpectedProcess::from(&c), record.process.clone().unwrap());
+        assert_eq!(c.image.as_ref().unwrap().image, "img:tag");
         assert_eq!(c.log_path, "c.log");
         assert_eq!(c.annotations.len(), 1);
+        assert!(c.tty);
+        let namespaces = c.linux.unwrap().security_context.unwrap().namespace_options.unwrap();
+        assert_eq!(namespaces.pid, cri::NamespaceMode::Container as i32);
+
+        let without = container_from_checkpoint(&status, &spec, None);
+        assert_eq!(without.image.unwrap().image, "img");
+        assert!(without.command.is_empty());
     }
 }

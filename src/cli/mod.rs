@@ -25,8 +25,8 @@ pub struct Cli {
     /// podckptd's socket
     #[arg(long, short = 'r', global = true, default_value = "unix:///run/podckpt/podckpt.sock")]
     pub runtime_endpoint: String,
-    /// Deadline for each call, in seconds
-    #[arg(long, global = true, default_value_t = 600)]
+    /// Deadline for each call, in seconds; podckptd refuses pod calls without one
+    #[arg(long, global = true, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// Output format
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]

@@ -10,7 +10,7 @@ use super::inspect::read_json;
 use super::{CliError, Clients, Format, configs, progress};
 use crate::api::cri;
 use crate::api::pod::RestorePodRequest;
-use crate::archive::{self, PodOptions};
+use crate::archive::{self, PodOptions, ProcessRecord};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
@@ -36,7 +36,10 @@ pub(super) async fn run(
         let folder = dir.join(folder);
         let status: cri::ContainerStatus = read_json(&folder.join(archive::STATUS_DUMP))?;
         let spec: Value = read_json(&folder.join(archive::SPEC_DUMP))?;
-        container_configs.push(configs::container_from_checkpoint(&status, &spec).encode_to_vec());
+        // Older checkpoints have none; podckptd explains why it refuses them.
+        let record_path = folder.join(archive::PROCESS_RECORD);
+        let record: Option<ProcessRecord> = record_path.exists().then(|| read_json(&record_path)).transpose()?;
+        container_configs.push(configs::container_from_checkpoint(&status, &spec, record.as_ref()).encode_to_vec());
     }
 
     progress(

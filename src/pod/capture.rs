@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use super::error::PodError;
 use crate::api::cri;
-use crate::archive::{self, ContainerConfigDump, FileEntry, rootfs_diff};
+use crate::archive::{self, ContainerConfigDump, FileEntry, ProcessRecord, rootfs_diff};
 use crate::backend::{CaptureDirs, CaptureOptions, Checkpointer, ContainerRef};
 
 /// How long a capture may run on past the deadline before it is killed.
@@ -236,5 +236,19 @@ fn write_container_files(folder: &std::path::Path, target: &Target, checkpointed
         target.info.get("runtimeSpec").unwrap_or(&Value::Null),
     )?;
     archive::write_json(&folder.join(archive::STATUS_DUMP), status)?;
+    let config = target.info.get("config");
+    if config.is_none() {
+        warn!(
+            container = %status.id,
+            "the runtime did not report the container's config; a restore of this checkpoint cannot be validated and will be refused"
+        );
+    }
+    let record = ProcessRecord::from_runtime(status, config).map_err(|e| {
+        PodError::Internal(format!(
+            "container {}: the runtime's copy of its config is unreadable: {e}",
+            status.id
+        ))
+    })?;
+    archive::write_json(&folder.join(archive::PROCESS_RECORD), &record)?;
     Ok(())
 }

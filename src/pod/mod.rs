@@ -4,6 +4,7 @@
 
 pub(crate) mod capture;
 mod checkpoint;
+mod contract;
 pub mod error;
 pub mod journal;
 pub mod options;

@@ -1,9 +1,11 @@
-//! RestorePod: verify the checkpoint before anything exists, then create the
-//! sandbox and the containers from the caller's own configs, each marked for
+//! RestorePod: verify the checkpoint, and that the caller's configs describe
+//! the processes it holds, before anything exists; then create the sandbox
+//! and the containers from the caller's own configs, each marked for
 //! podckpt-runc to restore; undo everything if any step fails.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -11,22 +13,33 @@ use tokio::time::Instant;
 use prost::Message;
 use tracing::{debug, info, warn};
 
-use super::PodService;
 use super::error::PodError;
+use super::{Backend, PodService, contract};
 use crate::api::cri;
+use crate::api::cri::image_service_client::ImageServiceClient;
 use crate::api::pod::{
     ContainerConfigAnnotations, CreateContainerRequestBytes, RestorePodRequest, RestorePodResponse, RestoredContainer,
     RunPodSandboxRequestBytes,
 };
-use crate::archive::{self, Manifest, PodOptions, Seals};
+use crate::archive::{self, Manifest, PodOptions, ProcessRecord, Seals};
 use crate::interposer::token::{self, RestoreToken};
 
 /// A checkpoint that passed every check, and the caller's config for each
 /// of its containers.
 struct Verified {
     root: PathBuf,
-    /// (name, folder, the caller's encoded ContainerConfig)
-    containers: Vec<(String, PathBuf, Vec<u8>)>,
+    containers: Vec<VerifiedContainer>,
+}
+
+struct VerifiedContainer {
+    name: String,
+    folder: PathBuf,
+    /// The caller's encoded ContainerConfig, passed on as it came.
+    config: Vec<u8>,
+    /// The image the caller's config names, whole: the runtime may resolve
+    /// it by more than its name (its runtime handler, annotations).
+    image: cri::ImageSpec,
+    record: ProcessRecord,
 }
 
 /// What a half-done restore has created, so that it can be undone.
@@ -45,18 +58,17 @@ impl PodService {
         request: RestorePodRequest,
     ) -> Result<RestorePodResponse, PodError> {
         let started = Instant::now();
+        let limit = deadline.ok_or_else(|| {
+            PodError::InvalidArgument(
+                "RestorePod needs a deadline on the call: the CRI requires one, and a restore that is never cut off could leave a half-made pod".into(),
+            )
+        })?;
         if request.config.is_empty() {
             return Err(PodError::InvalidArgument(
                 "config (the new sandbox's PodSandboxConfig) is required".into(),
             ));
         }
-        let handler = self.backend_for(&request.runtime_handler)?;
-        if !handler.config.restore {
-            return Err(PodError::FailedPrecondition(format!(
-                "runtime handler {:?} does not run podckpt-runc; restore with a handler that has restore = true (\"podckpt\" in the shipped configs)",
-                request.runtime_handler
-            )));
-        }
+        let handler = self.restore_backend(&request.runtime_handler)?;
         if !request.options.is_empty() {
             let keys: Vec<&String> = request.options.keys().collect();
             return Err(PodError::InvalidArgument(format!(
@@ -67,24 +79,29 @@ impl PodService {
         // everyone else's CRI calls.
         let (path, configs) = (request.checkpoint_path.clone(), request.container_configs.clone());
         let seals = self.inner.seals.clone();
-        let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs, &seals))
+        let restorer = Restorer {
+            handler: request.runtime_handler.clone(),
+            backend: handler.checkpointer.name().to_owned(),
+        };
+        let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs, &restorer, &seals))
             .await
             .map_err(PodError::task("verification"))??;
+        tokio::time::timeout_at(started + limit, self.check_images(&checkpoint.containers))
+            .await
+            .unwrap_or(Err(PodError::DeadlineExceeded {
+                limit,
+                undone: "nothing was created",
+            }))?;
         let verified_ms = started.elapsed().as_millis() as u64;
 
         let mut created = Created::default();
         let work = self.create_all(&request, &checkpoint, &mut created, started);
-        let result = match deadline {
-            Some(limit) => {
-                tokio::time::timeout_at(started + limit, work)
-                    .await
-                    .unwrap_or(Err(PodError::DeadlineExceeded {
-                        limit,
-                        undone: "the half-restored sandbox and its containers were removed",
-                    }))
-            }
-            None => work.await,
-        };
+        let result = tokio::time::timeout_at(started + limit, work)
+            .await
+            .unwrap_or(Err(PodError::DeadlineExceeded {
+                limit,
+                undone: "the half-restored sandbox and its containers were removed",
+            }));
         match result {
             Ok(response) => {
                 info!(
@@ -122,18 +139,18 @@ impl PodService {
         created.sandbox_ms = started.elapsed().as_millis() as u64;
 
         let mut restored = Vec::new();
-        for (name, folder, config) in &checkpoint.containers {
+        for container in &checkpoint.containers {
             let token = RestoreToken {
-                checkpoint: folder.clone(),
+                checkpoint: container.folder.clone(),
                 sandbox_id: sandbox_id.clone(),
-                container_name: name.clone(),
+                container_name: container.name.clone(),
             };
             let token_path = token.write(&self.inner.state_dir.join("restores"))?;
             created.tokens.push(token_path.clone());
             let marker = ContainerConfigAnnotations {
                 annotations: [(token::ANNOTATION.to_owned(), token_path.display().to_string())].into(),
             };
-            let mut marked = config.clone();
+            let mut marked = container.config.clone();
             marker
                 .encode(&mut marked)
                 .map_err(|e| PodError::Internal(format!("encoding the restore marker: {e}")))?;
@@ -142,16 +159,76 @@ impl PodService {
                 config: marked,
                 sandbox_config: request.config.clone(),
             };
-            let container: cri::CreateContainerResponse = self.raw_call("CreateContainer", create).await?;
+            let response: cri::CreateContainerResponse = self.raw_call("CreateContainer", create).await?;
             restored.push(RestoredContainer {
-                name: name.clone(),
-                container_id: container.container_id,
+                name: container.name.clone(),
+                container_id: response.container_id,
             });
         }
         Ok(RestorePodResponse {
             pod_sandbox_id: sandbox_id,
             restored_containers: restored,
         })
+    }
+
+    /// The backend of a runtime handler RestorePod may use. The CRI makes an
+    /// unknown handler the caller's mistake; a known one that does not run
+    /// podckpt-runc is a setup that cannot restore.
+    fn restore_backend(&self, handler: &str) -> Result<Arc<Backend>, PodError> {
+        let backends = &self.inner.backends;
+        let restoring = || -> Vec<&String> {
+            backends
+                .iter()
+                .filter(|(_, b)| b.config.restore)
+                .map(|(n, _)| n)
+                .collect()
+        };
+        let Some(backend) = backends.get(handler) else {
+            let known: Vec<&String> = backends.keys().collect();
+            return Err(PodError::InvalidArgument(format!(
+                "unknown runtime handler {handler:?}; podckptd's config knows {known:?}, of which {:?} can restore",
+                restoring()
+            )));
+        };
+        if !backend.config.restore {
+            return Err(PodError::FailedPrecondition(format!(
+                "runtime handler {handler:?} does not run podckpt-runc; restore with a handler that has restore = true: {:?}",
+                restoring()
+            )));
+        }
+        Ok(backend.clone())
+    }
+
+    /// Resolves the image each caller's config names on the runtime below
+    /// and compares it, by id, with the image its checkpoint ran.
+    async fn check_images(&self, containers: &[VerifiedContainer]) -> Result<(), PodError> {
+        let mut images = ImageServiceClient::new(self.inner.channel.clone());
+        for container in containers {
+            let name = &container.image.image;
+            let id = if name.is_empty() {
+                None
+            } else {
+                let request = cri::ImageStatusRequest {
+                    image: Some(container.image.clone()),
+                    verbose: false,
+                };
+                let status = images
+                    .image_status(request)
+                    .await
+                    .map_err(PodError::runtime(format!("ImageStatus of {name}")))?
+                    .into_inner();
+                let image = status.image.ok_or_else(|| {
+                    PodError::FailedPrecondition(format!(
+                        "container {:?}: image {name} is not present on the node; pull it before restoring",
+                        container.name
+                    ))
+                })?;
+                Some(image.id)
+            };
+            contract::check_image(&container.name, &container.record, name, id.as_deref())?;
+            debug!(container = %container.name, image = %name, "image matches the checkpoint");
+        }
+        Ok(())
     }
 
     /// Stops and removes the sandbox (and with it its containers) and the tokens.
@@ -206,10 +283,54 @@ fn invalid(root: &Path, why: impl std::fmt::Display) -> PodError {
     PodError::InvalidArgument(format!("checkpoint {} is not usable: {why}", root.display()))
 }
 
-/// Everything that can be checked before anything is created: the manifest
-/// and every checksum (which also refuses links and devices), the layout,
-/// and that the caller's container configs name exactly the checkpoint's.
-fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>], seals: &Seals) -> Result<Verified, PodError> {
+/// The runtime handler a restore goes through, and the backend it restores with.
+struct Restorer {
+    handler: String,
+    backend: String,
+}
+
+/// Whether the selected handler can restore this checkpoint at all: its
+/// format and the backend that captured it. Cheap, so it comes before any
+/// hashing; a refusal is FAILED_PRECONDITION, as the checkpoint itself is
+/// sound.
+fn check_restorable(root: &Path, manifest: &Manifest, restorer: &Restorer) -> Result<(), PodError> {
+    let (found, current) = (manifest.format_version, archive::FORMAT_VERSION);
+    if found < current {
+        return Err(PodError::FailedPrecondition(format!(
+            "checkpoint {} has format version {found}, from a podckpt that did not record the image id and process config of its containers, so this restore cannot be checked against the container configs; take the checkpoint again",
+            root.display()
+        )));
+    }
+    if found > current {
+        return Err(PodError::FailedPrecondition(format!(
+            "checkpoint {} has format version {found}, newer than this podckptd reads ({current}); restore it with a newer podckptd",
+            root.display()
+        )));
+    }
+    if manifest.backend != restorer.backend {
+        return Err(PodError::FailedPrecondition(format!(
+            "checkpoint {} was taken by backend {:?}, but runtime handler {:?} restores with {:?}; restore it through a handler whose backend is {:?}",
+            root.display(),
+            manifest.backend,
+            restorer.handler,
+            restorer.backend,
+            manifest.backend
+        )));
+    }
+    Ok(())
+}
+
+/// Everything that can be checked before anything is created but the
+/// images: that the handler can restore the checkpoint, the manifest and
+/// every checksum (which also refuses links and devices), the layout, that
+/// the caller's container configs name exactly the checkpoint's, and that
+/// each describes the process its container holds.
+fn verify(
+    checkpoint_path: &str,
+    container_configs: &[Vec<u8>],
+    restorer: &Restorer,
+    seals: &Seals,
+) -> Result<Verified, PodError> {
     let root = PathBuf::from(checkpoint_path);
     if !root.is_absolute() {
         return Err(PodError::InvalidArgument(format!(
@@ -225,16 +346,7 @@ fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>], seals: &Seals) -
         std::fs::read(&manifest_path).map_err(|e| invalid(&root, format!("{}: {e}", archive::MANIFEST)))?;
     let manifest: Manifest =
         serde_json::from_slice(&manifest_bytes).map_err(|e| invalid(&root, format!("{}: {e}", archive::MANIFEST)))?;
-    if manifest.format_version != archive::FORMAT_VERSION {
-        return Err(invalid(
-            &root,
-            format!(
-                "format version {} is not {}",
-                manifest.format_version,
-                archive::FORMAT_VERSION
-            ),
-        ));
-    }
+    check_restorable(&root, &manifest, restorer)?;
     // Taken first: what is trusted or hashed is what was there then, and
     // sealing checks that nothing moved while it was being hashed.
     let snapshot = seals.snapshot(&root).map_err(|e| invalid(&root, e))?;
@@ -265,13 +377,13 @@ fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>], seals: &Seals) -
     for bytes in container_configs {
         let config = cri::ContainerConfig::decode(bytes.as_ref())
             .map_err(|e| PodError::InvalidArgument(format!("a container config does not decode: {e}")))?;
-        let name = config.metadata.map(|m| m.name).unwrap_or_default();
+        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         if name.is_empty() || !seen.insert(name.clone()) {
             return Err(PodError::InvalidArgument(format!(
                 "container config names must be present and unique; {name:?} is not"
             )));
         }
-        by_name.push((name, bytes.clone()));
+        by_name.push((name, config, bytes.clone()));
     }
     let wanted: BTreeSet<&String> = options.containers.keys().collect();
     let given: BTreeSet<&String> = seen.iter().collect();
@@ -281,7 +393,7 @@ fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>], seals: &Seals) -
         )));
     }
     let mut containers = Vec::new();
-    for (name, bytes) in by_name {
+    for (name, config, bytes) in by_name {
         let folder_name = &options.containers[&name];
         let folder = root.join(folder_name);
         let is_child = Path::new(folder_name).components().count() == 1 && !folder_name.starts_with('.');
@@ -291,7 +403,18 @@ fn verify(checkpoint_path: &str, container_configs: &[Vec<u8>], seals: &Seals) -
                 format!("container {name}: folder {folder_name:?} is not a checkpoint folder"),
             ));
         }
-        containers.push((name, folder, bytes));
+        let unreadable =
+            |e: &dyn std::fmt::Display| invalid(&root, format!("{folder_name}/{}: {e}", archive::PROCESS_RECORD));
+        let raw = std::fs::read(folder.join(archive::PROCESS_RECORD)).map_err(|e| unreadable(&e))?;
+        let record: ProcessRecord = serde_json::from_slice(&raw).map_err(|e| unreadable(&e))?;
+        contract::check_process(&name, &record, &config)?;
+        containers.push(VerifiedContainer {
+            image: config.image.unwrap_or_default(),
+            name,
+            folder,
+            config: bytes,
+            record,
+        });
     }
     Ok(Verified { root, containers })
 }

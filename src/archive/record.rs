@@ -1,0 +1,275 @@
+//! `podckpt-process.json`: podckpt's own record, in each container folder,
+//! of the process the checkpoint holds: the image it ran by identity, and
+//! the command, arguments, working directory, environment and credentials
+//! its container was created with. The CRI makes these the caller's
+//! description of the expected process on restore (they cannot change a
+//! process that already runs), so RestorePod compares them with this record.
+//!
+//! The fields come from the runtime's own copy of the ContainerConfig (the
+//! verbose ContainerStatus `config` of containerd), not from the OCI spec:
+//! the spec mixes in the image's environment and entrypoint and what the
+//! runtime adds, so it cannot be compared with a ContainerConfig.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::cri;
+
+/// One container's record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// The image as the container's config named it (else as its status
+    /// does); for messages and for rebuilding a config, never for comparison.
+    pub image: String,
+    /// The image's identity: what the runtime reported as the container's
+    /// image id (`sha256:...`). Empty if the runtime reported none.
+    pub image_id: String,
+    /// `None` when the runtime did not report the container's config.
+    pub process: Option<ExpectedProcess>,
+}
+
+/// The fields of a ContainerConfig that describe the checkpointed process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpectedProcess {
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub working_dir: String,
+    /// By name: the order of `envs` changes nothing in the process, and a
+    /// name given twice ends with its last value, as in the runtime.
+    pub envs: BTreeMap<String, String>,
+    pub credentials: Credentials,
+}
+
+/// `linux.security_context`'s process identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// `None` is "unset" (the image's user), which is not the same request as 0.
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_username: String,
+    /// A set: their order and repeats do not change the process's groups.
+    pub supplemental_groups: BTreeSet<i64>,
+}
+
+impl ProcessRecord {
+    /// The record of a container from its CRI status and the runtime's JSON
+    /// copy of its ContainerConfig, if the runtime gave one.
+    pub fn from_runtime(status: &cri::ContainerStatus, config: Option<&serde_json::Value>) -> serde_json::Result<Self> {
+        let config = config.map(GoContainerConfig::deserialize).transpose()?;
+        // The status names the image by its first tag, not necessarily the
+        // name the config used, which is the one a caller sends again.
+        let named = config.as_ref().map(|c| c.image.image.clone()).filter(|i| !i.is_empty());
+        // Newer CRI versions split the id off into image_id; where it is
+        // empty, image_ref holds it (containerd 1.7).
+        let image_id = if status.image_id.is_empty() {
+            status.image_ref.clone()
+        } else {
+            status.image_id.clone()
+        };
+        Ok(Self {
+            image: named
+                .or_else(|| status.image.as_ref().map(|i| i.image.clone()))
+                .unwrap_or_default(),
+            image_id,
+            process: config.map(ExpectedProcess::from),
+        })
+    }
+}
+
+impl ExpectedProcess {
+    /// Writes the checkpointed process into `config`, leaving its
+    /// restore-time settings alone: the config a caller restores with.
+    pub fn apply_to(&self, config: &mut cri::ContainerConfig) {
+        config.command = self.command.clone();
+        config.args = self.args.clone();
+        config.working_dir = self.working_dir.clone();
+        config.envs = self
+            .envs
+            .iter()
+            .map(|(key, value)| cri::KeyValue {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        let linux = config.linux.get_or_insert_with(Default::default);
+        let context = linux.security_context.get_or_insert_with(Default::default);
+        let credentials = &self.credentials;
+        context.run_as_user = credentials.run_as_user.map(|value| cri::Int64Value { value });
+        context.run_as_group = credentials.run_as_group.map(|value| cri::Int64Value { value });
+        context.run_as_username = credentials.run_as_username.clone();
+        context.supplemental_groups = credentials.supplemental_groups.iter().copied().collect();
+    }
+}
+
+impl From<&cri::ContainerConfig> for ExpectedProcess {
+    fn from(config: &cri::ContainerConfig) -> Self {
+        let context = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+        Self {
+            command: config.command.clone(),
+            args: config.args.clone(),
+            working_dir: config.working_dir.clone(),
+            envs: config
+                .envs
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect(),
+            credentials: Credentials {
+                run_as_user: context.and_then(|c| c.run_as_user.as_ref()).map(|v| v.value),
+                run_as_group: context.and_then(|c| c.run_as_group.as_ref()).map(|v| v.value),
+                run_as_username: context.map(|c| c.run_as_username.clone()).unwrap_or_default(),
+                supplemental_groups: context
+                    .map(|c| c.supplemental_groups.iter().copied().collect())
+                    .unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// The part of a ContainerConfig as Go's encoding/json writes it (how
+/// containerd reports it): snake_case keys, and every empty field left out,
+/// so each one defaults. An `Int64Value` of 0 is written `{}`, which is
+/// still "set".
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GoContainerConfig {
+    command: Vec<String>,
+    args: Vec<String>,
+    working_dir: String,
+    envs: Vec<GoKeyValue>,
+    image: GoImageSpec,
+    linux: GoLinux,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GoImageSpec {
+    image: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GoKeyValue {
+    key: String,
+    value: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GoLinux {
+    security_context: GoSecurityContext,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GoSecurityContext {
+    run_as_user: Option<GoInt64Value>,
+    run_as_group: Option<GoInt64Value>,
+    run_as_username: String,
+    supplemental_groups: Vec<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GoInt64Value {
+    value: i64,
+}
+
+impl From<GoContainerConfig> for ExpectedProcess {
+    fn from(go: GoContainerConfig) -> Self {
+        let context = go.linux.security_context;
+        Self {
+            command: go.command,
+            args: go.args,
+            working_dir: go.working_dir,
+            envs: go.envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            credentials: Credentials {
+                run_as_user: context.run_as_user.map(|v| v.value),
+                run_as_group: context.run_as_group.map(|v| v.value),
+                run_as_username: context.run_as_username,
+                supplemental_groups: context.supplemental_groups.into_iter().collect(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// containerd 1.7's `config` for a container created with args, a
+    /// working directory, an env var, run_as_user 0 and two groups.
+    fn containerd_config() -> serde_json::Value {
+        json!({
+            "args": ["a", "b"],
+            "command": ["/bin/sh", "-c", "sleep 100"],
+            "envs": [{"key": "A", "value": "1"}, {"key": "EMPTY"}],
+            "image": {"image": "podckpt.local/other-name:v1"},
+            "linux": {"security_context": {"namespace_options": {"pid": 1}, "run_as_user": {}, "supplemental_groups": [6, 5]}},
+            "log_path": "counter.log",
+            "metadata": {"name": "counter"},
+            "working_dir": "/tmp"
+        })
+    }
+
+    fn status() -> cri::ContainerStatus {
+        cri::ContainerStatus {
+            image: Some(cri::ImageSpec {
+                image: "podckpt.local/busybox:latest".into(),
+                ..Default::default()
+            }),
+            image_ref: "sha256:1111".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_what_containerd_reports() {
+        let record = ProcessRecord::from_runtime(&status(), Some(&containerd_config())).unwrap();
+        // The config's name for the image, not the status's first tag.
+        assert_eq!(record.image, "podckpt.local/other-name:v1");
+        assert_eq!(record.image_id, "sha256:1111");
+        let process = record.process.unwrap();
+        assert_eq!(process.command, ["/bin/sh", "-c", "sleep 100"]);
+        assert_eq!(process.args, ["a", "b"]);
+        assert_eq!(process.working_dir, "/tmp");
+        assert_eq!(
+            process.envs,
+            [("A".to_string(), "1".to_string()), ("EMPTY".to_string(), String::new())].into()
+        );
+        // `{}` is run_as_user 0, set; an absent run_as_group is unset.
+        assert_eq!(process.credentials.run_as_user, Some(0));
+        assert_eq!(process.credentials.run_as_group, None);
+        assert_eq!(process.credentials.supplemental_groups, [5, 6].into());
+    }
+
+    #[test]
+    fn image_id_wins_over_image_ref_and_a_missing_config_is_none() {
+        let mut status = status();
+        status.image_id = "sha256:2222".into();
+        status.image_ref = "podckpt.local/busybox@sha256:3333".into();
+        let record = ProcessRecord::from_runtime(&status, None).unwrap();
+        assert_eq!(record.image_id, "sha256:2222");
+        assert_eq!(record.image, "podckpt.local/busybox:latest");
+        assert_eq!(record.process, None);
+    }
+
+    #[test]
+    fn a_config_built_from_the_record_reads_back_the_same() {
+        let recorded = ProcessRecord::from_runtime(&status(), Some(&containerd_config()))
+            .unwrap()
+            .process
+            .unwrap();
+        let mut config = cri::ContainerConfig::default();
+        recorded.apply_to(&mut config);
+        assert_eq!(ExpectedProcess::from(&config), recorded);
+    }
+
+    #[test]
+    fn the_record_round_trips_through_its_file_format() {
+        let record = ProcessRecord::from_runtime(&status(), Some(&containerd_config())).unwrap();
+        let text = serde_json::to_string(&record).unwrap();
+        assert_eq!(serde_json::from_str::<ProcessRecord>(&text).unwrap(), record);
+    }
+}
