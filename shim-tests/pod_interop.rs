@@ -59,7 +59,13 @@ struct Caller {
 impl Caller {
     async fn ok<Req: Message, Resp: Message + Default>(&mut self, method: &str, request: &Req) -> Resp {
         let result = self.raw(method, request, Some(CALL_LIMIT)).await;
-        assert_eq!(result.code(), Code::Ok, "{:?} {method}: {}", self.client.stack, result.message);
+        assert_eq!(
+            result.code(),
+            Code::Ok,
+            "{:?} {method}: {}",
+            self.client.stack,
+            result.message
+        );
         Resp::decode(result.responses[0].as_slice()).expect("a response that decodes")
     }
 
@@ -111,10 +117,20 @@ impl Caller {
 
     async fn remove_pod(&mut self, id: &str) {
         let _: cri::StopPodSandboxResponse = self
-            .ok("StopPodSandbox", &cri::StopPodSandboxRequest { pod_sandbox_id: id.into() })
+            .ok(
+                "StopPodSandbox",
+                &cri::StopPodSandboxRequest {
+                    pod_sandbox_id: id.into(),
+                },
+            )
             .await;
         let _: cri::RemovePodSandboxResponse = self
-            .ok("RemovePodSandbox", &cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() })
+            .ok(
+                "RemovePodSandbox",
+                &cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: id.into(),
+                },
+            )
             .await;
     }
 }
@@ -186,7 +202,10 @@ async fn lifecycle(stack: Stack) {
         },
         Refusal {
             what: "CheckpointPod without a deadline",
-            result: caller.client.pod_call(&checkpoint(&sandbox.id, &empty, &[&cid]), None).await,
+            result: caller
+                .client
+                .pod_call(&checkpoint(&sandbox.id, &empty, &[&cid]), None)
+                .await,
             code: Code::InvalidArgument,
         },
         Refusal {
@@ -203,7 +222,10 @@ async fn lifecycle(stack: Stack) {
             what: "CheckpointPod that runs out of time",
             result: caller
                 .client
-                .pod_call(&checkpoint(&sandbox.id, &empty, &[&cid]), Some(Duration::from_millis(100)))
+                .pod_call(
+                    &checkpoint(&sandbox.id, &empty, &[&cid]),
+                    Some(Duration::from_millis(100)),
+                )
                 .await,
             code: Code::DeadlineExceeded,
         },
@@ -246,10 +268,14 @@ async fn lifecycle(stack: Stack) {
         options: Default::default(),
         container_configs: vec![support::container_config("counter", &tb.image, COUNTER).encode_to_vec()],
     };
+    let sandboxes_before = sandbox_ids(&mut direct).await;
     refusals.extend([
         Refusal {
             what: "RestorePod of a directory that holds no checkpoint",
-            result: caller.client.pod_call(&restore(&empty, "podckpt"), Some(CALL_LIMIT)).await,
+            result: caller
+                .client
+                .pod_call(&restore(&empty, "podckpt"), Some(CALL_LIMIT))
+                .await,
             code: Code::InvalidArgument,
         },
         Refusal {
@@ -282,21 +308,23 @@ async fn lifecycle(stack: Stack) {
             refusal.what,
             refusal.result.message
         );
-        assert!(!refusal.result.message.is_empty(), "{stack:?}, {}: no message", refusal.what);
+        assert!(
+            !refusal.result.message.is_empty(),
+            "{stack:?}, {}: no message",
+            refusal.what
+        );
     }
-    let sandboxes = direct
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
-    assert!(
-        sandboxes.iter().all(|s| !s.metadata.as_ref().unwrap().name.contains("interop-restored")),
+    assert_eq!(
+        sandbox_ids(&mut direct).await,
+        sandboxes_before,
         "{stack:?}: a refused RestorePod left a sandbox"
     );
 
     // The restore, through the stack, and the counter goes on from where it was.
-    let result = caller.client.pod_call(&restore(&out, "podckpt"), Some(CALL_LIMIT)).await;
+    let result = caller
+        .client
+        .pod_call(&restore(&out, "podckpt"), Some(CALL_LIMIT))
+        .await;
     assert_eq!(result.code(), Code::Ok, "{stack:?} RestorePod: {}", result.message);
     let restored = pod::RestorePodResponse::decode(result.responses[0].as_slice()).unwrap();
     let restored_sandbox = Sandbox {
@@ -309,16 +337,36 @@ async fn lifecycle(stack: Stack) {
     };
     assert_eq!(container.name, "counter");
     assert_eq!(
-        support::container_status(&mut direct, &container.container_id).await.state,
+        support::container_status(&mut direct, &container.container_id)
+            .await
+            .state,
         cri::ContainerState::ContainerCreated as i32,
         "restored containers come back CREATED"
     );
     caller.start(&container.container_id).await;
     let resumed = caller.count(&container.container_id).await;
-    assert!(resumed >= before, "{stack:?}: the counter restarted at {resumed}, it was {before}");
+    assert!(
+        resumed >= before,
+        "{stack:?}: the counter restarted at {resumed}, it was {before}"
+    );
     assert!(
         support::count_reaches(&direct, &container.container_id, resumed + 2, Duration::from_secs(10)).await,
         "{stack:?}: the restored counter does not count"
     );
     caller.remove_pod(&restored_sandbox.id).await;
+}
+
+/// Every sandbox containerd knows, asked directly.
+async fn sandbox_ids(direct: &mut support::Runtime) -> Vec<String> {
+    let mut ids: Vec<String> = direct
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    ids.sort();
+    ids
 }
