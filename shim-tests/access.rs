@@ -132,6 +132,15 @@ async fn pod_calls_are_denied_to_other_users_and_allowed_to_configured_ones() {
     support::read_manifest(&out)
         .verify(&out)
         .expect("the allowed checkpoint is whole");
-    // Written by the daemon: private to root whoever asked for it.
-    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o700);
+    // Written by the daemon: what is inside is root's alone, whoever asked
+    // for it; the directory itself keeps the mode its owner gave it.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o755);
+    for entry in walkdir::WalkDir::new(&out).min_depth(1) {
+        let meta = entry.as_ref().unwrap().metadata().unwrap();
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        let path = entry.unwrap().into_path();
+        assert_eq!(meta.permissions().mode() & 0o777, want, "{}", path.display());
+        assert_eq!(meta.uid(), 0, "{} is not root's", path.display());
+    }
 }
