@@ -310,14 +310,8 @@ async fn configs_that_describe_another_process_are_refused() {
         .await
         .expect("RestorePod with another tag of the same image");
     let cid = restored[0].container_id.clone();
-    let mut client = shim.client().await;
-    client
-        .start_container(cri::StartContainerRequest {
-            container_id: cid.clone(),
-        })
-        .await
-        .expect("StartContainer");
-    assert!(support::was_restored(&cid));
+    support::start_restored(&shim, &cid).await;
+    let client = shim.client().await;
     assert!(support::count_reaches(&client, &cid, saved + 1, Duration::from_secs(10)).await);
     drop(pod);
 

@@ -587,15 +587,21 @@ pub async fn restore_and_start_on(shim: &Shim, checkpoint: &Path, name: &str, ha
         .await
         .expect("RestorePod");
     let cid = restored[0].container_id.clone();
-    let mut client = shim.client().await;
-    client
+    start_restored(shim, &cid).await;
+    (pod, cid)
+}
+
+/// StartContainer of a restored container, which must come back restored,
+/// not started afresh.
+pub async fn start_restored(shim: &Shim, cid: &str) {
+    shim.client()
+        .await
         .start_container(cri::StartContainerRequest {
-            container_id: cid.clone(),
+            container_id: cid.to_owned(),
         })
         .await
         .expect("StartContainer");
-    assert!(was_restored(&cid), "container {cid} was started afresh, not restored");
-    (pod, cid)
+    assert!(was_restored(cid), "container {cid} was started afresh, not restored");
 }
 
 /// Whether podckpt-runc restored the container (rather than the runtime
