@@ -46,8 +46,6 @@ impl Building {
         let partial = self.dir.join(MANIFEST_PARTIAL);
         let mut file = super::create_private(&partial)?;
         file.write_all(manifest).map_err(ArchiveError::io(&partial))?;
-        // The rename must not publish a manifest whose bytes are not yet on disk.
-        file.sync_all().map_err(ArchiveError::io(&partial))?;
         let manifest_path = self.dir.join(MANIFEST);
         std::fs::rename(&partial, &manifest_path).map_err(ArchiveError::io(&manifest_path))?;
         self.committed = true;
