@@ -104,6 +104,8 @@ async fn a_counter_pod_is_checkpointed_and_keeps_running() {
     }
     let manifest = support::read_manifest(&out);
     assert_eq!(manifest.criu_version, "4.1.1");
+    let freeze_ms = manifest.freeze_ms.expect("the freeze window is recorded");
+    assert!(freeze_ms > 0 && freeze_ms < 60_000, "freeze window {freeze_ms} ms");
     assert_eq!(manifest.pod_sandbox_id, pod.id);
     assert!(
         manifest
@@ -555,4 +557,51 @@ async fn a_daemon_killed_mid_dump_is_undone_by_the_next_one() {
     let mut client = shim.client().await;
     let now = count(&mut client, &cid).await;
     assert!(support::count_reaches(&client, &cid, now + 2, Duration::from_secs(10)).await);
+}
+
+/// "Durable means on disk": when CheckpointPod answers OK, the 256 MiB it
+/// wrote are on stable storage, not in the page cache waiting for
+/// writeback. `podckpt.io/durable=false` skips that, and is still whole.
+#[tokio::test]
+#[serial]
+async fn an_ok_checkpoint_is_on_stable_storage() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start(&tb);
+    let (pod, cid) = pod_holding_256_mib(&shim, &tb, "durable").await;
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+
+    let dirty_before = support::dirty_kib();
+    checkpoint_pod(&shim, &pod.id, &out, &[&cid], &[])
+        .await
+        .expect("CheckpointPod");
+    let grown_mib = support::dirty_kib().saturating_sub(dirty_before) / 1024;
+    let written_mib = support::read_manifest(&out).files.values().map(|f| f.size).sum::<u64>() >> 20;
+    assert!(written_mib >= 256, "only {written_mib} MiB written");
+    // A few MiB of the machine's other writes may come and go meanwhile.
+    assert!(
+        grown_mib <= 16,
+        "{grown_mib} MiB of {written_mib} MiB written were still dirty"
+    );
+    support::read_manifest(&out).verify(&out).expect("a whole checkpoint");
+
+    let fast = parent.path().join("fast");
+    std::fs::create_dir(&fast).unwrap();
+    checkpoint_pod(&shim, &pod.id, &fast, &[&cid], &[("podckpt.io/durable", "false")])
+        .await
+        .expect("a non-durable CheckpointPod");
+    support::read_manifest(&fast)
+        .verify(&fast)
+        .expect("whole, if not durable");
+    let err = checkpoint_pod(
+        &shim,
+        &pod.id,
+        &parent.path().join("ckpt"),
+        &[&cid],
+        &[("podckpt.io/durable", "no")],
+    )
+    .await
+    .expect_err("a value that is not true or false");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }

@@ -148,19 +148,28 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("SHA-256"), "{err:?}");
 
+    // A page image cut short, as a power cut before its data reached the
+    // disk would leave it: the whole checkpoint is refused.
+    let truncated = support::copy_dir(&checkpoint, "truncated");
+    let pages = support::pages_image(&truncated.1);
+    let length = std::fs::metadata(&pages).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&pages)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+    let err = Pod::restore(&shim, &truncated.1, &["counter"])
+        .await
+        .err()
+        .expect("truncated");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("does not match"), "{err:?}");
+
     // The original, sealed by the checkpoint that wrote it, changed in place
     // with its size and mtime kept: the seal no longer holds, and the full
     // verification finds the change.
-    let folder = std::fs::read_dir(&checkpoint)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
-        .unwrap();
-    let pages = std::fs::read_dir(folder.join("checkpoint"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pages-"))
-        .expect("a pages image");
+    let pages = support::pages_image(&checkpoint);
     let mtime = std::fs::metadata(&pages).unwrap().modified().unwrap();
     {
         use std::os::unix::fs::FileExt;

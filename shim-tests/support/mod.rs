@@ -804,3 +804,27 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The (first) CRIU pages image of the first container folder of a checkpoint.
+pub fn pages_image(checkpoint: &Path) -> PathBuf {
+    let folder = std::fs::read_dir(checkpoint)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("a container folder");
+    std::fs::read_dir(folder.join("checkpoint"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pages-"))
+        .expect("a pages image")
+}
+
+/// `Dirty:` of /proc/meminfo, in KiB: data written but not yet on disk.
+pub fn dirty_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Dirty:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("Dirty: in /proc/meminfo")
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
-use super::{ArchiveError, DIR_MODE, FILE_MODE, MANIFEST};
+use super::{ArchiveError, DIR_MODE, FILE_MODE, MANIFEST, durable};
 
 /// The manifest is written here first, inside the checkpoint, and renamed
 /// only once complete, so `MANIFEST` is never seen half-written.
@@ -41,13 +41,33 @@ impl Building {
     /// Makes every directory below the root 0700 and every file 0600 (CRIU
     /// and runc choose their own modes), then writes the manifest, the mark
     /// of a whole checkpoint. The root keeps the caller's mode.
-    pub fn commit(mut self, manifest: &[u8]) -> Result<PathBuf, ArchiveError> {
+    ///
+    /// `durable`: the container folders are already synced (see
+    /// `durable::sync_tree`); this syncs the files at the top, then the
+    /// manifest before its rename, then the directory that names it all. A
+    /// power cut at any point leaves no manifest or one whose files are
+    /// there: never a whole-looking checkpoint with its data lost.
+    pub fn commit(mut self, manifest: &[u8], durable: bool) -> Result<PathBuf, ArchiveError> {
         restrict_modes(&self.dir)?;
+        if durable {
+            for entry in std::fs::read_dir(&self.dir).map_err(ArchiveError::io(&self.dir))? {
+                let entry = entry.map_err(ArchiveError::io(&self.dir))?;
+                if entry.file_type().map_err(ArchiveError::io(entry.path()))?.is_file() {
+                    durable::sync_file(&entry.path())?;
+                }
+            }
+        }
         let partial = self.dir.join(MANIFEST_PARTIAL);
         let mut file = super::create_private(&partial)?;
         file.write_all(manifest).map_err(ArchiveError::io(&partial))?;
+        if durable {
+            file.sync_data().map_err(ArchiveError::io(&partial))?;
+        }
         let manifest_path = self.dir.join(MANIFEST);
         std::fs::rename(&partial, &manifest_path).map_err(ArchiveError::io(&manifest_path))?;
+        if durable {
+            durable::sync_dir(&self.dir)?;
+        }
         self.committed = true;
         Ok(self.dir.clone())
     }
@@ -159,7 +179,7 @@ mod tests {
         std::fs::create_dir(dest.join("d")).unwrap();
         std::fs::write(dest.join("d/f"), b"x").unwrap();
         assert!(!is_committed(&dest));
-        building.commit(b"{}").unwrap();
+        building.commit(b"{}", true).unwrap();
 
         assert!(is_committed(&dest));
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

@@ -30,6 +30,10 @@ pub struct Manifest {
     pub chunk_size: u64,
     /// Every regular file but the manifest, by path relative to the root.
     pub files: BTreeMap<String, FileEntry>,
+    /// How long the pod's processes were stopped: from the first container
+    /// paused to the last one resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_ms: Option<u64>,
 }
 
 impl Manifest {
@@ -78,6 +82,7 @@ impl Manifest {
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             chunk_size: CHUNK_SIZE,
             files,
+            freeze_ms: None,
         })
     }
 

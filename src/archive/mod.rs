@@ -16,6 +16,7 @@
 
 mod building;
 pub mod digest;
+pub mod durable;
 pub mod manifest;
 pub mod record;
 pub mod rootfs_diff;

@@ -53,15 +53,20 @@ pub(super) async fn run(
         .map_err(CliError::call("CheckpointPod"))?;
     let seconds = started.elapsed().as_secs_f64();
     let bytes = super::inspect::tree_size(&dir);
+    let freeze_ms = super::inspect::freeze_ms(&dir);
     match format {
         Format::Json => println!(
             "{}",
-            serde_json::json!({"pod_sandbox_id": pod, "checkpoint": dir, "seconds": seconds, "bytes": bytes})
+            serde_json::json!({"pod_sandbox_id": pod, "checkpoint": dir, "seconds": seconds, "bytes": bytes, "freeze_ms": freeze_ms})
         ),
         Format::Table => {
             progress(
                 format,
-                format_args!("Checkpointed in {seconds:.2} s ({})", super::inspect::human(bytes)),
+                format_args!(
+                    "Checkpointed in {seconds:.2} s ({}); the pod was frozen for {}",
+                    super::inspect::human(bytes),
+                    freeze_ms.map_or("an unknown time".into(), |ms| format!("{ms} ms"))
+                ),
             );
             println!("{}", dir.display());
         }

@@ -7,6 +7,11 @@ use serde_json::{Value, json};
 use super::{CliError, Format};
 use crate::archive::{self, Manifest, PodOptions};
 
+/// How long the checkpoint in `dir` froze its pod, from its manifest.
+pub(super) fn freeze_ms(dir: &Path) -> Option<u64> {
+    read_json::<Manifest>(&dir.join(archive::MANIFEST)).ok()?.freeze_ms
+}
+
 pub(super) fn run(format: Format, dir: &Path) -> Result<(), CliError> {
     let manifest: Manifest = read_json(&dir.join(archive::MANIFEST))?;
     let options: PodOptions = read_json(&dir.join(archive::POD_OPTIONS))?;
@@ -30,6 +35,7 @@ pub(super) fn run(format: Format, dir: &Path) -> Result<(), CliError> {
         "backend": manifest.backend,
         "criu_version": manifest.criu_version,
         "format_version": manifest.format_version,
+        "freeze_ms": manifest.freeze_ms,
         "bytes": tree_size(dir),
         "checksums_ok": checksums.is_ok(),
         "checksum_error": checksums.as_ref().err().map(|e| e.to_string()),
@@ -42,6 +48,9 @@ pub(super) fn run(format: Format, dir: &Path) -> Result<(), CliError> {
             println!("Pod:          {}", manifest.pod_sandbox_id);
             println!("Created:      {}", manifest.created);
             println!("Backend:      {} (CRIU {})", manifest.backend, manifest.criu_version);
+            if let Some(ms) = manifest.freeze_ms {
+                println!("Pod frozen:   {ms} ms");
+            }
             println!("Size:         {}", human(tree_size(dir)));
             match &checksums {
                 Ok(()) => println!("Checksums:    ok ({} files)", manifest.files.len()),

@@ -32,7 +32,7 @@ impl PodService {
                 "CheckpointPod needs a deadline on the call: a checkpoint pauses the pod, so it must be bounded".into(),
             )
         })?;
-        let capture_options = options::parse(&request.options)?;
+        let options = options::parse(&request.options)?;
         validate_container_ids(&request.container_ids)?;
         let output = validate_output(&request.output_path)?;
         let pod_id = request.pod_sandbox_id.as_str();
@@ -60,6 +60,8 @@ impl PodService {
             output: Some(output.clone()),
         };
         let key = self.inner.journal.record(paused)?;
+        // What the pod feels: from the first pause to the last resume.
+        let freeze_started = Instant::now();
         if let Err(err) = backend.checkpointer.pause_pod(&refs).await {
             self.inner.journal.clear(&key)?;
             return Err(err.into());
@@ -67,13 +69,14 @@ impl PodService {
         let capture = Capture {
             backend: backend.checkpointer.clone(),
             root: output.clone(),
-            options: capture_options,
+            options: options.capture,
             checkpointed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             deadline: started + deadline,
             limit: deadline,
         };
         let captured = capture.all(targets.to_vec()).await;
         let failures = backend.checkpointer.resume_pod(&refs).await;
+        let freeze_ms = freeze_started.elapsed().as_millis() as u64;
         if !failures.is_empty() {
             // The journal keeps them, so a restarted daemon tries again.
             let list: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
@@ -86,17 +89,28 @@ impl PodService {
         // committed or removed, so a daemon killed meanwhile leaves none.
         self.inner.journal.resumed(&key)?;
         let paused_ms = started.elapsed().as_millis() as u64;
+        // The pod runs again: now the images go to stable storage, while
+        // they are hashed, never inside the freeze window.
+        let syncing = (options.durable && captured.is_ok()).then(|| {
+            let folders: Vec<PathBuf> = targets.iter().map(|t| output.join(t.folder())).collect();
+            tokio::task::spawn_blocking(move || folders.iter().try_for_each(|f| archive::durable::sync_tree(f)))
+        });
         let outcome = async {
             let hashed = captured?.finish().await?;
             write_pod_files(&output, &pod, &targets)?;
-            let manifest = Manifest::build_with(&output, backend.checkpointer.name(), &engine_version, pod_id, hashed)?;
+            if let Some(syncing) = syncing {
+                syncing.await.map_err(PodError::task("sync"))??;
+            }
+            let mut manifest =
+                Manifest::build_with(&output, backend.checkpointer.name(), &engine_version, pod_id, hashed)?;
+            manifest.freeze_ms = Some(freeze_ms);
             let manifest = serde_json::to_vec_pretty(&manifest)
                 .map_err(|e| PodError::Internal(format!("encoding the manifest: {e}")))?;
             if Instant::now() >= capture.deadline {
                 // The caller has given up: a checkpoint it never hears of must not appear.
                 return Err(capture.deadline_exceeded());
             }
-            Ok((building.commit(&manifest)?, manifest))
+            Ok((building.commit(&manifest, options.durable)?, manifest))
         }
         .await;
         self.inner.journal.clear(&key)?;
@@ -114,7 +128,9 @@ impl PodService {
             pod = pod_id,
             containers = targets.len(),
             output = %done.display(),
+            freeze_ms,
             paused_ms,
+            durable = options.durable,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "pod checkpointed"
         );

@@ -5,6 +5,15 @@ use std::collections::HashMap;
 use super::error::PodError;
 use crate::backend::CaptureOptions;
 
+/// What CheckpointPod's options ask for: the backend's capture flags, and
+/// podckpt's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    pub capture: CaptureOptions,
+    /// The checkpoint is on stable storage before the call answers OK.
+    pub durable: bool,
+}
+
 /// Dump established TCP connections (CRIU `--tcp-established`).
 pub const TCP_ESTABLISHED: &str = "podckpt.io/tcp-established";
 /// Dump file locks (CRIU `--file-locks`).
@@ -12,16 +21,24 @@ pub const FILE_LOCKS: &str = "podckpt.io/file-locks";
 /// Skip connections still being set up (CRIU `--tcp-skip-in-flight`).
 pub const TCP_SKIP_IN_FLIGHT: &str = "podckpt.io/tcp-skip-in-flight";
 
-const KNOWN: [&str; 3] = [TCP_ESTABLISHED, FILE_LOCKS, TCP_SKIP_IN_FLIGHT];
+/// `false` skips syncing the checkpoint to stable storage, for throw-away
+/// warm-start images that a power cut may take. The default is durable.
+pub const DURABLE: &str = "podckpt.io/durable";
+
+const KNOWN: [&str; 4] = [TCP_ESTABLISHED, FILE_LOCKS, TCP_SKIP_IN_FLIGHT, DURABLE];
 
 /// Every key must be known and every value `true` or `false`.
-pub fn parse(options: &HashMap<String, String>) -> Result<CaptureOptions, PodError> {
-    let mut parsed = CaptureOptions::default();
+pub fn parse(options: &HashMap<String, String>) -> Result<CheckpointOptions, PodError> {
+    let mut parsed = CheckpointOptions {
+        capture: CaptureOptions::default(),
+        durable: true,
+    };
     for (key, value) in options {
         let flag = match key.as_str() {
-            TCP_ESTABLISHED => &mut parsed.tcp_established,
-            FILE_LOCKS => &mut parsed.file_locks,
-            TCP_SKIP_IN_FLIGHT => &mut parsed.tcp_skip_in_flight,
+            TCP_ESTABLISHED => &mut parsed.capture.tcp_established,
+            FILE_LOCKS => &mut parsed.capture.file_locks,
+            TCP_SKIP_IN_FLIGHT => &mut parsed.capture.tcp_skip_in_flight,
+            DURABLE => &mut parsed.durable,
             _ => {
                 return Err(PodError::InvalidArgument(format!(
                     "unknown option {key:?}; the supported options are {}",
@@ -53,7 +70,9 @@ mod tests {
     #[test]
     fn known_keys_set_their_flags() {
         let o = parse(&map(&[(TCP_ESTABLISHED, "true"), (FILE_LOCKS, "false")])).unwrap();
-        assert!(o.tcp_established && !o.file_locks && !o.tcp_skip_in_flight);
+        assert!(o.capture.tcp_established && !o.capture.file_locks && !o.capture.tcp_skip_in_flight);
+        assert!(o.durable, "durable unless asked otherwise");
+        assert!(!parse(&map(&[(DURABLE, "false")])).unwrap().durable);
     }
 
     #[test]
