@@ -3,8 +3,10 @@
 //!   cargo bench --bench checkpoint_vs_runc
 //!
 //! For containers holding 64, 256 and 1024 MiB:
-//! - checkpoint: CheckpointPod through the shim against `runc checkpoint
-//!   --leave-running` of the same container, alternating, 3 rounds each;
+//! - checkpoint: CheckpointPod through the shim (durable: synced before it
+//!   answers) against `runc checkpoint --leave-running` of the same
+//!   container plus a sync of its images, alternating; and the pod's freeze
+//!   window (from the manifest) against the bare `runc checkpoint` alone;
 //! - restore: RestorePod plus StartContainer against the `runc restore` that
 //!   podckpt-runc ran inside it (it records its duration beside runc's state),
 //!   from the checkpoint as written (sealed) and from a copy of it (hashed in full);
@@ -33,7 +35,8 @@ async fn wait_counting(client: &support::Runtime, cid: &str) {
     assert!(ok, "container {cid} did not start counting");
 }
 
-fn bare_checkpoint(cid: &str, scratch: &Path) -> f64 {
+/// Seconds of a bare `runc checkpoint`, and of it plus syncing its images.
+fn bare_checkpoint(cid: &str, scratch: &Path) -> (f64, f64) {
     let images = scratch.join("bare-images");
     let work = scratch.join("bare-work");
     std::fs::create_dir_all(&images).unwrap();
@@ -53,19 +56,29 @@ fn bare_checkpoint(cid: &str, scratch: &Path) -> f64 {
         .arg(cid)
         .status()
         .unwrap();
-    let seconds = started.elapsed().as_secs_f64();
+    let dumped = started.elapsed().as_secs_f64();
     assert!(status.success(), "bare runc checkpoint failed");
+    podckpt::archive::durable::sync_tree(&images).expect("syncing the bare images");
+    let synced = started.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&images).unwrap();
     std::fs::remove_dir_all(&work).unwrap();
-    seconds
+    (dumped, synced)
 }
 
-async fn podckpt_checkpoint(shim: &Shim, pod: &str, ids: &[&str], out: &Path) -> f64 {
+/// Seconds of a CheckpointPod, and of the pod's freeze window in it.
+async fn podckpt_checkpoint(shim: &Shim, pod: &str, ids: &[&str], out: &Path) -> (f64, f64) {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).unwrap();
     let started = Instant::now();
     checkpoint_pod(shim, pod, out, ids, &[]).await.expect("CheckpointPod");
-    started.elapsed().as_secs_f64()
+    let total = started.elapsed().as_secs_f64();
+    let freeze_ms = support::read_manifest(out).freeze_ms.expect("the freeze window");
+    (total, freeze_ms as f64 / 1000.0)
+}
+
+/// The freeze target: 1.05 times the bare dump, plus 20 ms.
+fn freeze_verdict(freeze: f64, dump: f64) -> &'static str {
+    if freeze <= 1.05 * dump + 0.020 { "met" } else { "missed" }
 }
 
 /// RestorePod + StartContainer, and the runc restore time recorded inside.
@@ -98,10 +111,11 @@ async fn main() {
     let mut client = shim.client().await;
     let scratch = tempfile::tempdir().unwrap();
 
+    let mut restore_rows = Vec::new();
     println!(
-        "| memory | bare runc checkpoint s | CheckpointPod s | ratio | bare runc restore s | RestorePod + StartContainer, sealed s | ratio | bare runc restore s | RestorePod + StartContainer, copy s | ratio |"
+        "| memory | bare runc checkpoint s | + sync s | durable CheckpointPod s | ratio to checkpoint + sync | freeze window s | freeze / bare checkpoint | freeze ≤ 1.05 × bare + 20 ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for mib in [64u64, 256, 1024] {
         let pod = Pod::run(&mut client, &shim.socket, &format!("bench{mib}")).await;
         let cid = pod
@@ -127,19 +141,35 @@ async fn main() {
             copied.push(podckpt_restore(&shim, &copy, "mem").await);
             std::fs::remove_dir_all(&copy).unwrap();
         }
-        let (b, o) = (median(bare), median(ours));
+        let dump = median(bare.iter().map(|b| b.0).collect());
+        let synced = median(bare.iter().map(|b| b.1).collect());
+        let total = median(ours.iter().map(|o| o.0).collect());
+        let freeze = median(ours.iter().map(|o| o.1).collect());
+        println!(
+            "| {mib} MiB | {dump:.3} | {synced:.3} | {total:.3} | {:.2} | {freeze:.3} | {:.2} | {} |",
+            total / synced,
+            freeze / dump,
+            freeze_verdict(freeze, dump)
+        );
         let restore_columns = |runs: Vec<(f64, f64)>| {
             let total = median(runs.iter().map(|r| r.0).collect());
             let bare = median(runs.iter().map(|r| r.1).collect());
             format!("{bare:.3} | {total:.3} | {:.2}", total / bare)
         };
-        println!(
-            "| {mib} MiB | {b:.3} | {o:.3} | {:.2} | {} | {} |",
-            o / b,
+        restore_rows.push(format!(
+            "| {mib} MiB | {} | {} |",
             restore_columns(sealed),
             restore_columns(copied)
-        );
+        ));
         std::fs::remove_dir_all(&out).unwrap();
+    }
+    println!();
+    println!(
+        "| memory | bare runc restore s | RestorePod + StartContainer, sealed s | ratio | bare runc restore s | RestorePod + StartContainer, copy s | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for row in restore_rows {
+        println!("{row}");
     }
 
     let pod = Pod::run(&mut client, &shim.socket, "bench-pair").await;
@@ -152,17 +182,26 @@ async fn main() {
     wait_counting(&client, &a).await;
     wait_counting(&client, &b).await;
     let out = scratch.path().join("pair");
-    let (mut whole, mut alone) = (Vec::new(), Vec::new());
+    let (mut whole, mut alone, mut freezes, mut dumps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        whole.push(podckpt_checkpoint(&shim, &pod.id, &[], &out).await);
-        let first = podckpt_checkpoint(&shim, &pod.id, &[&a], &out).await;
-        let second = podckpt_checkpoint(&shim, &pod.id, &[&b], &out).await;
+        let (total, freeze) = podckpt_checkpoint(&shim, &pod.id, &[], &out).await;
+        whole.push(total);
+        freezes.push(freeze);
+        let first = podckpt_checkpoint(&shim, &pod.id, &[&a], &out).await.0;
+        let second = podckpt_checkpoint(&shim, &pod.id, &[&b], &out).await.0;
         alone.push(first + second);
+        dumps.push(bare_checkpoint(&a, scratch.path()).0 + bare_checkpoint(&b, scratch.path()).0);
     }
     let (w, s) = (median(whole), median(alone));
+    let (freeze, dump) = (median(freezes), median(dumps));
     println!();
     println!("| two containers, 64 MiB each | whole pod s | each alone, summed s | ratio |");
     println!("|---|---|---|---|");
     println!("| CheckpointPod | {w:.3} | {s:.3} | {:.2} |", w / s);
+    println!(
+        "| freeze window of the pod, against both bare runc checkpoints, summed | {freeze:.3} | {dump:.3} | {:.2} ({}) |",
+        freeze / dump,
+        freeze_verdict(freeze, dump)
+    );
     drop(pod);
 }
