@@ -365,3 +365,47 @@ async fn crun_checkpoints_and_restores_a_counter() {
     assert_eq!(state["status"], "running");
     drop(pod);
 }
+
+/// What podckptd keeps beside a checkpoint goes when its use has: a pod
+/// restored but never started, then removed, leaves no restore token, and
+/// a deleted checkpoint leaves no seal, both on the next pod call and when
+/// the daemon starts.
+#[tokio::test]
+#[serial]
+async fn seals_and_tokens_that_outlived_their_use_are_removed() {
+    let Some(tb) = testbed() else { return };
+    let mut shim = Shim::start(&tb);
+    let state = shim.state_dir();
+    let entries = |dir: &str| std::fs::read_dir(state.join(dir)).map(|d| d.count()).unwrap_or(0);
+    for restart in [false, true] {
+        let (_keep, checkpoint, _) = checkpointed_counter(&shim, &tb, 1).await;
+        let (pod, _) = Pod::restore(&shim, &checkpoint, &["counter"])
+            .await
+            .expect("RestorePod");
+        assert_eq!(entries("restores"), 1, "a token for the container not yet started");
+        assert!(entries("seals") >= 1, "the checkpoint was sealed when written");
+        drop(pod);
+        std::fs::remove_dir_all(&checkpoint).unwrap();
+        if restart {
+            shim.restart(&tb);
+        } else {
+            // Any pod call tidies up, even one that is refused.
+            let err = support::checkpoint_pod_exactly(&shim, "no-such-pod", &checkpoint, vec![], &[])
+                .await
+                .expect_err("a refused call");
+            assert_eq!(err.code(), Code::InvalidArgument);
+        }
+        let tidied = support::eventually(Duration::from_secs(10), || {
+            let left = (entries("restores"), entries("seals"));
+            async move { left == (0, 0) }
+        })
+        .await;
+        assert!(
+            tidied,
+            "after {}: {} tokens and {} seals left",
+            if restart { "a restart" } else { "a pod call" },
+            entries("restores"),
+            entries("seals")
+        );
+    }
+}

@@ -148,6 +148,36 @@ impl Seals {
         )
     }
 
+    /// Removes the seals of checkpoints that are gone (no manifest at the
+    /// sealed path any more), unreadable seals, and the temporary files of
+    /// a daemon killed while sealing; returns how many went. A seal is only
+    /// ever a shortcut, so removing one too many costs a full verification.
+    pub fn prune(&self) -> Result<usize, ArchiveError> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir).map_err(ArchiveError::io(&self.dir))? {
+            let path = entry.map_err(ArchiveError::io(&self.dir))?.path();
+            let stale = match path.extension().and_then(|e| e.to_str()) {
+                Some("json") => std::fs::read(&path)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<Seal>(&bytes).ok())
+                    .is_none_or(|seal| !super::is_committed(&seal.root)),
+                // A seal being written right now is left to its writer.
+                Some(ext) if ext.starts_with("tmp-") => {
+                    ext.strip_prefix("tmp-").and_then(|pid| pid.parse().ok()) != Some(std::process::id())
+                }
+                _ => false,
+            };
+            if stale {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(ArchiveError::io(&path)(e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn path_for(&self, root: &Path) -> PathBuf {
         self.dir
             .join(sha256_hex(root.as_os_str().as_encoded_bytes()))
@@ -262,6 +292,22 @@ mod tests {
         std::fs::write(root.join("c/pages.img"), b"MEMORY").unwrap();
         assert!(seals.seal(snapshot, b"{}").is_err());
         assert_eq!(unchanged(&seals, &root, b"{}"), None);
+    }
+
+    #[test]
+    fn seals_of_checkpoints_that_are_gone_are_pruned() {
+        let state = tempfile::tempdir().unwrap();
+        let seals = Seals::open(state.path()).unwrap();
+        let (_kept_dir, kept) = checkpoint();
+        seal(&seals, &kept);
+        let (gone_dir, gone) = checkpoint();
+        seal(&seals, &gone);
+        std::fs::write(seals.dir.join("garbage.json"), b"not a seal").unwrap();
+        drop(gone_dir);
+
+        assert_eq!(seals.prune().unwrap(), 2, "the gone checkpoint's seal and the garbage");
+        assert!(seals.path_for(&kept).exists(), "a live checkpoint keeps its seal");
+        assert_eq!(seals.prune().unwrap(), 0);
     }
 
     #[test]

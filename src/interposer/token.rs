@@ -42,6 +42,27 @@ impl RestoreToken {
         Ok(path)
     }
 
+    /// Every token in `dir` (podckptd's own), with the sandbox it is for.
+    /// Unreadable files count as tokens of no sandbox (an empty id).
+    pub fn list(dir: &Path) -> Result<Vec<(PathBuf, String)>, ArchiveError> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ArchiveError::io(dir)(e)),
+        };
+        let mut tokens = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(ArchiveError::io(dir))?.path();
+            let sandbox = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Self>(&bytes).ok())
+                .map(|token| token.sandbox_id)
+                .unwrap_or_default();
+            tokens.push((path, sandbox));
+        }
+        Ok(tokens)
+    }
+
     /// Loads a token only if it and its directory belong to root and nobody
     /// else can write them, and the path has no symbolic link in it.
     pub fn load_trusted(path: &Path) -> Result<Self, InterposerError> {

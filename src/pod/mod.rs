@@ -6,6 +6,7 @@ pub(crate) mod capture;
 mod checkpoint;
 mod contract;
 pub mod error;
+mod housekeeping;
 pub mod journal;
 pub mod options;
 mod restore;
@@ -57,6 +58,8 @@ struct Inner {
     seals: Seals,
     access: AccessPolicy,
     busy: Mutex<HashSet<String>>,
+    /// A pruning of seals and tokens is under way (see `housekeeping`).
+    tidying: std::sync::atomic::AtomicBool,
     /// Checkpoints and restores under way; see `detached`.
     operations: TaskTracker,
     /// Held while a previous daemon's leftovers are recovered; pod
@@ -111,6 +114,7 @@ impl PodService {
             seals,
             access: config.access.clone(),
             busy: Mutex::new(HashSet::new()),
+            tidying: std::sync::atomic::AtomicBool::new(false),
             operations: TaskTracker::new(),
             recovery: Arc::new(tokio::sync::RwLock::new(())),
         };
@@ -131,6 +135,7 @@ impl PodService {
                 Err(error) => warn!(%error, "could not read the paused-container journal"),
             }
             drop(gate);
+            journal.tidy().await;
         });
     }
 
@@ -227,6 +232,7 @@ impl RuntimeService for PodService {
         request: Request<CheckpointPodRequest>,
     ) -> Result<Response<CheckpointPodResponse>, Status> {
         self.authorize(&request, "CheckpointPod")?;
+        self.tidy_in_background();
         let deadline = crate::deadline::grpc_timeout(&request.metadata().clone().into_headers());
         let this = self.clone();
         self.detached(async move { this.checkpoint(deadline, request.into_inner()).await })
@@ -236,6 +242,7 @@ impl RuntimeService for PodService {
 
     async fn restore_pod(&self, request: Request<RestorePodRequest>) -> Result<Response<RestorePodResponse>, Status> {
         self.authorize(&request, "RestorePod")?;
+        self.tidy_in_background();
         let deadline = crate::deadline::grpc_timeout(&request.metadata().clone().into_headers());
         let this = self.clone();
         let restored = self
