@@ -33,14 +33,7 @@ fn denied(out: &Output, call: &str) {
 }
 
 async fn pod_count(shim: &Shim) -> usize {
-    let mut client = shim.client().await;
-    client
-        .list_pod_sandbox(podckpt::api::cri::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len()
+    support::sandboxes(&mut shim.client().await).await.len()
 }
 
 #[tokio::test]

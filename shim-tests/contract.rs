@@ -56,14 +56,7 @@ async fn refused(tb: &Testbed, shim: &Shim, call: RestoreCall, timeout: Option<D
         Ok((pod, _)) => panic!("pod {} was restored; the call must be refused", pod.id),
         Err(status) => status,
     };
-    let sandboxes = tb
-        .direct()
-        .await
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let sandboxes = support::sandboxes(&mut tb.direct().await).await;
     assert!(
         !sandboxes
             .iter()

@@ -358,15 +358,7 @@ async fn lifecycle(stack: Stack) {
 
 /// Every sandbox containerd knows, asked directly.
 async fn sandbox_ids(direct: &mut support::Runtime) -> Vec<String> {
-    let mut ids: Vec<String> = direct
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let mut ids: Vec<String> = support::sandboxes(direct).await.into_iter().map(|s| s.id).collect();
     ids.sort();
     ids
 }

@@ -18,19 +18,6 @@ async fn checkpointed_counter(shim: &Shim, tb: &support::Testbed, min: u64) -> (
     support::checkpointed(shim, "", counter, min).await
 }
 
-fn sandbox_count(ids: &[cri::PodSandbox]) -> usize {
-    ids.len()
-}
-
-async fn sandboxes(client: &mut support::Runtime) -> Vec<cri::PodSandbox> {
-    client
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items
-}
-
 #[tokio::test]
 #[serial]
 async fn a_restored_counter_goes_on_from_its_saved_value() {
@@ -108,7 +95,7 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let (_keep, checkpoint, _) = checkpointed_counter(&shim, &tb, 1).await;
-    let before = sandbox_count(&sandboxes(&mut client).await);
+    let before = support::sandboxes(&mut client).await.len();
 
     // The wrong container set.
     let other = support::container_config("other", &tb.image, "exit 1");
@@ -196,7 +183,7 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     assert_eq!(
-        sandbox_count(&sandboxes(&mut client).await),
+        support::sandboxes(&mut client).await.len(),
         before,
         "a refused restore left a sandbox"
     );

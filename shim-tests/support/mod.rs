@@ -72,6 +72,16 @@ pub async fn checkpoint_pod_exactly(
     shim.pods().checkpoint_pod(request).await.map(drop)
 }
 
+/// Every sandbox `client`'s runtime knows, in any state.
+pub async fn sandboxes(client: &mut Runtime) -> Vec<cri::PodSandbox> {
+    client
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+}
+
 /// The ids of the pod's running containers.
 pub async fn running_containers(client: &mut Runtime, pod_id: &str) -> Vec<String> {
     let filter = cri::ContainerFilter {

@@ -34,10 +34,6 @@ impl Building {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// Makes every directory below the root 0700 and every file 0600 (CRIU
     /// and runc choose their own modes), then writes the manifest, the mark
     /// of a whole checkpoint. The root keeps the caller's mode.

@@ -231,14 +231,14 @@ fn validate_container_ids(ids: &[String]) -> Result<(), PodError> {
             "container_ids is empty; name every running container to checkpoint (`podckpt checkpointp` lists them for you)".into(),
         ));
     }
+    if let Some(empty) = ids.iter().position(String::is_empty) {
+        return Err(PodError::InvalidArgument(format!("container_ids[{empty}] is empty")));
+    }
     let mut seen = std::collections::HashSet::new();
     if let Some(duplicate) = ids.iter().find(|id| !seen.insert(id.as_str())) {
         return Err(PodError::InvalidArgument(format!(
             "container_ids names {duplicate} more than once; name each container once"
         )));
-    }
-    if let Some(empty) = ids.iter().position(String::is_empty) {
-        return Err(PodError::InvalidArgument(format!("container_ids[{empty}] is empty")));
     }
     Ok(())
 }

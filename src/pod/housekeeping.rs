@@ -28,7 +28,7 @@ impl PodService {
         });
     }
 
-    pub(super) async fn tidy(&self) {
+    async fn tidy(&self) {
         let seals = self.inner.seals.clone();
         match tokio::task::spawn_blocking(move || seals.prune()).await {
             Ok(Ok(0)) => {}

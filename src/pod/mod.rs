@@ -135,7 +135,7 @@ impl PodService {
                 Err(error) => warn!(%error, "could not read the paused-container journal"),
             }
             drop(gate);
-            journal.tidy().await;
+            journal.tidy_in_background();
         });
     }
 
