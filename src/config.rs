@@ -72,6 +72,11 @@ pub struct HandlerConfig {
     /// Whether this handler runs podckpt-runc, so RestorePod may use it.
     #[serde(default)]
     pub restore: bool,
+    /// Whether RestorePod restores memory lazily (CRIU's lazy-pages daemon,
+    /// userfaultfd) when the request does not say. Only runc can; unset,
+    /// runc handlers do and others do not.
+    #[serde(default)]
+    pub lazy_pages: Option<bool>,
 }
 
 impl HandlerConfig {
@@ -84,6 +89,17 @@ impl HandlerConfig {
     fn default_root() -> PathBuf {
         crate::backend::runc::CONTAINERD_RUNC_ROOT.into()
     }
+
+    /// Whether the OCI runtime can restore lazily: runc has `restore
+    /// --lazy-pages`; crun 1.21 has no such flag.
+    pub fn runtime_can_lazy_restore(&self) -> bool {
+        self.runtime.file_name().is_some_and(|name| name == "runc")
+    }
+
+    /// Whether a restore that does not ask is lazy.
+    pub fn lazy_by_default(&self) -> bool {
+        self.lazy_pages.unwrap_or_else(|| self.runtime_can_lazy_restore())
+    }
 }
 
 impl Default for HandlerConfig {
@@ -93,6 +109,7 @@ impl Default for HandlerConfig {
             runtime: Self::default_runtime(),
             root: Self::default_root(),
             restore: false,
+            lazy_pages: None,
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct RestoreToken {
     pub checkpoint: PathBuf,
     pub sandbox_id: String,
     pub container_name: String,
+    /// Restore memory on first touch through CRIU's lazy-pages daemon.
+    #[serde(default)]
+    pub lazy_pages: bool,
 }
 
 impl RestoreToken {
@@ -98,6 +101,7 @@ mod tests {
             checkpoint: "/ck/id-c".into(),
             sandbox_id: "sb".into(),
             container_name: "c".into(),
+            lazy_pages: false,
         }
     }
 

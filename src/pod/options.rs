@@ -1,4 +1,5 @@
-//! The `options` map of CheckpointPod: the documented keys and nothing else.
+//! The `options` maps of CheckpointPod and RestorePod: the documented keys
+//! and nothing else.
 
 use std::collections::HashMap;
 
@@ -27,6 +28,46 @@ pub const DURABLE: &str = "podckpt.io/durable";
 
 const KNOWN: [&str; 4] = [TCP_ESTABLISHED, FILE_LOCKS, TCP_SKIP_IN_FLIGHT, DURABLE];
 
+/// RestorePod: `true` serves the restored memory on first touch (CRIU's
+/// lazy-pages daemon) and fetches the rest in the background; `false`
+/// restores every page before the process runs. Unset, the handler decides.
+pub const LAZY_PAGES: &str = "podckpt.io/lazy-pages";
+
+/// What RestorePod's options ask for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    pub lazy_pages: Option<bool>,
+}
+
+fn unknown(key: &str, known: &[&str]) -> PodError {
+    PodError::InvalidArgument(format!(
+        "unknown option {key:?}; the supported options are {}",
+        known.join(", ")
+    ))
+}
+
+fn flag(key: &str, value: &str) -> Result<bool, PodError> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(PodError::InvalidArgument(format!(
+            "option {key} must be \"true\" or \"false\", not {value:?}"
+        ))),
+    }
+}
+
+/// RestorePod's options: every key known, every value `true` or `false`.
+pub fn parse_restore(options: &HashMap<String, String>) -> Result<RestoreOptions, PodError> {
+    let mut parsed = RestoreOptions::default();
+    for (key, value) in options {
+        match key.as_str() {
+            LAZY_PAGES => parsed.lazy_pages = Some(flag(key, value)?),
+            _ => return Err(unknown(key, &[LAZY_PAGES])),
+        }
+    }
+    Ok(parsed)
+}
+
 /// Every key must be known and every value `true` or `false`.
 pub fn parse(options: &HashMap<String, String>) -> Result<CheckpointOptions, PodError> {
     let mut parsed = CheckpointOptions {
@@ -34,27 +75,14 @@ pub fn parse(options: &HashMap<String, String>) -> Result<CheckpointOptions, Pod
         durable: true,
     };
     for (key, value) in options {
-        let flag = match key.as_str() {
+        let slot = match key.as_str() {
             TCP_ESTABLISHED => &mut parsed.capture.tcp_established,
             FILE_LOCKS => &mut parsed.capture.file_locks,
             TCP_SKIP_IN_FLIGHT => &mut parsed.capture.tcp_skip_in_flight,
             DURABLE => &mut parsed.durable,
-            _ => {
-                return Err(PodError::InvalidArgument(format!(
-                    "unknown option {key:?}; the supported options are {}",
-                    KNOWN.join(", ")
-                )));
-            }
+            _ => return Err(unknown(key, &KNOWN)),
         };
-        *flag = match value.as_str() {
-            "true" => true,
-            "false" => false,
-            _ => {
-                return Err(PodError::InvalidArgument(format!(
-                    "option {key} must be \"true\" or \"false\", not {value:?}"
-                )));
-            }
-        };
+        *slot = flag(key, value)?;
     }
     Ok(parsed)
 }
@@ -80,5 +108,14 @@ mod tests {
         let err = parse(&map(&[("leave-running", "true")])).unwrap_err();
         assert!(matches!(err, PodError::InvalidArgument(ref m) if m.contains("leave-running")));
         assert!(parse(&map(&[(FILE_LOCKS, "yes")])).is_err());
+        assert!(parse(&map(&[(LAZY_PAGES, "true")])).is_err(), "a restore option is not a checkpoint option");
+    }
+
+    #[test]
+    fn restore_options() {
+        assert_eq!(parse_restore(&map(&[])).unwrap().lazy_pages, None, "unset: the handler decides");
+        assert_eq!(parse_restore(&map(&[(LAZY_PAGES, "false")])).unwrap().lazy_pages, Some(false));
+        assert!(parse_restore(&map(&[(LAZY_PAGES, "1")])).is_err());
+        assert!(parse_restore(&map(&[(DURABLE, "true")])).is_err());
     }
 }

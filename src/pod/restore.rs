@@ -14,7 +14,7 @@ use prost::Message;
 use tracing::{debug, info, warn};
 
 use super::error::PodError;
-use super::{Backend, PodService, contract};
+use super::{Backend, PodService, contract, options};
 use crate::api::cri;
 use crate::api::cri::image_service_client::ImageServiceClient;
 use crate::api::pod::{
@@ -69,12 +69,7 @@ impl PodService {
             ));
         }
         let handler = self.restore_backend(&request.runtime_handler)?;
-        if !request.options.is_empty() {
-            let keys: Vec<&String> = request.options.keys().collect();
-            return Err(PodError::InvalidArgument(format!(
-                "RestorePod takes no options; got {keys:?}"
-            )));
-        }
+        let lazy_pages = lazy_pages(&handler, &request)?;
         // Hashing a large checkpoint takes a while; off the thread that relays
         // everyone else's CRI calls.
         let (path, configs) = (request.checkpoint_path.clone(), request.container_configs.clone());
@@ -95,7 +90,7 @@ impl PodService {
         let verified_ms = started.elapsed().as_millis() as u64;
 
         let mut created = Created::default();
-        let work = self.create_all(&request, &checkpoint, &mut created, started);
+        let work = self.create_all(&request, &checkpoint, lazy_pages, &mut created, started);
         let result = tokio::time::timeout_at(started + limit, work)
             .await
             .unwrap_or(Err(PodError::DeadlineExceeded {
@@ -108,6 +103,7 @@ impl PodService {
                     pod = %response.pod_sandbox_id,
                     containers = response.restored_containers.len(),
                     from = %checkpoint.root.display(),
+                    lazy_pages,
                     verified_ms,
                     sandbox_ms = created.sandbox_ms,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -126,6 +122,7 @@ impl PodService {
         &self,
         request: &RestorePodRequest,
         checkpoint: &Verified,
+        lazy_pages: bool,
         created: &mut Created,
         started: Instant,
     ) -> Result<RestorePodResponse, PodError> {
@@ -144,6 +141,7 @@ impl PodService {
                 checkpoint: container.folder.clone(),
                 sandbox_id: sandbox_id.clone(),
                 container_name: container.name.clone(),
+                lazy_pages,
             };
             let token_path = token.write(&self.inner.state_dir.join("restores"))?;
             created.tokens.push(token_path.clone());
@@ -417,4 +415,20 @@ fn verify(
         });
     }
     Ok(Verified { root, containers })
+}
+
+/// Whether this restore is lazy: the request's option, else the handler's
+/// default. Asking a runtime that cannot is the caller's setup to fix.
+fn lazy_pages(backend: &Backend, request: &RestorePodRequest) -> Result<bool, PodError> {
+    let asked = options::parse_restore(&request.options)?.lazy_pages;
+    let lazy = asked.unwrap_or_else(|| backend.config.lazy_by_default());
+    if lazy && !backend.config.runtime_can_lazy_restore() {
+        return Err(PodError::FailedPrecondition(format!(
+            "runtime handler {:?} runs {}, which cannot restore lazily; only runc has restore --lazy-pages. Set {}=false, or use a runc handler",
+            request.runtime_handler,
+            backend.config.runtime.display(),
+            options::LAZY_PAGES
+        )));
+    }
+    Ok(lazy)
 }
