@@ -5,6 +5,7 @@
 //! already run. Every other call goes to the real runtime unchanged.
 
 pub mod cli;
+pub mod lazy;
 pub mod rootfs;
 pub mod token;
 
@@ -131,6 +132,19 @@ pub fn restore(
     cmd.arg("--image-path")
         .arg(token.checkpoint.join(archive::CHECKPOINT_DIR));
     cmd.arg("--work-path").arg(&work);
+    let supervisor = if token.lazy_pages {
+        cmd.arg("--lazy-pages");
+        Some(lazy::Supervisor::start(&lazy::Plan {
+            images: token.checkpoint.join(archive::CHECKPOINT_DIR),
+            work: work.clone(),
+            criu: inv.global_value("--criu").map_or_else(|| PathBuf::from("criu"), PathBuf::from),
+            runtime: runtime.to_owned(),
+            global: inv.global.clone(),
+            id: create.id.clone(),
+        })?)
+    } else {
+        None
+    };
     if let Some(pid_file) = &create.pid_file {
         cmd.arg("--pid-file").arg(pid_file);
     }
@@ -146,7 +160,18 @@ pub fn restore(
     let started = std::time::Instant::now();
     let status = cmd
         .status()
-        .map_err(|e| InterposerError::Io(format!("running {}: {e}", runtime.display())))?;
+        .map_err(|e| InterposerError::Io(format!("running {}: {e}", runtime.display())));
+    let status = match (status, supervisor) {
+        (Ok(status), Some(supervisor)) if status.success() => {
+            supervisor.hand_over(init_pid(runtime, inv, create)?)?;
+            status
+        }
+        (status, Some(supervisor)) => {
+            supervisor.abort();
+            status?
+        }
+        (status, None) => status?,
+    };
     if !status.success() {
         // CRIU's own account is what an operator needs, and containerd
         // deletes the bundle, this log with it, once the create has failed.
@@ -167,12 +192,36 @@ pub fn restore(
         std::fs::write(&marker, b"").map_err(|e| InterposerError::Io(format!("{}: {e}", marker.display())))?;
         // How long the runtime's own restore took, next to runc's state: it
         // is the bare baseline that podckpt's restore is measured against.
-        let record = serde_json::json!({ "checkpoint": token.checkpoint, "runtime_restore_seconds": runtime_seconds });
+        let record = serde_json::json!({
+            "checkpoint": token.checkpoint,
+            "runtime_restore_seconds": runtime_seconds,
+            "lazy_pages": token.lazy_pages,
+        });
         let _ = std::fs::write(state.join(RESTORE_RECORD), record.to_string());
     }
     // Single use: the same token cannot restore a second container.
     let _ = std::fs::remove_file(token_path);
     Ok(())
+}
+
+/// The restored init's host pid: from the pid file the shim asked for, or
+/// from the runtime's state.
+fn init_pid(runtime: &Path, inv: &cli::Invocation, create: &cli::Create) -> Result<i32, InterposerError> {
+    if let Some(pid_file) = &create.pid_file {
+        return lazy::read_pid(Path::new(pid_file));
+    }
+    let out = Command::new(runtime)
+        .args(&inv.global)
+        .arg("state")
+        .arg(&create.id)
+        .output()
+        .map_err(|e| InterposerError::Io(format!("running {} state: {e}", runtime.display())))?;
+    let state: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| InterposerError::Io(format!("{} state: {e}", runtime.display())))?;
+    state["pid"]
+        .as_i64()
+        .map(|pid| pid as i32)
+        .ok_or_else(|| InterposerError::Io(format!("{} state has no pid", runtime.display())))
 }
 
 /// The real runtime: `PODCKPT_REAL_RUNTIME`, or the name this binary was
