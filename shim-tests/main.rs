@@ -10,6 +10,7 @@ mod checkpoint;
 mod cli;
 mod contract;
 mod interop;
+mod lazy;
 mod lifecycle;
 mod passthrough;
 mod pod_interop;
