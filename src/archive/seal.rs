@@ -123,10 +123,8 @@ impl Seals {
             sealed_at_ns: snapshot.taken_at_ns,
             files: snapshot.files,
         };
-        let path = self.path_for(&seal.root);
-        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
-        super::write_json(&temporary, &seal)?;
-        std::fs::rename(&temporary, &path).map_err(ArchiveError::io(&path))
+        // A torn seal must never pass for a whole one.
+        super::durable::replace_json(&self.path_for(&seal.root), &seal)
     }
 
     /// Whether the files of `snapshot` are exactly those sealed with this

@@ -41,7 +41,9 @@ impl RestoreToken {
             .unwrap_or_default()
             .as_nanos();
         let path = dir.join(format!("{}-{}-{nanos}.json", self.sandbox_id, self.container_name));
-        archive::write_json(&path, self)?;
+        // Whole or absent: podckpt-runc refuses what it cannot parse, and
+        // a restore must not hang on a token half-written by a crash.
+        archive::durable::replace_json(&path, self)?;
         Ok(path)
     }
 

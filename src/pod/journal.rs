@@ -128,11 +128,8 @@ impl Journal {
                 _ => Ok(()),
             };
         }
-        // Replace atomically, so a crash mid-write never loses the record.
-        let tmp = self.path.with_extension("json.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        archive::write_json(&tmp, &entries)?;
-        std::fs::rename(&tmp, &self.path).map_err(ArchiveError::io(&self.path))
+        // A crash mid-write must never lose the record of a paused pod.
+        archive::durable::replace_json(&self.path, &entries)
     }
 }
 
