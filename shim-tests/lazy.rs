@@ -84,7 +84,7 @@ fn lazy_processes(checkpoint: &Path) -> Vec<(i32, String)> {
         let serves = args.iter().any(|a| a.starts_with(checkpoint.to_str().unwrap()));
         let role = match args.get(1).map(String::as_str) {
             Some("lazy-pages") => "daemon",
-            Some(podckpt::interposer::lazy::SUPERVISOR_COMMAND) => "supervisor",
+            Some(podckpt::backend::runc::lazy::SUPERVISOR_COMMAND) => "supervisor",
             _ => continue,
         };
         if serves {

@@ -72,9 +72,9 @@ pub struct HandlerConfig {
     /// Whether this handler runs podckpt-runc, so RestorePod may use it.
     #[serde(default)]
     pub restore: bool,
-    /// Whether RestorePod restores memory lazily (CRIU's lazy-pages daemon,
-    /// userfaultfd) when the request does not say. Only runc can; unset,
-    /// runc handlers do and others do not.
+    /// Whether RestorePod restores memory lazily when the request does not
+    /// say. Unset: whenever the backend can (CRIU through runc can, through
+    /// crun cannot).
     #[serde(default)]
     pub lazy_pages: Option<bool>,
 }
@@ -90,16 +90,6 @@ impl HandlerConfig {
         crate::backend::runc::CONTAINERD_RUNC_ROOT.into()
     }
 
-    /// Whether the OCI runtime can restore lazily: runc has `restore
-    /// --lazy-pages`; crun 1.21 has no such flag.
-    pub fn runtime_can_lazy_restore(&self) -> bool {
-        self.runtime.file_name().is_some_and(|name| name == "runc")
-    }
-
-    /// Whether a restore that does not ask is lazy.
-    pub fn lazy_by_default(&self) -> bool {
-        self.lazy_pages.unwrap_or_else(|| self.runtime_can_lazy_restore())
-    }
 }
 
 impl Default for HandlerConfig {

@@ -42,6 +42,18 @@ pub fn sync_dir(path: &Path) -> Result<(), ArchiveError> {
         .map_err(ArchiveError::io(path))
 }
 
+/// Replaces `path` with `value` as JSON so that a crash or a power cut
+/// leaves either the old file or the new one, whole, never a torn one: a
+/// new file beside it, synced, renamed over it, and the rename synced.
+pub fn replace_json(path: &Path, value: &impl serde::Serialize) -> Result<(), ArchiveError> {
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
+    super::write_json(&temporary, value)?;
+    sync_file(&temporary)?;
+    std::fs::rename(&temporary, path).map_err(ArchiveError::io(path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,16 +68,4 @@ mod tests {
         let gone = dir.path().join("gone");
         assert!(sync_tree(&gone).unwrap_err().to_string().contains("gone"));
     }
-}
-
-/// Replaces `path` with `value` as JSON so that a crash or a power cut
-/// leaves either the old file or the new one, whole, never a torn one: a
-/// new file beside it, synced, renamed over it, and the rename synced.
-pub fn replace_json(path: &Path, value: &impl serde::Serialize) -> Result<(), ArchiveError> {
-    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&temporary);
-    super::write_json(&temporary, value)?;
-    sync_file(&temporary)?;
-    std::fs::rename(&temporary, path).map_err(ArchiveError::io(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }

@@ -2,7 +2,7 @@
 //! added or changed, `deleted.files` (a JSON list) what was removed.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use super::{ArchiveError, write_json};
 
@@ -56,6 +56,97 @@ pub fn upper_dir_of(pid: u32) -> Result<Option<std::path::PathBuf>, ArchiveError
     }))
 }
 
+// Restore: the inverse of `write`.
+
+/// A relative path with no `..`, root or prefix component.
+fn confined(path: &Path) -> Option<PathBuf> {
+    let mut clean = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!clean.as_os_str().is_empty()).then_some(clean)
+}
+
+/// Unpacks `rootfs-diff.tar` into `rootfs` (owners and modes kept; device
+/// nodes refused; `unpack_in` refuses anything that would land outside),
+/// then removes what `deleted.files` lists.
+pub fn apply(rootfs: &Path, diff_tar: &Path, deleted_files: &Path) -> Result<(), ArchiveError> {
+    let bad = ArchiveError::Invalid;
+    let file = std::fs::File::open(diff_tar).map_err(|e| bad(format!("{}: {e}", diff_tar.display())))?;
+    let mut archive = tar::Archive::new(file);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_overwrite(true);
+    for entry in archive
+        .entries()
+        .map_err(|e| bad(format!("{}: {e}", diff_tar.display())))?
+    {
+        let mut entry = entry.map_err(|e| bad(format!("{}: {e}", diff_tar.display())))?;
+        let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        if confined(&path).is_none() {
+            return Err(bad(format!(
+                "rootfs diff entry {} escapes the root file system",
+                path.display()
+            )));
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_block_special() || kind.is_character_special() {
+            return Err(bad(format!("rootfs diff entry {} is a device node", path.display())));
+        }
+        let unpacked = entry.unpack_in(rootfs).map_err(|e| {
+            bad(format!(
+                "unpacking {}: {e} ({:?})",
+                path.display(),
+                std::error::Error::source(&e)
+            ))
+        })?;
+        if !unpacked {
+            return Err(bad(format!(
+                "rootfs diff entry {} escapes the root file system",
+                path.display()
+            )));
+        }
+    }
+    let listed: Vec<String> = serde_json::from_slice(
+        &std::fs::read(deleted_files).map_err(|e| bad(format!("{}: {e}", deleted_files.display())))?,
+    )
+    .map_err(|e| bad(format!("{}: {e}", deleted_files.display())))?;
+    for name in listed {
+        let relative = confined(Path::new(&name))
+            .ok_or_else(|| bad(format!("deleted file {name} escapes the root file system")))?;
+        remove_within(rootfs, &relative)?;
+    }
+    Ok(())
+}
+
+/// Removes `rootfs/relative` unless a symbolic link on the way leads out.
+fn remove_within(rootfs: &Path, relative: &Path) -> Result<(), ArchiveError> {
+    let target = rootfs.join(relative);
+    let parent = target.parent().unwrap_or(rootfs);
+    let root = rootfs.canonicalize().map_err(ArchiveError::io(rootfs))?;
+    match parent.canonicalize() {
+        Ok(real) if real.starts_with(&root) => {}
+        Ok(_) => {
+            return Err(ArchiveError::Invalid(format!(
+                "deleted file {} lies behind a link out of the root",
+                relative.display()
+            )));
+        }
+        Err(_) => return Ok(()), // the parent is gone already
+    }
+    let result = match std::fs::symlink_metadata(&target) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&target),
+        Ok(_) => std::fs::remove_file(&target),
+        Err(_) => Ok(()),
+    };
+    result.map_err(ArchiveError::io(&target))
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +176,54 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect();
         assert_eq!(names, vec!["etc", "etc/new"]);
+    }
+
+    fn diff(entries: &[(&str, &[u8])], deleted: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(std::fs::File::create(dir.path().join("d.tar")).unwrap());
+        // Like a real diff, parents come before what they hold.
+        let mut tmp = tar::Header::new_gnu();
+        tmp.set_entry_type(tar::EntryType::Directory);
+        tmp.set_mode(0o1777);
+        tmp.set_size(0);
+        tmp.set_uid(0);
+        tmp.set_gid(0);
+        tmp.set_mtime(0);
+        tmp.set_cksum();
+        builder.append_data(&mut tmp, "tmp", std::io::empty()).unwrap();
+        for (name, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_cksum();
+            builder.append_data(&mut header, name, *data).unwrap();
+        }
+        builder.into_inner().unwrap();
+        std::fs::write(dir.path().join("deleted.json"), serde_json::to_vec(deleted).unwrap()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn adds_changes_and_removes_deleted_files() {
+        let rootfs = tempfile::tempdir().unwrap();
+        std::fs::create_dir(rootfs.path().join("bin")).unwrap();
+        std::fs::write(rootfs.path().join("bin/yes"), b"old").unwrap();
+        let d = diff(&[("tmp/written", b"hi\n")], &["bin/yes"]);
+        apply(rootfs.path(), &d.path().join("d.tar"), &d.path().join("deleted.json")).unwrap();
+        assert_eq!(std::fs::read(rootfs.path().join("tmp/written")).unwrap(), b"hi\n");
+        assert!(!rootfs.path().join("bin/yes").exists());
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        let rootfs = tempfile::tempdir().unwrap();
+        let d = diff(&[], &["../outside"]);
+        assert!(apply(rootfs.path(), &d.path().join("d.tar"), &d.path().join("deleted.json")).is_err());
+        assert!(confined(Path::new("/etc/passwd")).is_none());
+        assert!(confined(Path::new("a/../../b")).is_none());
+        assert_eq!(confined(Path::new("./a/b")), Some(PathBuf::from("a/b")));
     }
 }

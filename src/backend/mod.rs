@@ -1,9 +1,15 @@
-//! Checkpointer backends: what captures one container, behind a trait so
-//! that pod orchestration never knows whether CRIU, runsc or QEMU does it.
+//! Checkpointer backends: what captures a container and what brings it
+//! back, behind one trait, so that neither pod orchestration (podckptd) nor
+//! the OCI runtime wrapper (podckpt-runc) knows whether CRIU, runsc or QEMU
+//! does it.
 
 pub mod runc;
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::HandlerConfig;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +54,55 @@ pub enum BackendError {
     Unsupported(String),
 }
 
+/// The backend a handler's config names: the one place that knows them
+/// all, for podckptd's handlers and for the wrapper's restore alike.
+pub fn for_handler(config: &HandlerConfig) -> Result<Arc<dyn Checkpointer>, String> {
+    match config.backend.as_str() {
+        "criu" => Ok(Arc::new(runc::OciRuntimeCheckpointer::new(&config.runtime, &config.root))),
+        other => Err(format!("unknown backend {other:?} (supported: criu)")),
+    }
+}
+
+/// A `create` that the OCI runtime wrapper turns into a restore: what the
+/// shim asked for, and the checkpoint folder that a trusted token named.
+pub struct RestoreRequest<'a> {
+    /// The container's folder in a verified pod checkpoint.
+    pub checkpoint: &'a Path,
+    pub bundle: &'a Path,
+    /// The bundle's root file system, as its spec names it.
+    pub rootfs: &'a Path,
+    /// The OCI runtime's global flags, exactly as the shim gave them.
+    pub global: &'a [OsString],
+    pub id: &'a OsStr,
+    pub pid_file: Option<&'a OsStr>,
+    pub console_socket: Option<&'a OsStr>,
+    pub no_pivot: bool,
+    /// Memory on first touch, if the backend can (see
+    /// `Checkpointer::restores_lazily`).
+    pub lazy_pages: bool,
+}
+
+/// What a restore reports back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Restored {
+    /// How long the engine's own restore command took: the bare baseline
+    /// that podckpt's restore is measured against.
+    pub engine_seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("bad checkpoint: {0}")]
+    BadCheckpoint(#[from] crate::archive::ArchiveError),
+    #[error("{0}")]
+    Io(String),
+    #[error("{runtime} restore failed ({status})")]
+    Failed {
+        runtime: PathBuf,
+        status: std::process::ExitStatus,
+    },
+}
+
 /// One checkpoint technology. Pod-level steps default to the container-level
 /// ones in turn; a backend that can freeze a whole sandbox at once (a VM)
 /// overrides them.
@@ -70,6 +125,18 @@ pub trait Checkpointer: Send + Sync {
         dirs: &CaptureDirs<'_>,
         options: &CaptureOptions,
     ) -> Result<(), BackendError>;
+
+    /// Whether `restore` can run the process before all of its memory is
+    /// back, serving pages on first touch.
+    fn restores_lazily(&self) -> bool {
+        false
+    }
+
+    /// Brings a container back from its checkpoint where the runtime's
+    /// `create` would have made it afresh, and leaves it as `create` would:
+    /// with its pid in the pid file and nothing left for `start` to do. Runs
+    /// in the wrapper, once per container, synchronously.
+    fn restore(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError>;
 
     /// Pauses every container, or none: on a failure the ones already paused
     /// are resumed before the error is returned.

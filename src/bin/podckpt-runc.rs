@@ -9,8 +9,8 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
     let args: Vec<_> = args.collect();
-    if args.first().is_some_and(|a| a == interposer::lazy::SUPERVISOR_COMMAND) {
-        return interposer::lazy::supervise(&args[1..]);
+    if args.first().is_some_and(|a| a == podckpt::backend::runc::lazy::SUPERVISOR_COMMAND) {
+        return podckpt::backend::runc::lazy::supervise(&args[1..]);
     }
     let Some(runtime) = interposer::real_runtime(&argv0) else {
         eprintln!("podckpt-runc: cannot find the real OCI runtime; set PODCKPT_REAL_RUNTIME");

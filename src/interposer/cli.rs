@@ -26,21 +26,6 @@ pub struct Invocation {
     pub rest: Vec<OsString>,
 }
 
-impl Invocation {
-    /// The value of a global flag (`--criu PATH` or `--criu=PATH`).
-    pub fn global_value(&self, name: &str) -> Option<&OsStr> {
-        let mut flags = self.global.iter();
-        while let Some(arg) = flags.next() {
-            match split_flag(arg) {
-                (flag, Some(value)) if flag == name => return Some(OsStr::new(value)),
-                (flag, None) if flag == name => return flags.next().map(OsString::as_os_str),
-                _ => {}
-            }
-        }
-        None
-    }
-}
-
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Create {
     pub bundle: Option<OsString>,
@@ -162,10 +147,6 @@ mod tests {
         assert_eq!(inv.root.as_deref(), Some(OsStr::new("/r")));
         assert_eq!(inv.command.as_deref(), Some(OsStr::new("start")));
         assert_eq!(inv.rest, os(&["abc"]));
-        assert_eq!(inv.global_value("--root"), Some(OsStr::new("/r")));
-        assert_eq!(inv.global_value("--criu"), None);
-        let inv = parse(&os(&["--criu", "/opt/criu", "create", "x"]));
-        assert_eq!(inv.global_value("--criu"), Some(OsStr::new("/opt/criu")));
         let create = parse_create(&os(&["--bundle=/b", "--no-pivot", "--console-socket", "/s", "id"])).unwrap();
         assert_eq!(
             (create.bundle.as_deref(), create.no_pivot),

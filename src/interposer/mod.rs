@@ -5,17 +5,16 @@
 //! already run. Every other call goes to the real runtime unchanged.
 
 pub mod cli;
-pub mod lazy;
-pub mod rootfs;
 pub mod token;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::archive;
+use crate::backend::runc::CONTAINERD_RUNC_ROOT;
+use crate::backend::{self, RestoreError, RestoreRequest};
+use crate::config::HandlerConfig;
 use token::RestoreToken;
 
 /// Left in runc's state directory of a restored container, so that the
@@ -29,17 +28,12 @@ pub const RESTORE_RECORD: &str = "podckpt-restore.json";
 pub enum InterposerError {
     #[error("restore token {0}")]
     UntrustedToken(String),
-    #[error("bad checkpoint: {0}")]
-    BadCheckpoint(String),
     #[error("bundle: {0}")]
     Bundle(String),
     #[error("{0}")]
     Io(String),
-    #[error("{runtime} restore failed ({status})")]
-    Restore {
-        runtime: PathBuf,
-        status: std::process::ExitStatus,
-    },
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
 }
 
 /// What to do with one invocation.
@@ -91,9 +85,9 @@ fn restore_annotation(bundle: &Path) -> Result<Option<PathBuf>, InterposerError>
     Ok(spec["annotations"][token::ANNOTATION].as_str().map(PathBuf::from))
 }
 
-/// Restores the container: checks the token against the spec, puts the
-/// writable layer back, and runs `RUNTIME restore --detach` with the same
-/// global flags, bundle, pid file and console the shim gave `create`.
+/// Restores the container: checks the token against the spec, then lets
+/// the checkpoint's backend turn this `create` into a restore, with the
+/// same global flags, bundle, pid file and console the shim gave `create`.
 pub fn restore(
     runtime: &Path,
     inv: &cli::Invocation,
@@ -115,77 +109,24 @@ pub fn restore(
         )));
     }
     let rootfs = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
-    rootfs::apply(
-        &rootfs,
-        &token.checkpoint.join(archive::ROOTFS_DIFF),
-        &token.checkpoint.join(archive::DELETED_FILES),
-    )?;
-
-    let work = bundle.join("podckpt-restore");
-    std::fs::create_dir_all(&work).map_err(|e| InterposerError::Io(format!("{}: {e}", work.display())))?;
-    let mut cmd = Command::new(runtime);
-    cmd.args(&inv.global)
-        .arg("restore")
-        .arg("--detach")
-        .arg("--bundle")
-        .arg(&bundle);
-    cmd.arg("--image-path")
-        .arg(token.checkpoint.join(archive::CHECKPOINT_DIR));
-    cmd.arg("--work-path").arg(&work);
-    let supervisor = if token.lazy_pages {
-        cmd.arg("--lazy-pages");
-        Some(lazy::Supervisor::start(&lazy::Plan {
-            images: token.checkpoint.join(archive::CHECKPOINT_DIR),
-            work: work.clone(),
-            criu: inv.global_value("--criu").map_or_else(|| PathBuf::from("criu"), PathBuf::from),
-            runtime: runtime.to_owned(),
-            global: inv.global.clone(),
-            id: create.id.clone(),
-        })?)
-    } else {
-        None
-    };
-    if let Some(pid_file) = &create.pid_file {
-        cmd.arg("--pid-file").arg(pid_file);
-    }
-    if let Some(console) = &create.console_socket {
-        cmd.arg("--console-socket").arg(console);
-    }
-    if create.no_pivot {
-        cmd.arg("--no-pivot");
-    }
-    cmd.arg(&create.id);
-    // stdio is inherited: runc re-attaches the restored process to the
-    // pipes the shim handed us, as recorded in descriptors.json.
-    let started = std::time::Instant::now();
-    let status = cmd
-        .status()
-        .map_err(|e| InterposerError::Io(format!("running {}: {e}", runtime.display())));
-    let status = match (status, supervisor) {
-        (Ok(status), Some(supervisor)) if status.success() => {
-            supervisor.hand_over(init_pid(runtime, inv, create)?)?;
-            status
-        }
-        (status, Some(supervisor)) => {
-            supervisor.abort();
-            status?
-        }
-        (status, None) => status?,
-    };
-    if !status.success() {
-        // CRIU's own account is what an operator needs, and containerd
-        // deletes the bundle, this log with it, once the create has failed.
-        let log = std::fs::read_to_string(work.join("restore.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(12).collect();
-        for line in tail.iter().rev() {
-            eprintln!("criu: {line}");
-        }
-        return Err(InterposerError::Restore {
-            runtime: runtime.to_owned(),
-            status,
-        });
-    }
-    let runtime_seconds = started.elapsed().as_secs_f64();
+    let backend = backend::for_handler(&HandlerConfig {
+        backend: token.backend.clone(),
+        runtime: runtime.to_owned(),
+        root: inv.root.as_ref().map_or_else(|| PathBuf::from(CONTAINERD_RUNC_ROOT), PathBuf::from),
+        ..Default::default()
+    })
+    .map_err(|why| InterposerError::UntrustedToken(format!("{}: {why}", token_path.display())))?;
+    let restored = backend.restore(&RestoreRequest {
+        checkpoint: &token.checkpoint,
+        bundle: &bundle,
+        rootfs: &rootfs,
+        global: &inv.global,
+        id: &create.id,
+        pid_file: create.pid_file.as_deref(),
+        console_socket: create.console_socket.as_deref(),
+        no_pivot: create.no_pivot,
+        lazy_pages: token.lazy_pages,
+    })?;
     if let Some(root) = &inv.root {
         let state = Path::new(root).join(&create.id);
         let marker = state.join(RESTORED_MARKER);
@@ -194,7 +135,7 @@ pub fn restore(
         // is the bare baseline that podckpt's restore is measured against.
         let record = serde_json::json!({
             "checkpoint": token.checkpoint,
-            "runtime_restore_seconds": runtime_seconds,
+            "runtime_restore_seconds": restored.engine_seconds,
             "lazy_pages": token.lazy_pages,
         });
         let _ = std::fs::write(state.join(RESTORE_RECORD), record.to_string());
@@ -202,26 +143,6 @@ pub fn restore(
     // Single use: the same token cannot restore a second container.
     let _ = std::fs::remove_file(token_path);
     Ok(())
-}
-
-/// The restored init's host pid: from the pid file the shim asked for, or
-/// from the runtime's state.
-fn init_pid(runtime: &Path, inv: &cli::Invocation, create: &cli::Create) -> Result<i32, InterposerError> {
-    if let Some(pid_file) = &create.pid_file {
-        return lazy::read_pid(Path::new(pid_file));
-    }
-    let out = Command::new(runtime)
-        .args(&inv.global)
-        .arg("state")
-        .arg(&create.id)
-        .output()
-        .map_err(|e| InterposerError::Io(format!("running {} state: {e}", runtime.display())))?;
-    let state: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| InterposerError::Io(format!("{} state: {e}", runtime.display())))?;
-    state["pid"]
-        .as_i64()
-        .map(|pid| pid as i32)
-        .ok_or_else(|| InterposerError::Io(format!("{} state has no pid", runtime.display())))
 }
 
 /// The real runtime: `PODCKPT_REAL_RUNTIME`, or the name this binary was

@@ -22,7 +22,9 @@ pub struct RestoreToken {
     pub checkpoint: PathBuf,
     pub sandbox_id: String,
     pub container_name: String,
-    /// Restore memory on first touch through CRIU's lazy-pages daemon.
+    /// The handler's backend (its config's `backend`), which restores it.
+    pub backend: String,
+    /// Restore memory on first touch, if the backend can.
     #[serde(default)]
     pub lazy_pages: bool,
 }
@@ -103,6 +105,7 @@ mod tests {
             checkpoint: "/ck/id-c".into(),
             sandbox_id: "sb".into(),
             container_name: "c".into(),
+            backend: "criu".into(),
             lazy_pages: false,
         }
     }

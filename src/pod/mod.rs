@@ -26,7 +26,7 @@ use crate::api::pod::{
 };
 use crate::archive::Seals;
 use crate::backend::Checkpointer;
-use crate::backend::runc::OciRuntimeCheckpointer;
+use crate::backend;
 use crate::config::{AccessPolicy, DaemonConfig, HandlerConfig};
 use error::PodError;
 use journal::Journal;
@@ -85,13 +85,8 @@ impl PodService {
     pub fn new(config: &DaemonConfig, channel: Channel) -> Result<Self, PodError> {
         let mut backends = BTreeMap::new();
         for (handler, settings) in &config.handlers {
-            if settings.backend != "criu" {
-                return Err(PodError::InvalidArgument(format!(
-                    "runtime handler {handler:?}: unknown backend {:?} (supported: criu)",
-                    settings.backend
-                )));
-            }
-            let checkpointer = Arc::new(OciRuntimeCheckpointer::new(&settings.runtime, &settings.root));
+            let checkpointer = backend::for_handler(settings)
+                .map_err(|why| PodError::InvalidArgument(format!("runtime handler {handler:?}: {why}")))?;
             backends.insert(
                 handler.clone(),
                 Arc::new(Backend {

@@ -42,6 +42,13 @@ struct VerifiedContainer {
     record: ProcessRecord,
 }
 
+/// How the wrapper is to restore each container: written into its token.
+struct How {
+    /// The handler's backend kind (its config's `backend`).
+    backend: String,
+    lazy_pages: bool,
+}
+
 /// What a half-done restore has created, so that it can be undone.
 #[derive(Default)]
 struct Created {
@@ -90,7 +97,11 @@ impl PodService {
         let verified_ms = started.elapsed().as_millis() as u64;
 
         let mut created = Created::default();
-        let work = self.create_all(&request, &checkpoint, lazy_pages, &mut created, started);
+        let how = How {
+            backend: handler.config.backend.clone(),
+            lazy_pages,
+        };
+        let work = self.create_all(&request, &checkpoint, &how, &mut created, started);
         let result = tokio::time::timeout_at(started + limit, work)
             .await
             .unwrap_or(Err(PodError::DeadlineExceeded {
@@ -122,7 +133,7 @@ impl PodService {
         &self,
         request: &RestorePodRequest,
         checkpoint: &Verified,
-        lazy_pages: bool,
+        how: &How,
         created: &mut Created,
         started: Instant,
     ) -> Result<RestorePodResponse, PodError> {
@@ -141,7 +152,8 @@ impl PodService {
                 checkpoint: container.folder.clone(),
                 sandbox_id: sandbox_id.clone(),
                 container_name: container.name.clone(),
-                lazy_pages,
+                backend: how.backend.clone(),
+                lazy_pages: how.lazy_pages,
             };
             let token_path = token.write(&self.inner.state_dir.join("restores"))?;
             created.tokens.push(token_path.clone());
@@ -421,12 +433,14 @@ fn verify(
 /// default. Asking a runtime that cannot is the caller's setup to fix.
 fn lazy_pages(backend: &Backend, request: &RestorePodRequest) -> Result<bool, PodError> {
     let asked = options::parse_restore(&request.options)?.lazy_pages;
-    let lazy = asked.unwrap_or_else(|| backend.config.lazy_by_default());
-    if lazy && !backend.config.runtime_can_lazy_restore() {
+    let can = backend.checkpointer.restores_lazily();
+    let lazy = asked.or(backend.config.lazy_pages).unwrap_or(can);
+    if lazy && !can {
         return Err(PodError::FailedPrecondition(format!(
-            "runtime handler {:?} runs {}, which cannot restore lazily; only runc has restore --lazy-pages. Set {}=false, or use a runc handler",
+            "runtime handler {:?} ({}, backend {}) cannot restore lazily; set {}=false, or use a handler whose backend can (criu-runc)",
             request.runtime_handler,
             backend.config.runtime.display(),
+            backend.checkpointer.name(),
             options::LAZY_PAGES
         )));
     }

@@ -30,7 +30,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::InterposerError;
+use crate::backend::RestoreError;
 
 /// The first argument that makes podckpt-runc a lazy-pages supervisor.
 pub const SUPERVISOR_COMMAND: &str = "podckpt-lazy-pages-supervisor";
@@ -99,10 +99,10 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts the supervisor and waits until the daemon listens.
-    pub fn start(plan: &Plan) -> Result<Self, InterposerError> {
+    pub fn start(plan: &Plan) -> Result<Self, RestoreError> {
         let io = |what: &str| {
             let what = what.to_owned();
-            move |e: std::io::Error| InterposerError::Io(format!("lazy-pages supervisor: {what}: {e}"))
+            move |e: std::io::Error| RestoreError::Io(format!("lazy-pages supervisor: {what}: {e}"))
         };
         let exe = std::env::current_exe().map_err(io("finding podckpt-runc"))?;
         let log = File::create(plan.work.join(SUPERVISOR_LOG)).map_err(io("its log"))?;
@@ -126,16 +126,16 @@ impl Supervisor {
         }
         supervisor.abort();
         let why = line.trim_end().strip_prefix("error: ").unwrap_or("it exited without an answer");
-        Err(InterposerError::Io(format!(
+        Err(RestoreError::Io(format!(
             "the lazy-pages daemon did not start: {why} (see {})",
             plan.work.join(DAEMON_LOG).display()
         )))
     }
 
     /// The restore is done: the supervisor watches `init` from now on.
-    pub fn hand_over(mut self, init: i32) -> Result<(), InterposerError> {
+    pub fn hand_over(mut self, init: i32) -> Result<(), RestoreError> {
         writeln!(self.to, "{init}")
-            .map_err(|e| InterposerError::Io(format!("handing the container to the lazy-pages supervisor: {e}")))
+            .map_err(|e| RestoreError::Io(format!("handing the container to the lazy-pages supervisor: {e}")))
     }
 
     /// The restore failed: the supervisor kills the daemon and exits.
@@ -317,12 +317,12 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// The init pid `runc restore --pid-file` wrote.
-pub fn read_pid(pid_file: &Path) -> Result<i32, InterposerError> {
+pub fn read_pid(pid_file: &Path) -> Result<i32, RestoreError> {
     let text = std::fs::read_to_string(pid_file)
-        .map_err(|e| InterposerError::Io(format!("{}: {e}", pid_file.display())))?;
+        .map_err(|e| RestoreError::Io(format!("{}: {e}", pid_file.display())))?;
     text.trim()
         .parse()
-        .map_err(|e| InterposerError::Io(format!("{}: {e}", pid_file.display())))
+        .map_err(|e| RestoreError::Io(format!("{}: {e}", pid_file.display())))
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
-//! CRIU through an OCI runtime's own checkpoint command (runc, or crun,
-//! which takes the same arguments).
+//! CRIU through an OCI runtime's own checkpoint and restore commands (runc,
+//! or crun, which takes the same arguments).
+
+pub mod lazy;
+mod restore;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -10,7 +13,7 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 use tracing::{debug, warn};
 
-use super::{BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef};
+use super::{BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, RestoreError, RestoreRequest, Restored};
 
 /// The state directory containerd's runc shim uses for CRI containers.
 pub const CONTAINERD_RUNC_ROOT: &str = "/run/containerd/runc/k8s.io";
@@ -179,5 +182,14 @@ impl Checkpointer for OciRuntimeCheckpointer {
             args.push("--tcp-skip-in-flight".as_ref());
         }
         self.run("checkpoint", container, &args).await
+    }
+
+    /// runc has `restore --lazy-pages`; crun 1.21 has no such flag.
+    fn restores_lazily(&self) -> bool {
+        self.name == "criu-runc"
+    }
+
+    fn restore(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError> {
+        self.restore_container(request)
     }
 }

@@ -1,0 +1,163 @@
+//! CRIU's restore through the OCI runtime: the writable layer back on the
+//! new rootfs, then `RUNTIME restore --detach` with the same global flags,
+//! bundle, pid file and console the shim gave `create`, eagerly or with
+//! CRIU's lazy-pages daemon under a supervisor.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::OciRuntimeCheckpointer;
+use super::lazy;
+use crate::archive::{self, rootfs_diff};
+use crate::backend::{RestoreError, RestoreRequest, Restored};
+
+/// Inside the bundle: CRIU's work directory (its restore log, and the
+/// lazy-pages socket and logs). containerd removes it with the bundle.
+const WORK_DIR: &str = "podckpt-restore";
+
+impl OciRuntimeCheckpointer {
+    pub(super) fn restore_container(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError> {
+        rootfs_diff::apply(
+            request.rootfs,
+            &request.checkpoint.join(archive::ROOTFS_DIFF),
+            &request.checkpoint.join(archive::DELETED_FILES),
+        )?;
+        let work = request.bundle.join(WORK_DIR);
+        std::fs::create_dir_all(&work).map_err(|e| RestoreError::Io(format!("{}: {e}", work.display())))?;
+        let images = request.checkpoint.join(archive::CHECKPOINT_DIR);
+        let runtime = self.binary();
+
+        let mut cmd = Command::new(runtime);
+        cmd.args(request.global)
+            .arg("restore")
+            .arg("--detach")
+            .arg("--bundle")
+            .arg(request.bundle)
+            .arg("--image-path")
+            .arg(&images)
+            .arg("--work-path")
+            .arg(&work);
+        let supervisor = if request.lazy_pages {
+            cmd.arg("--lazy-pages");
+            Some(lazy::Supervisor::start(&lazy::Plan {
+                images,
+                work: work.clone(),
+                criu: global_value(request, "--criu").unwrap_or_else(|| PathBuf::from("criu")),
+                runtime: runtime.to_owned(),
+                global: request.global.to_vec(),
+                id: request.id.to_owned(),
+            })?)
+        } else {
+            None
+        };
+        if let Some(pid_file) = request.pid_file {
+            cmd.arg("--pid-file").arg(pid_file);
+        }
+        if let Some(console) = request.console_socket {
+            cmd.arg("--console-socket").arg(console);
+        }
+        if request.no_pivot {
+            cmd.arg("--no-pivot");
+        }
+        cmd.arg(request.id);
+        // stdio is inherited: runc re-attaches the restored process to the
+        // pipes the shim handed us, as recorded in descriptors.json.
+        let started = std::time::Instant::now();
+        let status = cmd
+            .status()
+            .map_err(|e| RestoreError::Io(format!("running {}: {e}", runtime.display())));
+        let engine_seconds = started.elapsed().as_secs_f64();
+        let status = match (status, supervisor) {
+            (Ok(status), Some(supervisor)) if status.success() => {
+                supervisor.hand_over(self.init_pid(request)?)?;
+                status
+            }
+            (status, Some(supervisor)) => {
+                supervisor.abort();
+                status?
+            }
+            (status, None) => status?,
+        };
+        if !status.success() {
+            // CRIU's own account is what an operator needs, and containerd
+            // deletes the bundle, this log with it, once the create has failed.
+            let log = std::fs::read_to_string(work.join("restore.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            for line in tail.iter().rev() {
+                eprintln!("criu: {line}");
+            }
+            return Err(RestoreError::Failed {
+                runtime: runtime.to_owned(),
+                status,
+            });
+        }
+        Ok(Restored { engine_seconds })
+    }
+
+    /// The restored init's host pid: from the pid file the shim asked for,
+    /// or from the runtime's state.
+    fn init_pid(&self, request: &RestoreRequest<'_>) -> Result<i32, RestoreError> {
+        if let Some(pid_file) = request.pid_file {
+            return lazy::read_pid(Path::new(pid_file));
+        }
+        let runtime = self.binary();
+        let out = Command::new(runtime)
+            .args(request.global)
+            .arg("state")
+            .arg(request.id)
+            .output()
+            .map_err(|e| RestoreError::Io(format!("running {} state: {e}", runtime.display())))?;
+        let state: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| RestoreError::Io(format!("{} state: {e}", runtime.display())))?;
+        state["pid"]
+            .as_i64()
+            .map(|pid| pid as i32)
+            .ok_or_else(|| RestoreError::Io(format!("{} state has no pid", runtime.display())))
+    }
+}
+
+/// The value of a global flag (`--criu PATH` or `--criu=PATH`).
+fn global_value(request: &RestoreRequest<'_>, name: &str) -> Option<PathBuf> {
+    let mut flags = request.global.iter();
+    while let Some(arg) = flags.next() {
+        let text = arg.to_string_lossy();
+        if let Some(value) = text.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')) {
+            return Some(PathBuf::from(value));
+        }
+        if text == name {
+            return flags.next().map(PathBuf::from);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    #[test]
+    fn global_flags_are_read_in_both_forms() {
+        let request = |global: &[OsString]| {
+            global_value(
+                &RestoreRequest {
+                    checkpoint: Path::new("/c"),
+                    bundle: Path::new("/b"),
+                    rootfs: Path::new("/b/rootfs"),
+                    global,
+                    id: "x".as_ref(),
+                    pid_file: None,
+                    console_socket: None,
+                    no_pivot: false,
+                    lazy_pages: true,
+                },
+                "--criu",
+            )
+        };
+        assert_eq!(request(&["--criu".into(), "/opt/criu".into()]), Some("/opt/criu".into()));
+        assert_eq!(request(&["--root=/r".into(), "--criu=/c".into()]), Some("/c".into()));
+        assert_eq!(request(&["--root".into(), "/r".into()]), None);
+    }
+}
