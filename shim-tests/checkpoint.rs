@@ -314,6 +314,7 @@ async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
     let journal = podckpt::pod::journal::Journal::open(&shim.state_dir()).unwrap();
     journal
         .record(podckpt::pod::journal::PausedSet {
+            backend: "criu".into(),
             runtime: "runc".into(),
             root: support::RUNC_ROOT.into(),
             containers: vec![podckpt::backend::ContainerRef { id: cid.clone() }],

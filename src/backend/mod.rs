@@ -126,6 +126,12 @@ pub trait Checkpointer: Send + Sync {
         options: &CaptureOptions,
     ) -> Result<(), BackendError>;
 
+    /// Processes of this backend still checkpointing one of `containers`
+    /// that a killed daemon left running; resuming waits for them to end.
+    fn checkpoints_in_flight(&self, _containers: &[ContainerRef]) -> Vec<u32> {
+        Vec::new()
+    }
+
     /// Whether `restore` can run the process before all of its memory is
     /// back, serving pages on first touch.
     fn restores_lazily(&self) -> bool {

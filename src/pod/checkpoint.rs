@@ -54,6 +54,7 @@ impl PodService {
         let building = Building::begin(&output);
         let refs: Vec<ContainerRef> = targets.iter().map(|t| ContainerRef { id: t.id().to_owned() }).collect();
         let paused = PausedSet {
+            backend: backend.config.backend.clone(),
             runtime: backend.config.runtime.clone(),
             root: backend.config.root.clone(),
             containers: refs.clone(),

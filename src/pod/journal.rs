@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::archive::{self, ArchiveError};
-use crate::backend::runc::OciRuntimeCheckpointer;
 use crate::backend::{Checkpointer, ContainerRef};
 
 const FILE: &str = "paused.json";
@@ -21,6 +20,9 @@ const FILE: &str = "paused.json";
 /// Enough to resume a container without asking the runtime anything.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PausedSet {
+    /// The handler's backend kind (its config's `backend`).
+    #[serde(default = "PausedSet::criu")]
+    pub backend: String,
     pub runtime: PathBuf,
     pub root: PathBuf,
     pub containers: Vec<ContainerRef>,
@@ -29,6 +31,22 @@ pub struct PausedSet {
     /// so recovery empties it unless the checkpoint was committed.
     #[serde(default)]
     pub output: Option<PathBuf>,
+}
+
+impl PausedSet {
+    /// Journals written before backends were named held CRIU's only.
+    fn criu() -> String {
+        "criu".into()
+    }
+
+    fn backend(&self) -> Result<std::sync::Arc<dyn Checkpointer>, String> {
+        crate::backend::for_handler(&crate::config::HandlerConfig {
+            backend: self.backend.clone(),
+            runtime: self.runtime.clone(),
+            root: self.root.clone(),
+            ..Default::default()
+        })
+    }
 }
 
 pub struct Journal {
@@ -86,8 +104,14 @@ impl Journal {
         };
         let mut resumed = 0;
         for set in entries.values() {
-            let backend = OciRuntimeCheckpointer::new(&set.runtime, &set.root);
-            wait_for_orphans(&backend, &set.containers).await;
+            let backend = match set.backend() {
+                Ok(backend) => backend,
+                Err(why) => {
+                    warn!(containers = ?set.containers, %why, "cannot resume containers a previous podckptd paused");
+                    continue;
+                }
+            };
+            wait_for_orphans(backend.as_ref(), &set.containers).await;
             for container in &set.containers {
                 match backend.resume(container).await {
                     Ok(()) => {
@@ -149,7 +173,7 @@ fn remove_partial(output: &Path) {
 /// Waits until no checkpoint a killed daemon started on these containers is
 /// still running (see `checkpoints_in_flight`), for as long as a capture
 /// may overrun its deadline.
-async fn wait_for_orphans(backend: &OciRuntimeCheckpointer, containers: &[ContainerRef]) {
+async fn wait_for_orphans(backend: &dyn Checkpointer, containers: &[ContainerRef]) {
     let until = tokio::time::Instant::now() + crate::pod::capture::CAPTURE_OVERRUN;
     let mut orphans = backend.checkpoints_in_flight(containers);
     if !orphans.is_empty() {
@@ -180,6 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
         let set = PausedSet {
+            backend: "criu".into(),
             runtime: "runc".into(),
             root: "/run/r".into(),
             containers: vec![ContainerRef { id: "a".into() }],

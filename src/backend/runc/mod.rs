@@ -102,34 +102,6 @@ impl Drop for KillGroupOnDrop {
     }
 }
 
-impl OciRuntimeCheckpointer {
-    /// Processes of this runtime still checkpointing one of `containers`,
-    /// found by their command lines: ones a killed daemon left running. Until
-    /// they end, resuming is undone: CRIU puts the freezer back as it found
-    /// it (frozen) when it finishes.
-    pub fn checkpoints_in_flight(&self, containers: &[ContainerRef]) -> Vec<u32> {
-        let Some(runtime) = self.binary.file_name() else {
-            return Vec::new();
-        };
-        let Ok(proc) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        proc.filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-                let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
-                let program = Path::new(std::ffi::OsStr::from_bytes(argv.first()?)).file_name()?;
-                let target = argv.last()?;
-                let ours = program == runtime
-                    && argv.contains(&b"checkpoint".as_slice())
-                    && containers.iter().any(|c| c.id.as_bytes() == *target);
-                ours.then_some(pid)
-            })
-            .collect()
-    }
-}
-
 #[tonic::async_trait]
 impl Checkpointer for OciRuntimeCheckpointer {
     fn name(&self) -> &str {
@@ -182,6 +154,32 @@ impl Checkpointer for OciRuntimeCheckpointer {
             args.push("--tcp-skip-in-flight".as_ref());
         }
         self.run("checkpoint", container, &args).await
+    }
+
+    /// Processes of this runtime still checkpointing one of `containers`,
+    /// found by their command lines: ones a killed daemon left running. Until
+    /// they end, resuming is undone: CRIU puts the freezer back as it found
+    /// it (frozen) when it finishes.
+    fn checkpoints_in_flight(&self, containers: &[ContainerRef]) -> Vec<u32> {
+        let Some(runtime) = self.binary.file_name() else {
+            return Vec::new();
+        };
+        let Ok(proc) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        proc.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+                let program = Path::new(std::ffi::OsStr::from_bytes(argv.first()?)).file_name()?;
+                let target = argv.last()?;
+                let ours = program == runtime
+                    && argv.contains(&b"checkpoint".as_slice())
+                    && containers.iter().any(|c| c.id.as_bytes() == *target);
+                ours.then_some(pid)
+            })
+            .collect()
     }
 
     /// runc has `restore --lazy-pages`; crun 1.21 has no such flag.
