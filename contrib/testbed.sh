@@ -53,7 +53,7 @@ install_packages() {
     # comes from trixie; the rest stays bookworm's. trixie's criu pulls in
     # trixie's python3 anyway, so pip comes from there too.
     local trixie_pkgs=(containerd runc crun criu checkpointctl containernetworking-plugins
-        golang-1.24-go golang-google-grpc-dev python3-pip python3-pycriu)
+        golang-1.24-go golang-google-grpc-dev python3-pip python3-pycriu runsc)
     local pkgs=(busybox-static protobuf-compiler iproute2 python3 python3.11)
     if have_all_packages; then
         log "packages already installed"
@@ -86,7 +86,7 @@ EOF
 
 have_all_packages() {
     local b
-    for b in containerd ctr runc crun criu crit checkpointctl protoc busybox ip python3 "$GO" "$INTEROP_PYTHON_BASE"; do
+    for b in containerd ctr runc crun runsc criu crit checkpointctl protoc busybox ip python3 "$GO" "$INTEROP_PYTHON_BASE"; do
         command -v "$b" >/dev/null || return 1
     done
     [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || return 1

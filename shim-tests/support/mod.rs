@@ -633,11 +633,13 @@ pub fn install_interposer() {
     let staged = target.with_extension("new");
     std::fs::copy(env!("CARGO_BIN_EXE_podckpt-runc"), &staged).expect("copying podckpt-runc");
     std::fs::rename(&staged, target).expect("installing podckpt-runc");
-    // Under the name podckpt-crun it wraps crun (the test bed's
-    // "podckpt-crun" handler).
-    let crun = target.with_file_name("podckpt-crun");
-    let _ = std::fs::remove_file(&crun);
-    std::os::unix::fs::symlink("podckpt-runc", &crun).expect("linking podckpt-crun");
+    // Under the names podckpt-crun and podckpt-runsc it wraps crun and
+    // runsc (the test bed's "podckpt-crun" and "gvisor" handlers).
+    for name in ["podckpt-crun", "podckpt-runsc"] {
+        let link = target.with_file_name(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("podckpt-runc", &link).unwrap_or_else(|e| panic!("linking {name}: {e}"));
+    }
 }
 
 impl Drop for Pod {

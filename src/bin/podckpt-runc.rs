@@ -12,10 +12,16 @@ fn main() -> ExitCode {
     if args.first().is_some_and(|a| a == podckpt::backend::runc::lazy::SUPERVISOR_COMMAND) {
         return podckpt::backend::runc::lazy::supervise(&args[1..]);
     }
+    if args.first().is_some_and(|a| a == interposer::gvisor::WAITER_COMMAND) {
+        return interposer::gvisor::wait(&args[1..]);
+    }
     let Some(runtime) = interposer::real_runtime(&argv0) else {
         eprintln!("podckpt-runc: cannot find the real OCI runtime; set PODCKPT_REAL_RUNTIME");
         return ExitCode::from(127);
     };
+    if interposer::gvisor::adapts(&runtime) {
+        return interposer::gvisor::main(&runtime, &args);
+    }
     let inv = cli::parse(&args);
     let action = match interposer::decide(&inv) {
         Ok(action) => action,

@@ -5,6 +5,7 @@
 //! already run. Every other call goes to the real runtime unchanged.
 
 pub mod cli;
+pub mod gvisor;
 pub mod token;
 
 use std::ffi::{OsStr, OsString};

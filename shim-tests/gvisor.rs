@@ -1,0 +1,130 @@
+//! gVisor pods under the real containerd, through the shim: containerd's
+//! runc shim drives the real runsc through podckpt-runc, installed as
+//! `podckpt-runsc` (the test bed's "gvisor" handler). A pod with several
+//! containers runs, counts, logs through the CRI log path, answers ExecSync,
+//! reports each container's own exit, stops, and goes away without a trace.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serial_test::serial;
+
+use podckpt::api::cri;
+use podckpt::interposer::gvisor::WAITER_COMMAND;
+
+use crate::support::{self, COUNTER, Pod, Shim, eventually, exec, testbed};
+
+/// runsc's state root for the handler (its `Root` option plus the namespace).
+const RUNSC_ROOT: &str = "/run/containerd/runsc/k8s.io";
+
+/// The ids runsc knows under the handler's root.
+fn runsc_ids() -> Vec<String> {
+    let out = Command::new("runsc")
+        .args(["--root", RUNSC_ROOT, "list", "-quiet"])
+        .output()
+        .expect("running runsc list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waiter processes podckpt-runc left for `id`.
+fn waiters_of(id: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
+                let text = String::from_utf8_lossy(&cmdline);
+                text.contains(WAITER_COMMAND) && text.contains(id)
+            })
+        })
+        .count()
+}
+
+async fn state_of(client: &mut support::Runtime, id: &str) -> cri::ContainerStatus {
+    support::container_status(client, id).await
+}
+
+#[tokio::test]
+#[serial]
+async fn a_gvisor_pod_runs_logs_execs_and_goes_away() {
+    let Some(tb) = testbed() else { return };
+    support::install_interposer();
+    let shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let pod = Pod::run_on(&mut client, &shim.socket, "gvisor", "gvisor").await;
+    let counter = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
+    let talker = pod
+        .start_container(
+            &mut client,
+            &tb.image,
+            "talker",
+            "echo hello-from-gvisor; echo to-stderr >&2; while :; do sleep 1; done",
+        )
+        .await;
+    let quitter = pod
+        .start_container(&mut client, &tb.image, "quitter", "sleep 1; exit 7")
+        .await;
+    assert!(runsc_ids().contains(&pod.id), "the sandbox does not run in gVisor");
+    assert!(runsc_ids().contains(&counter), "the container does not run in gVisor");
+
+    assert!(
+        support::count_reaches(&client, &counter, 3, Duration::from_secs(20)).await,
+        "the counter does not count"
+    );
+    let (out, code) = exec(&mut client, &talker, &["sh", "-c", "echo out; exit 3"]).await;
+    assert_eq!((out.as_slice(), code), (b"out\n".as_slice(), 3));
+
+    let log = pod.log_dir().join("talker.log");
+    let logged = eventually(Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains(" stdout F hello-from-gvisor") && text.contains(" stderr F to-stderr")
+    })
+    .await;
+    assert!(logged, "the CRI log lacks the container's output: {:?}", std::fs::read_to_string(&log));
+
+    // A container that ends by itself is seen to end, with its own status.
+    let ended = eventually(Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let quitter = quitter.clone();
+        async move { state_of(&mut client, &quitter).await.state == cri::ContainerState::ContainerExited as i32 }
+    })
+    .await;
+    assert!(ended, "the shim never saw the container exit");
+    assert_eq!(state_of(&mut client, &quitter).await.exit_code, 7);
+
+    // StopContainer ends the counter (SIGTERM, no trap: 143) and returns.
+    client
+        .stop_container(cri::StopContainerRequest {
+            container_id: counter.clone(),
+            timeout: 10,
+        })
+        .await
+        .expect("StopContainer");
+    let status = state_of(&mut client, &counter).await;
+    assert_eq!(status.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(status.exit_code, 143);
+    assert_eq!(
+        state_of(&mut client, &talker).await.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "stopping one container stopped another"
+    );
+
+    let ids = [pod.id.clone(), counter, talker, quitter];
+    drop(pod);
+    let gone = eventually(Duration::from_secs(20), || async {
+        let known = runsc_ids();
+        ids.iter().all(|id| !known.contains(id) && waiters_of(id) == 0)
+    })
+    .await;
+    assert!(gone, "runsc state or waiters outlived the pod: {:?}", runsc_ids());
+    for id in &ids {
+        assert!(
+            !Path::new(RUNSC_ROOT).join("podckpt-waiters").join(id).exists(),
+            "the waiter's state of {id} was left behind"
+        );
+    }
+}
