@@ -103,7 +103,7 @@ async fn a_counter_pod_is_checkpointed_and_keeps_running() {
         assert_eq!(mode, want, "{} has mode {mode:o}", entry.path().display());
     }
     let manifest = support::read_manifest(&out);
-    assert_eq!(manifest.criu_version, "4.1.1");
+    assert_eq!(manifest.engine_version, "4.1.1");
     let freeze_ms = manifest.freeze_ms.expect("the freeze window is recorded");
     assert!(freeze_ms > 0 && freeze_ms < 60_000, "freeze window {freeze_ms} ms");
     assert_eq!(manifest.pod_sandbox_id, pod.id);

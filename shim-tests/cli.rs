@@ -48,7 +48,7 @@ async fn checkpointp_inspectcp_restorep_through_the_cli() {
 
     let inspected = json(&podckpt(&shim, &["inspectcp", dir.to_str().unwrap()]));
     assert_eq!(inspected["checksums_ok"], true);
-    assert_eq!(inspected["criu_version"], "4.1.1");
+    assert_eq!(inspected["engine_version"], "4.1.1");
     assert_eq!(inspected["containers"][0]["name"], "counter");
     assert_eq!(inspected["containers"][0]["id"], cid.as_str());
 

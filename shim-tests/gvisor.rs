@@ -128,3 +128,66 @@ async fn a_gvisor_pod_runs_logs_execs_and_goes_away() {
         );
     }
 }
+
+/// podckptd's handler for the test bed's gVisor pods.
+const GVISOR_HANDLER: &str =
+    "[handlers.gvisor]\nbackend = \"runsc\"\nruntime = \"runsc\"\nroot = \"/run/containerd/runsc/k8s.io\"\n";
+
+fn runsc_version() -> String {
+    let out = Command::new("runsc").arg("--version").output().expect("runsc --version");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("runsc version "))
+        .expect("a version line")
+        .to_owned()
+}
+
+#[tokio::test]
+#[serial]
+async fn a_gvisor_pod_is_checkpointed_whole_and_keeps_running() {
+    let Some(tb) = testbed() else { return };
+    support::install_interposer();
+    let shim = Shim::start_with(&tb, GVISOR_HANDLER, 5);
+    let mut client = shim.client().await;
+    let pod = Pod::run_on(&mut client, &shim.socket, "gvisor-ckpt", "gvisor").await;
+    let counter = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
+    let writer = pod
+        .start_container(
+            &mut client,
+            &tb.image,
+            "writer",
+            "echo payload-$$ > /data.txt; while :; do sleep 1; done",
+        )
+        .await;
+    assert!(support::count_reaches(&client, &counter, 3, Duration::from_secs(20)).await);
+
+    // A subset cannot be saved: refused, with nothing written.
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+    let err = support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter.clone()], &[])
+        .await
+        .expect_err("a subset of a gVisor pod");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains(&writer), "the message names the missing container: {}", err.message());
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "a refused checkpoint wrote something");
+
+    let before = support::count(&mut client, &counter).await;
+    support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter.clone(), writer.clone()], &[])
+        .await
+        .expect("CheckpointPod of the whole gVisor pod");
+    let manifest = support::read_manifest(&out);
+    assert_eq!(manifest.backend, "runsc");
+    assert_eq!(manifest.engine_version, runsc_version());
+    let image = out.join(podckpt::archive::SANDBOX_DIR).join("checkpoint.img");
+    assert!(std::fs::metadata(&image).expect("the sandbox image").len() > 0);
+    assert!(manifest.files.keys().any(|f| f == "sandbox/checkpoint.img"), "the image is not in the manifest");
+    let inspected = support::podckpt_cli(&shim, None, &["inspectcp", out.to_str().unwrap()]);
+    assert!(inspected.status.success(), "inspectcp: {}", String::from_utf8_lossy(&inspected.stdout));
+
+    // The pod goes on.
+    assert!(support::count_reaches(&client, &counter, before + 3, Duration::from_secs(20)).await);
+    for id in [&counter, &writer] {
+        assert_eq!(state_of(&mut client, id).await.state, cri::ContainerState::ContainerRunning as i32);
+    }
+}

@@ -22,7 +22,10 @@ pub struct FileEntry {
 pub struct Manifest {
     pub format_version: u32,
     pub backend: String,
-    pub criu_version: String,
+    /// The version of the backend's engine: CRIU's, or runsc's. Manifests
+    /// written before gVisor call it `criu_version`.
+    #[serde(alias = "criu_version")]
+    pub engine_version: String,
     pub pod_sandbox_id: String,
     /// RFC 3339, UTC.
     pub created: String,
@@ -38,8 +41,8 @@ pub struct Manifest {
 
 impl Manifest {
     /// Hashes every file under `root`.
-    pub fn build(root: &Path, backend: &str, criu_version: &str, pod_sandbox_id: &str) -> Result<Self, ArchiveError> {
-        Self::build_with(root, backend, criu_version, pod_sandbox_id, BTreeMap::new())
+    pub fn build(root: &Path, backend: &str, engine_version: &str, pod_sandbox_id: &str) -> Result<Self, ArchiveError> {
+        Self::build_with(root, backend, engine_version, pod_sandbox_id, BTreeMap::new())
     }
 
     /// Lists every file under `root`, taking the entries in `known` (hashed
@@ -49,7 +52,7 @@ impl Manifest {
     pub fn build_with(
         root: &Path,
         backend: &str,
-        criu_version: &str,
+        engine_version: &str,
         pod_sandbox_id: &str,
         mut known: BTreeMap<String, FileEntry>,
     ) -> Result<Self, ArchiveError> {
@@ -77,7 +80,7 @@ impl Manifest {
         Ok(Self {
             format_version: FORMAT_VERSION,
             backend: backend.to_owned(),
-            criu_version: criu_version.to_owned(),
+            engine_version: engine_version.to_owned(),
             pod_sandbox_id: pod_sandbox_id.to_owned(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             chunk_size: CHUNK_SIZE,

@@ -43,6 +43,9 @@ pub const MANIFEST: &str = "manifest.json";
 pub const POD_OPTIONS: &str = "pod.options";
 pub const POD_DUMP: &str = "pod.dump";
 pub const CHECKPOINT_DIR: &str = "checkpoint";
+/// The image of a whole sandbox, for a backend that saves sandboxes (gVisor):
+/// beside the container folders, which then hold no process images.
+pub const SANDBOX_DIR: &str = "sandbox";
 pub const CONFIG_DUMP: &str = "config.dump";
 pub const SPEC_DUMP: &str = "spec.dump";
 pub const STATUS_DUMP: &str = "status.dump";
@@ -123,6 +126,15 @@ pub fn write_json(path: &std::path::Path, value: &impl Serialize) -> Result<(), 
         source,
     })?;
     write_private(path, &bytes)
+}
+
+/// Creates a new directory at `path`, mode 0700 from the start.
+pub fn create_private_dir(path: &std::path::Path) -> Result<(), ArchiveError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(DIR_MODE)
+        .create(path)
+        .map_err(ArchiveError::io(path))
 }
 
 /// Creates a new file at `path`, mode 0600 from the start.

@@ -3,7 +3,9 @@
 //! the OCI runtime wrapper (podckpt-runc) knows whether CRIU, runsc or QEMU
 //! does it.
 
+mod command;
 pub mod runc;
+pub mod runsc;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -59,7 +61,8 @@ pub enum BackendError {
 pub fn for_handler(config: &HandlerConfig) -> Result<Arc<dyn Checkpointer>, String> {
     match config.backend.as_str() {
         "criu" => Ok(Arc::new(runc::OciRuntimeCheckpointer::new(&config.runtime, &config.root))),
-        other => Err(format!("unknown backend {other:?} (supported: criu)")),
+        "runsc" => Ok(Arc::new(runsc::RunscCheckpointer::new(&config.runtime, &config.root))),
+        other => Err(format!("unknown backend {other:?} (supported: criu, runsc)")),
     }
 }
 
@@ -125,6 +128,27 @@ pub trait Checkpointer: Send + Sync {
         dirs: &CaptureDirs<'_>,
         options: &CaptureOptions,
     ) -> Result<(), BackendError>;
+
+    /// Whether the backend captures a whole sandbox in one image, every
+    /// container of it at once (gVisor), rather than each container.
+    fn captures_sandbox(&self) -> bool {
+        false
+    }
+
+    /// Captures the whole sandbox `sandbox` into `dirs.images` and leaves it
+    /// running. Only for backends that `captures_sandbox`.
+    async fn capture_sandbox(
+        &self,
+        sandbox: &ContainerRef,
+        _dirs: &CaptureDirs<'_>,
+        _options: &CaptureOptions,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "{} captures containers one by one, not sandbox {}",
+            self.name(),
+            sandbox.id
+        )))
+    }
 
     /// Processes of this backend still checkpointing one of `containers`
     /// that a killed daemon left running; resuming waits for them to end.

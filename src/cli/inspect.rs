@@ -33,7 +33,7 @@ pub(super) fn run(format: Format, dir: &Path) -> Result<(), CliError> {
         "pod_sandbox_id": manifest.pod_sandbox_id,
         "created": manifest.created,
         "backend": manifest.backend,
-        "criu_version": manifest.criu_version,
+        "engine_version": manifest.engine_version,
         "format_version": manifest.format_version,
         "freeze_ms": manifest.freeze_ms,
         "bytes": tree_size(dir),
@@ -47,7 +47,7 @@ pub(super) fn run(format: Format, dir: &Path) -> Result<(), CliError> {
             println!("Checkpoint:   {}", dir.display());
             println!("Pod:          {}", manifest.pod_sandbox_id);
             println!("Created:      {}", manifest.created);
-            println!("Backend:      {} (CRIU {})", manifest.backend, manifest.criu_version);
+            println!("Backend:      {} (version {})", manifest.backend, manifest.engine_version);
             if let Some(ms) = manifest.freeze_ms {
                 println!("Pod frozen:   {ms} ms");
             }

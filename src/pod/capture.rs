@@ -6,7 +6,6 @@
 //! pod need not stay paused for it.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,20 +125,24 @@ impl Capture {
         }
     }
 
-    async fn one(&self, target: &Target) -> Result<JoinHandle<Result<Entries, PodError>>, PodError> {
+    async fn one(&self, target: &Target) -> Result<HashTask, PodError> {
         if Instant::now() >= self.deadline {
             return Err(self.deadline_exceeded());
         }
         let started = Instant::now();
         let folder_name = target.folder();
         let folder = self.root.join(&folder_name);
+        if self.backend.captures_sandbox() {
+            // The processes and the writable layer are in the sandbox's
+            // image (`sandbox`); the folder describes the container.
+            archive::create_private_dir(&folder)?;
+            write_container_files(&folder, target, &self.checkpointed_at)?;
+            return Ok(hash_folder(folder, folder_name));
+        }
         let images = folder.join(archive::CHECKPOINT_DIR);
         let work = self.root.join(format!(".work-{}", target.id()));
         for dir in [&folder, &images, &work] {
-            std::fs::DirBuilder::new()
-                .mode(archive::DIR_MODE)
-                .create(dir)
-                .map_err(archive::ArchiveError::io(dir))?;
+            archive::create_private_dir(dir)?;
         }
         write_container_files(&folder, target, &self.checkpointed_at)?;
         let container = ContainerRef {
@@ -186,22 +189,59 @@ impl Capture {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "container captured"
         );
-        // The folder is complete and nothing writes to it again; its modes
-        // are made private before it is hashed, not at commit (see `Seals`).
-        Ok(tokio::task::spawn_blocking(move || {
-            archive::restrict_modes(&folder)?;
-            Ok(archive::digest_tree(&folder, &folder_name)?)
-        }))
+        Ok(hash_folder(folder, folder_name))
     }
+
+    /// Captures the whole sandbox `pod_id` into `sandbox/`, for a backend
+    /// that `captures_sandbox`, and starts hashing it.
+    pub async fn sandbox(&self, pod_id: &str) -> Result<HashTask, PodError> {
+        let folder = self.root.join(archive::SANDBOX_DIR);
+        let work = self.root.join(".work-sandbox");
+        archive::create_private_dir(&folder)?;
+        archive::create_private_dir(&work)?;
+        let started = Instant::now();
+        let sandbox = ContainerRef { id: pod_id.to_owned() };
+        let dirs = CaptureDirs {
+            images: &folder,
+            work: &work,
+        };
+        let captured = tokio::time::timeout_at(
+            self.deadline + CAPTURE_OVERRUN,
+            self.backend.capture_sandbox(&sandbox, &dirs, &self.options),
+        )
+        .await;
+        std::fs::remove_dir_all(&work).map_err(archive::ArchiveError::io(&work))?;
+        captured.map_err(|_| self.deadline_exceeded())??;
+        if Instant::now() >= self.deadline {
+            return Err(self.deadline_exceeded());
+        }
+        info!(pod = pod_id, dump_ms = started.elapsed().as_millis() as u64, "sandbox captured");
+        Ok(hash_folder(folder, archive::SANDBOX_DIR.to_owned()))
+    }
+}
+
+type HashTask = JoinHandle<Result<Entries, PodError>>;
+
+/// Hashes a folder that is complete and never written again. Its modes are
+/// made private before it is hashed, not at commit (see `Seals`).
+fn hash_folder(folder: PathBuf, name: String) -> HashTask {
+    tokio::task::spawn_blocking(move || {
+        archive::restrict_modes(&folder)?;
+        Ok(archive::digest_tree(&folder, &name)?)
+    })
 }
 
 type Entries = BTreeMap<String, FileEntry>;
 
 /// The hashing of the captured folders, under way. Dropped, it runs on
 /// into a checkpoint directory that is being emptied, and nothing reads it.
-pub struct Hashing(Vec<JoinHandle<Result<Entries, PodError>>>);
+pub struct Hashing(Vec<HashTask>);
 
 impl Hashing {
+    pub fn push(&mut self, task: HashTask) {
+        self.0.push(task);
+    }
+
     /// The manifest entries of every captured folder.
     pub async fn finish(self) -> Result<Entries, PodError> {
         let mut entries = BTreeMap::new();

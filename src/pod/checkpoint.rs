@@ -2,6 +2,7 @@
 //! capture each, and always resume them all. The checkpoint is built inside
 //! the caller's directory and counts only once its manifest is written.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,9 @@ impl PodService {
             tokio::try_join!(self.resolve_containers(pod_id, &request.container_ids), async {
                 Ok(backend.checkpointer.engine_version().await?)
             })?;
+        if backend.checkpointer.captures_sandbox() {
+            self.require_whole_pod(pod_id, &targets, backend.checkpointer.name()).await?;
+        }
 
         let _busy = self.claim(pod_id)?;
         let _writing = self.claim_output(&output)?;
@@ -75,7 +79,15 @@ impl PodService {
             deadline: started + deadline,
             limit: deadline,
         };
-        let captured = capture.all(targets.to_vec()).await;
+        let mut captured = capture.all(targets.to_vec()).await;
+        if backend.checkpointer.captures_sandbox()
+            && let Ok(hashing) = &mut captured
+        {
+            match capture.sandbox(pod_id).await {
+                Ok(task) => hashing.push(task),
+                Err(err) => captured = Err(err),
+            }
+        }
         let failures = backend.checkpointer.resume_pod(&refs).await;
         let freeze_ms = freeze_started.elapsed().as_millis() as u64;
         if !failures.is_empty() {
@@ -93,7 +105,10 @@ impl PodService {
         // The pod runs again: now the images go to stable storage, while
         // they are hashed, never inside the freeze window.
         let syncing = (options.durable && captured.is_ok()).then(|| {
-            let folders: Vec<PathBuf> = targets.iter().map(|t| output.join(t.folder())).collect();
+            let mut folders: Vec<PathBuf> = targets.iter().map(|t| output.join(t.folder())).collect();
+            if backend.checkpointer.captures_sandbox() {
+                folders.push(output.join(archive::SANDBOX_DIR));
+            }
             tokio::task::spawn_blocking(move || folders.iter().try_for_each(|f| archive::durable::sync_tree(f)))
         });
         let outcome = async {
@@ -165,6 +180,36 @@ impl PodService {
     }
 
     /// The selected containers, each a running container of the pod.
+    /// A backend that saves whole sandboxes saves every container of the
+    /// pod at once: the request must name exactly the running ones.
+    async fn require_whole_pod(&self, pod_id: &str, targets: &[Arc<Target>], backend: &str) -> Result<(), PodError> {
+        let filter = cri::ContainerFilter {
+            pod_sandbox_id: pod_id.into(),
+            state: Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            }),
+            ..Default::default()
+        };
+        let running: BTreeSet<String> = self
+            .runtime()
+            .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+            .await
+            .map_err(PodError::runtime(format!("listing the containers of pod {pod_id}")))?
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let named: BTreeSet<String> = targets.iter().map(|t| t.id().to_owned()).collect();
+        if named == running {
+            return Ok(());
+        }
+        let missing: Vec<&String> = running.difference(&named).collect();
+        Err(PodError::FailedPrecondition(format!(
+            "pod {pod_id}'s backend, {backend}, saves the whole sandbox at once and cannot capture a subset of its containers: container_ids must name every running container; missing {missing:?}"
+        )))
+    }
+
     async fn resolve_containers(&self, pod_id: &str, wanted: &[String]) -> Result<Vec<Arc<Target>>, PodError> {
         let filter = cri::ContainerFilter {
             pod_sandbox_id: pod_id.into(),

@@ -6,14 +6,10 @@ mod restore;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::process::Command;
-use tracing::{debug, warn};
 
-use super::{BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, RestoreError, RestoreRequest, Restored};
+use super::{command, BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, RestoreError, RestoreRequest, Restored};
 
 /// The state directory containerd's runc shim uses for CRI containers.
 pub const CONTAINERD_RUNC_ROOT: &str = "/run/containerd/runc/k8s.io";
@@ -50,57 +46,10 @@ impl OciRuntimeCheckpointer {
         container: &ContainerRef,
         extra: &[&std::ffi::OsStr],
     ) -> Result<(), BackendError> {
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg("--root")
-            .arg(&self.root)
-            .arg(action)
-            .args(extra)
-            .arg(&container.id);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            // Its own group, so that the CRIU it starts can be killed with it.
-            .process_group(0);
-        debug!(binary = %self.binary.display(), action, container = %container.id, "running");
-        let child = cmd.spawn().map_err(|source| BackendError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        })?;
-        let mut group = KillGroupOnDrop(child.id().map(|pid| Pid::from_raw(pid as i32)));
-        let output = child.wait_with_output().await.map_err(|source| BackendError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        })?;
-        group.0 = None;
-        if output.status.success() {
-            return Ok(());
-        }
-        Err(BackendError::Failed {
-            binary: self.binary.clone(),
-            action,
-            container: container.id.clone(),
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
+        command::run(&self.binary, &self.root, action, &container.id, extra).await
     }
 }
 
-/// Kills a runtime call's whole process group if the call is abandoned
-/// before it ends, so no runc or CRIU goes on alone on a container that is
-/// being resumed. A call that ends disarms it.
-struct KillGroupOnDrop(Option<Pid>);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        if let Some(group) = self.0.take() {
-            warn!(
-                process_group = group.as_raw(),
-                "abandoned runtime call; killing it and its children"
-            );
-            let _ = killpg(group, Signal::SIGKILL);
-        }
-    }
-}
 
 #[tonic::async_trait]
 impl Checkpointer for OciRuntimeCheckpointer {

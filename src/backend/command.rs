@@ -1,0 +1,69 @@
+//! Running an OCI runtime's command (runc, crun, runsc) for a backend, so
+//! that an abandoned call never leaves the runtime, or what it started,
+//! going on alone.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tracing::{debug, warn};
+
+use super::BackendError;
+
+/// `BINARY --root ROOT ACTION EXTRA... ID`; its stderr is the error.
+pub async fn run(
+    binary: &Path,
+    root: &Path,
+    action: &'static str,
+    id: &str,
+    extra: &[&OsStr],
+) -> Result<(), BackendError> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--root").arg(root).arg(action).args(extra).arg(id);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its own group, so that what it starts (CRIU) can be killed with it.
+        .process_group(0);
+    debug!(binary = %binary.display(), action, container = %id, "running");
+    let child = cmd.spawn().map_err(|source| BackendError::Spawn {
+        binary: binary.to_owned(),
+        source,
+    })?;
+    let mut group = KillGroupOnDrop(child.id().map(|pid| Pid::from_raw(pid as i32)));
+    let output = child.wait_with_output().await.map_err(|source| BackendError::Spawn {
+        binary: binary.to_owned(),
+        source,
+    })?;
+    group.0 = None;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(BackendError::Failed {
+        binary: binary.to_owned(),
+        action,
+        container: id.to_owned(),
+        status: output.status,
+        stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    })
+}
+
+/// Kills a runtime call's whole process group if the call is abandoned
+/// before it ends, so no runc or CRIU goes on alone on a container that is
+/// being resumed. A call that ends disarms it.
+struct KillGroupOnDrop(Option<Pid>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(group) = self.0.take() {
+            warn!(
+                process_group = group.as_raw(),
+                "abandoned runtime call; killing it and its children"
+            );
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
