@@ -130,8 +130,7 @@ async fn a_gvisor_pod_runs_logs_execs_and_goes_away() {
 }
 
 /// podckptd's handler for the test bed's gVisor pods.
-const GVISOR_HANDLER: &str =
-    "[handlers.gvisor]\nbackend = \"runsc\"\nruntime = \"runsc\"\nroot = \"/run/containerd/runsc/k8s.io\"\n";
+const GVISOR_HANDLER: &str = "[handlers.gvisor]\nbackend = \"runsc\"\nruntime = \"runsc\"\nroot = \"/run/containerd/runsc/k8s.io\"\nrestore = true\n";
 
 fn runsc_version() -> String {
     let out = Command::new("runsc").arg("--version").output().expect("runsc --version");
@@ -190,4 +189,70 @@ async fn a_gvisor_pod_is_checkpointed_whole_and_keeps_running() {
     for id in [&counter, &writer] {
         assert_eq!(state_of(&mut client, id).await.state, cri::ContainerState::ContainerRunning as i32);
     }
+}
+
+#[tokio::test]
+#[serial]
+async fn a_gvisor_pod_comes_back_whole_in_new_sandboxes() {
+    let Some(tb) = testbed() else { return };
+    support::install_interposer();
+    let shim = Shim::start_with(&tb, GVISOR_HANDLER, 5);
+    let mut client = shim.client().await;
+    let pod = Pod::run_on(&mut client, &shim.socket, "gvisor-source", "gvisor").await;
+    let counter = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
+    let writer = pod
+        .start_container(
+            &mut client,
+            &tb.image,
+            "writer",
+            "echo payload-$$ > /data.txt; while :; do sleep 1; done",
+        )
+        .await;
+    assert!(support::count_reaches(&client, &counter, 5, Duration::from_secs(20)).await);
+    let (payload, _) = exec(&mut client, &writer, &["cat", "/data.txt"]).await;
+    assert!(payload.starts_with(b"payload-"));
+    let before = support::count(&mut client, &counter).await;
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+    support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter.clone(), writer.clone()], &[])
+        .await
+        .expect("CheckpointPod");
+    drop(pod);
+
+    // Two replicas from one checkpoint, one after the other.
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let call = support::RestoreCall::new(&out, &support::checkpointed_configs(&out, &["counter", "writer"]), "gvisor");
+        let (restored_pod, restored) = call.send(&shim, Some(Duration::from_secs(60))).await.expect("RestorePod");
+        assert_eq!(restored.len(), 2);
+        let id_of = |name: &str| restored.iter().find(|c| c.name == name).unwrap().container_id.clone();
+        for c in &restored {
+            assert_eq!(
+                state_of(&mut client, &c.container_id).await.state,
+                cri::ContainerState::ContainerCreated as i32,
+                "RestorePod must return CREATED containers"
+            );
+        }
+        for c in &restored {
+            client
+                .start_container(cri::StartContainerRequest {
+                    container_id: c.container_id.clone(),
+                })
+                .await
+                .expect("StartContainer");
+        }
+        let (counter, writer) = (id_of("counter"), id_of("writer"));
+        assert!(
+            Path::new(RUNSC_ROOT).join("podckpt-waiters").join(&counter).join(podckpt::interposer::RESTORE_RECORD).exists(),
+            "the counter was started afresh, not restored"
+        );
+        let now = support::count(&mut client, &counter).await;
+        assert!(now >= before, "the restored counter started over: {now} after restore, {before} before the checkpoint");
+        assert!(support::count_reaches(&client, &counter, now + 3, Duration::from_secs(20)).await, "the restored counter does not count");
+        let (data, _) = exec(&mut client, &writer, &["cat", "/data.txt"]).await;
+        assert_eq!(data, payload, "the file written before the checkpoint is not there");
+        replicas.push(restored_pod);
+    }
+    drop(replicas);
 }

@@ -35,13 +35,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use super::cli;
+use super::token::{self, RestoreToken};
+use crate::backend::{self, RestoreRequest};
+use crate::config::HandlerConfig;
 
 /// The first argument that makes podckpt-runc a sub-container's waiter.
 pub const WAITER_COMMAND: &str = "podckpt-runsc-waiter";
 /// runsc flags added unless the call already has them.
 const DEFAULT_FLAGS: [(&str, &str); 2] = [("--network", "none"), ("--overlay2", "root:memory")];
-/// Where waiters keep their FIFO, under runsc's `--root`.
+/// Where waiters keep their FIFO, under runsc's `--root`, and where a
+/// restored container is marked.
 const WAITERS: &str = "podckpt-waiters";
+/// Left by a `create` that restored, for the `start` that follows.
+const RESTORED: &str = "restored";
 /// The container-type annotation that marks a pod's non-sandbox containers.
 const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
@@ -133,16 +139,78 @@ impl Runsc {
     fn create(&self, rest: &[OsString]) -> Result<ExitCode, String> {
         let create = cli::parse_create(rest).ok_or("create without a container id")?;
         let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| ".".into()));
-        if !is_sub_container(&bundle)? {
-            return Err(self.exec("create", rest));
+        let spec = super::read_spec(&bundle).map_err(|e| e.to_string())?;
+        let sub_container = spec["annotations"][CONTAINER_TYPE] == "container";
+        // Pod annotations reach every container too, so each kind has its key.
+        let key = if sub_container { token::ANNOTATION } else { token::SANDBOX_ANNOTATION };
+        let token = spec["annotations"][key].as_str().map(PathBuf::from);
+        match (sub_container, token) {
+            (false, None) => Err(self.exec("create", rest)),
+            (false, Some(token)) => {
+                self.restore(&token, &spec, &create, &bundle)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            (true, None) => {
+                let status = self
+                    .command("create", rest)
+                    .status()
+                    .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
+                if !status.success() {
+                    return Ok(exit_code(status));
+                }
+                self.start_waiter(&create)
+            }
+            (true, Some(token)) => {
+                self.restore(&token, &spec, &create, &bundle)?;
+                self.start_waiter(&create)
+            }
         }
-        let status = self
-            .command("create", rest)
-            .status()
-            .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
-        if !status.success() {
-            return Ok(exit_code(status));
-        }
+    }
+
+    /// Brings the sandbox or a container back from the image the trusted
+    /// token names, through the token's backend, and marks it so that the
+    /// `start` that follows starts nothing.
+    fn restore(&self, token_path: &Path, spec: &serde_json::Value, create: &cli::Create, bundle: &Path) -> Result<(), String> {
+        let token = RestoreToken::load_trusted(token_path).map_err(|e| e.to_string())?;
+        token.check_issued_for(spec, token_path).map_err(|e| e.to_string())?;
+        let backend = backend::for_handler(&HandlerConfig {
+            backend: token.backend.clone(),
+            runtime: self.binary.clone(),
+            root: self.root.clone().unwrap_or_default(),
+            ..Default::default()
+        })?;
+        let dir = self
+            .waiter_dir(&create.id)
+            .ok_or("runsc's --root is needed to keep a restored container's state")?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let restored = backend
+            .restore(&RestoreRequest {
+                checkpoint: &token.checkpoint,
+                bundle,
+                rootfs: &bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs")),
+                global: &self.global,
+                id: &create.id,
+                pid_file: create.pid_file.as_deref(),
+                console_socket: create.console_socket.as_deref(),
+                no_pivot: create.no_pivot,
+                lazy_pages: token.lazy_pages,
+            })
+            .map_err(|e| e.to_string())?;
+        let record = serde_json::json!({
+            "checkpoint": token.checkpoint,
+            "runtime_restore_seconds": restored.engine_seconds,
+        });
+        std::fs::write(dir.join(super::RESTORE_RECORD), record.to_string())
+            .and_then(|()| std::fs::write(dir.join(RESTORED), b""))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Single use.
+        let _ = std::fs::remove_file(token_path);
+        Ok(())
+    }
+
+    /// A waiter for a sub-container that `create` made (or restored): its
+    /// pid goes into the pid file, for the shim to reap.
+    fn start_waiter(&self, create: &cli::Create) -> Result<ExitCode, String> {
         let dir = self
             .waiter_dir(&create.id)
             .ok_or("runsc's --root is needed to keep a sub-container's waiter")?;
@@ -178,7 +246,19 @@ impl Runsc {
         let Some(id) = rest.last() else {
             return Err(self.exec("start", rest));
         };
-        let Some(waiter) = self.waiter_dir(id).and_then(|dir| read_waiter(&dir)) else {
+        let dir = self.waiter_dir(id);
+        let waiter = dir.as_deref().and_then(read_waiter);
+        if let Some(marker) = dir.map(|d| d.join(RESTORED))
+            && std::fs::remove_file(&marker).is_ok()
+        {
+            // Restored at `create`: its processes are back; a sub-container's
+            // waiter only has to start waiting.
+            if let Some(waiter) = waiter {
+                signal_waiter(&waiter.fifo, "start")?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let Some(waiter) = waiter else {
             return Err(self.exec("start", rest));
         };
         let fd = |n: u32, write: bool| {
@@ -253,13 +333,6 @@ fn signal_waiter(fifo: &Path, word: &str) -> Result<(), String> {
         .open(fifo)
         .map_err(|e| format!("the waiter's FIFO {}: {e}", fifo.display()))?;
     writeln!(pipe, "{word}").map_err(|e| format!("the waiter's FIFO {}: {e}", fifo.display()))
-}
-
-fn is_sub_container(bundle: &Path) -> Result<bool, String> {
-    let path = bundle.join("config.json");
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let spec: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(spec["annotations"][CONTAINER_TYPE] == "container")
 }
 
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {

@@ -75,7 +75,7 @@ pub fn decide(inv: &cli::Invocation) -> Result<Action, InterposerError> {
     }
 }
 
-fn read_spec(bundle: &Path) -> Result<Value, InterposerError> {
+pub(crate) fn read_spec(bundle: &Path) -> Result<Value, InterposerError> {
     let path = bundle.join("config.json");
     let bytes = std::fs::read(&path).map_err(|e| InterposerError::Bundle(format!("{}: {e}", path.display())))?;
     serde_json::from_slice(&bytes).map_err(|e| InterposerError::Bundle(format!("{}: {e}", path.display())))
@@ -98,17 +98,7 @@ pub fn restore(
     let token = RestoreToken::load_trusted(token_path)?;
     let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| OsString::from(".")));
     let spec = read_spec(&bundle)?;
-    let annotation = |key: &str| spec["annotations"][key].as_str().unwrap_or_default().to_owned();
-    if annotation("io.kubernetes.cri.sandbox-id") != token.sandbox_id
-        || annotation("io.kubernetes.cri.container-name") != token.container_name
-    {
-        return Err(InterposerError::UntrustedToken(format!(
-            "{} was issued for another container ({} in {})",
-            token_path.display(),
-            token.container_name,
-            token.sandbox_id
-        )));
-    }
+    token.check_issued_for(&spec, token_path)?;
     let rootfs = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
     let backend = backend::for_handler(&HandlerConfig {
         backend: token.backend.clone(),

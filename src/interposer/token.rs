@@ -15,6 +15,21 @@ use crate::archive::{self, ArchiveError};
 /// The container annotation that carries the token's path. containerd must
 /// pass `io.podckpt.*` annotations to the runtime (`container_annotations`).
 pub const ANNOTATION: &str = "io.podckpt.restore";
+/// The pod annotation that carries a sandbox's token, for a backend that
+/// restores whole sandboxes (`pod_annotations`). A key of its own: containerd
+/// passes pod annotations on to every container of the pod as well.
+pub const SANDBOX_ANNOTATION: &str = "io.podckpt.restore-sandbox";
+
+/// What a token on disk was issued for, as far as pruning needs to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IssuedFor {
+    /// A container of this sandbox.
+    Sandbox(String),
+    /// A sandbox still being created: it has no id yet.
+    SandboxToBe,
+    /// Unreadable: nothing it can restore.
+    Nothing,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreToken {
@@ -22,6 +37,10 @@ pub struct RestoreToken {
     pub checkpoint: PathBuf,
     pub sandbox_id: String,
     pub container_name: String,
+    /// A sandbox's own token names the pod by its UID: the sandbox's id is
+    /// not known until it exists. Empty for a container's token.
+    #[serde(default)]
+    pub pod_uid: String,
     /// The handler's backend (its config's `backend`), which restores it.
     pub backend: String,
     /// Restore memory on first touch, if the backend can.
@@ -49,9 +68,8 @@ impl RestoreToken {
         Ok(path)
     }
 
-    /// Every token in `dir` (podckptd's own), with the sandbox it is for.
-    /// Unreadable files count as tokens of no sandbox (an empty id).
-    pub fn list(dir: &Path) -> Result<Vec<(PathBuf, String)>, ArchiveError> {
+    /// Every token in `dir` (podckptd's own), with what it was issued for.
+    pub fn list(dir: &Path) -> Result<Vec<(PathBuf, IssuedFor)>, ArchiveError> {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -60,14 +78,40 @@ impl RestoreToken {
         let mut tokens = Vec::new();
         for entry in entries {
             let path = entry.map_err(ArchiveError::io(dir))?.path();
-            let sandbox = std::fs::read(&path)
+            let issued_for = match std::fs::read(&path)
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<Self>(&bytes).ok())
-                .map(|token| token.sandbox_id)
-                .unwrap_or_default();
-            tokens.push((path, sandbox));
+            {
+                Some(token) if !token.pod_uid.is_empty() => IssuedFor::SandboxToBe,
+                Some(token) => IssuedFor::Sandbox(token.sandbox_id),
+                None => IssuedFor::Nothing,
+            };
+            tokens.push((path, issued_for));
         }
         Ok(tokens)
+    }
+
+    /// Whether the OCI spec is of the container (or sandbox) this token was
+    /// issued for, as the runtime's CRI annotations name it.
+    pub fn check_issued_for(&self, spec: &serde_json::Value, path: &Path) -> Result<(), InterposerError> {
+        let annotation = |key: &str| spec["annotations"][key].as_str().unwrap_or_default();
+        let matches = if self.pod_uid.is_empty() {
+            annotation("io.kubernetes.cri.sandbox-id") == self.sandbox_id
+                && annotation("io.kubernetes.cri.container-name") == self.container_name
+        } else {
+            annotation("io.kubernetes.cri.container-type") == "sandbox"
+                && annotation("io.kubernetes.cri.sandbox-uid") == self.pod_uid
+        };
+        if matches {
+            return Ok(());
+        }
+        Err(InterposerError::UntrustedToken(format!(
+            "{} was issued for another container ({:?} in {:?}, pod UID {:?})",
+            path.display(),
+            self.container_name,
+            self.sandbox_id,
+            self.pod_uid
+        )))
     }
 
     /// Loads a token only if it and its directory belong to root and nobody
@@ -105,6 +149,7 @@ mod tests {
             checkpoint: "/ck/id-c".into(),
             sandbox_id: "sb".into(),
             container_name: "c".into(),
+            pod_uid: String::new(),
             backend: "criu".into(),
             lazy_pages: false,
         }

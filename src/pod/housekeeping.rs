@@ -13,7 +13,11 @@ use tracing::{info, warn};
 
 use super::PodService;
 use crate::api::cri;
-use crate::interposer::token::RestoreToken;
+use crate::interposer::token::{IssuedFor, RestoreToken};
+
+/// How long a sandbox's own token may wait for its sandbox: far beyond any
+/// RestorePod's deadline.
+const SANDBOX_TOKEN_LIFE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl PodService {
     /// Prunes, in the background, unless a pruning is already under way.
@@ -49,10 +53,23 @@ impl PodService {
     async fn prune_tokens(&self) -> Result<usize, crate::archive::ArchiveError> {
         let dir = self.inner.state_dir.join("restores");
         let mut by_sandbox: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-        for (path, sandbox) in RestoreToken::list(&dir)? {
-            by_sandbox.entry(sandbox).or_default().push(path);
-        }
         let mut removed = 0;
+        for (path, issued_for) in RestoreToken::list(&dir)? {
+            match issued_for {
+                IssuedFor::Sandbox(sandbox) => by_sandbox.entry(sandbox).or_default().push(path),
+                // Its RestorePod uses or removes it within its deadline; one
+                // this old outlived a daemon that died in between.
+                IssuedFor::SandboxToBe => {
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().unwrap_or_default() > SANDBOX_TOKEN_LIFE);
+                    if stale && std::fs::remove_file(&path).is_ok() {
+                        removed += 1;
+                    }
+                }
+                IssuedFor::Nothing => by_sandbox.entry(String::new()).or_default().push(path),
+            }
+        }
         for (sandbox, paths) in by_sandbox {
             let gone = sandbox.is_empty() || {
                 let request = cri::PodSandboxStatusRequest {

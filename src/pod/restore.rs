@@ -18,7 +18,7 @@ use super::{Backend, PodService, contract, options};
 use crate::api::cri;
 use crate::api::cri::image_service_client::ImageServiceClient;
 use crate::api::pod::{
-    ContainerConfigAnnotations, CreateContainerRequestBytes, RestorePodRequest, RestorePodResponse, RestoredContainer,
+    ContainerConfigAnnotations, CreateContainerRequestBytes, PodSandboxConfigAnnotations, RestorePodRequest, RestorePodResponse, RestoredContainer,
     RunPodSandboxRequestBytes,
 };
 use crate::archive::{self, Manifest, PodOptions, ProcessRecord, Seals};
@@ -29,6 +29,9 @@ use crate::interposer::token::{self, RestoreToken};
 struct Verified {
     root: PathBuf,
     containers: Vec<VerifiedContainer>,
+    /// The image of the whole sandbox, for a backend that restores
+    /// sandboxes whole; each container's processes are in it.
+    sandbox: Option<PathBuf>,
 }
 
 struct VerifiedContainer {
@@ -84,6 +87,7 @@ impl PodService {
         let restorer = Restorer {
             handler: request.runtime_handler.clone(),
             backend: handler.checkpointer.name().to_owned(),
+            whole_sandbox: handler.checkpointer.captures_sandbox(),
         };
         let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs, &restorer, &seals))
             .await
@@ -137,8 +141,36 @@ impl PodService {
         created: &mut Created,
         started: Instant,
     ) -> Result<RestorePodResponse, PodError> {
+        let mut config = request.config.clone();
+        if let Some(image) = &checkpoint.sandbox {
+            // The sandbox itself comes back from the image; its token names
+            // the pod by UID, as the sandbox's id does not exist yet.
+            let pod_uid = cri::PodSandboxConfig::decode(request.config.as_ref())
+                .ok()
+                .and_then(|c| c.metadata)
+                .map(|m| m.uid)
+                .filter(|uid| !uid.is_empty())
+                .ok_or_else(|| {
+                    PodError::InvalidArgument("config.metadata.uid is needed to restore a whole sandbox".into())
+                })?;
+            let token = RestoreToken {
+                checkpoint: image.clone(),
+                sandbox_id: String::new(),
+                container_name: String::new(),
+                pod_uid,
+                backend: how.backend.clone(),
+                lazy_pages: false,
+            };
+            let token_path = token.write(&self.inner.state_dir.join("restores"))?;
+            created.tokens.push(token_path.clone());
+            PodSandboxConfigAnnotations {
+                annotations: [(token::SANDBOX_ANNOTATION.to_owned(), token_path.display().to_string())].into(),
+            }
+            .encode(&mut config)
+            .map_err(|e| PodError::Internal(format!("encoding the sandbox's restore marker: {e}")))?;
+        }
         let run = RunPodSandboxRequestBytes {
-            config: request.config.clone(),
+            config,
             runtime_handler: request.runtime_handler.clone(),
         };
         let sandbox: cri::RunPodSandboxResponse = self.raw_call("RunPodSandbox", run).await?;
@@ -149,9 +181,10 @@ impl PodService {
         let mut restored = Vec::new();
         for container in &checkpoint.containers {
             let token = RestoreToken {
-                checkpoint: container.folder.clone(),
+                checkpoint: checkpoint.sandbox.clone().unwrap_or_else(|| container.folder.clone()),
                 sandbox_id: sandbox_id.clone(),
                 container_name: container.name.clone(),
+                pod_uid: String::new(),
                 backend: how.backend.clone(),
                 lazy_pages: how.lazy_pages,
             };
@@ -297,6 +330,8 @@ fn invalid(root: &Path, why: impl std::fmt::Display) -> PodError {
 struct Restorer {
     handler: String,
     backend: String,
+    /// The backend restores a whole sandbox from one image (`sandbox/`).
+    whole_sandbox: bool,
 }
 
 /// Whether the selected handler can restore this checkpoint at all: its
@@ -407,7 +442,14 @@ fn verify(
         let folder_name = &options.containers[&name];
         let folder = root.join(folder_name);
         let is_child = Path::new(folder_name).components().count() == 1 && !folder_name.starts_with('.');
-        if !is_child || !folder.join(archive::CHECKPOINT_DIR).is_dir() {
+        // A whole-sandbox image holds every container's processes; a
+        // container's folder then holds only what describes it.
+        let images = if restorer.whole_sandbox {
+            root.join(archive::SANDBOX_DIR)
+        } else {
+            folder.join(archive::CHECKPOINT_DIR)
+        };
+        if !is_child || !images.is_dir() {
             return Err(invalid(
                 &root,
                 format!("container {name}: folder {folder_name:?} is not a checkpoint folder"),
@@ -426,7 +468,12 @@ fn verify(
             record,
         });
     }
-    Ok(Verified { root, containers })
+    let sandbox = restorer.whole_sandbox.then(|| root.join(archive::SANDBOX_DIR));
+    Ok(Verified {
+        root,
+        containers,
+        sandbox,
+    })
 }
 
 /// Whether this restore is lazy: the request's option, else the handler's
