@@ -256,3 +256,93 @@ async fn a_gvisor_pod_comes_back_whole_in_new_sandboxes() {
     }
     drop(replicas);
 }
+
+/// A two-container gVisor pod, checkpointed; the pod is gone.
+async fn gvisor_checkpoint(shim: &Shim, tb: &support::Testbed) -> (tempfile::TempDir, std::path::PathBuf) {
+    let mut client = shim.client().await;
+    let pod = Pod::run_on(&mut client, &shim.socket, "gvisor-source", "gvisor").await;
+    let counter = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
+    assert!(support::count_reaches(&client, &counter, 2, Duration::from_secs(20)).await);
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+    support::checkpoint_pod_exactly(shim, &pod.id, &out, vec![counter], &[])
+        .await
+        .expect("CheckpointPod");
+    (parent, out)
+}
+
+/// Sandboxes the runtime knows, tokens podckptd keeps, and sandboxes runsc
+/// runs: what a refused or undone restore must leave as it found them.
+async fn traces(shim: &Shim) -> (usize, usize, usize) {
+    let sandboxes = support::sandboxes(&mut shim.client().await).await.len();
+    let tokens = std::fs::read_dir(shim.state_dir().join("restores")).map_or(0, |d| d.count());
+    (sandboxes, tokens, runsc_ids().len())
+}
+
+#[tokio::test]
+#[serial]
+async fn restores_across_backends_versions_and_deadlines_are_refused_and_leave_nothing() {
+    let Some(tb) = testbed() else { return };
+    support::install_interposer();
+    let shim = Shim::start_with(&tb, GVISOR_HANDLER, 5);
+    let (_keep_gvisor, gvisor) = gvisor_checkpoint(&shim, &tb).await;
+    let (_keep_criu, criu, _) = support::checkpointed(
+        &shim,
+        "",
+        support::container_config("counter", &tb.image, COUNTER),
+        2,
+    )
+    .await;
+    let before = traces(&shim).await;
+
+    let refused = |checkpoint: &Path, handler: &str| {
+        let call = support::RestoreCall::new(checkpoint, &support::checkpointed_configs(checkpoint, &["counter"]), handler);
+        call.send(&shim, Some(Duration::from_secs(60)))
+    };
+    // A CRIU checkpoint through the gVisor handler, and the reverse.
+    for (checkpoint, handler, taken, restorer) in [
+        (&criu, "gvisor", "criu-runc", "runsc"),
+        (&gvisor, "podckpt", "runsc", "criu-runc"),
+    ] {
+        let err = refused(checkpoint, handler).await.err().expect("refused");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
+        assert!(
+            err.message().contains(taken) && err.message().contains(restorer),
+            "the message names both backends: {}",
+            err.message()
+        );
+        assert_eq!(traces(&shim).await, before, "a refused restore left something");
+    }
+
+    // An image from another runsc version: runsc cannot restore it.
+    let (_keep_copy, copy) = support::copy_dir(&gvisor, "other-version");
+    let manifest_path = copy.join(podckpt::archive::MANIFEST);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["engine_version"] = "0.0~20230101.0".into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = refused(&copy, "gvisor").await.err().expect("refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("0.0~20230101.0") && err.message().contains(&runsc_version()), "{}", err.message());
+    assert_eq!(traces(&shim).await, before);
+
+    // Out of time while the sandbox is being made: undone.
+    let call = support::RestoreCall::new(&gvisor, &support::checkpointed_configs(&gvisor, &["counter"]), "gvisor");
+    let err = call.send(&shim, Some(Duration::from_millis(300))).await.err().expect("out of time");
+    let in_time = err.code() == tonic::Code::DeadlineExceeded
+        || (err.code() == tonic::Code::Cancelled && err.message() == "Timeout expired");
+    assert!(in_time, "{:?}: {}", err.code(), err.message());
+    let undone = eventually(Duration::from_secs(30), || async { traces(&shim).await == before }).await;
+    assert!(undone, "a restore that ran out of time left {:?}, not {before:?}", traces(&shim).await);
+
+    // And the checkpoint still restores.
+    let call = support::RestoreCall::new(&gvisor, &support::checkpointed_configs(&gvisor, &["counter"]), "gvisor");
+    let (_pod, restored) = call.send(&shim, Some(Duration::from_secs(60))).await.expect("RestorePod");
+    let mut client = shim.client().await;
+    let cid = restored[0].container_id.clone();
+    client
+        .start_container(cri::StartContainerRequest { container_id: cid.clone() })
+        .await
+        .expect("StartContainer");
+    assert!(support::count_reaches(&client, &cid, 3, Duration::from_secs(20)).await);
+}

@@ -150,6 +150,12 @@ pub trait Checkpointer: Send + Sync {
         )))
     }
 
+    /// Whether a checkpoint can only be restored by the engine version that
+    /// took it.
+    fn restores_only_own_version(&self) -> bool {
+        false
+    }
+
     /// Processes of this backend still checkpointing one of `containers`
     /// that a killed daemon left running; resuming waits for them to end.
     fn checkpoints_in_flight(&self, _containers: &[ContainerRef]) -> Vec<u32> {

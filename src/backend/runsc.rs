@@ -79,6 +79,11 @@ impl Checkpointer for RunscCheckpointer {
         true
     }
 
+    /// runsc refuses an image saved by another runsc version.
+    fn restores_only_own_version(&self) -> bool {
+        true
+    }
+
     async fn capture_sandbox(
         &self,
         sandbox: &ContainerRef,

@@ -84,10 +84,16 @@ impl PodService {
         // everyone else's CRI calls.
         let (path, configs) = (request.checkpoint_path.clone(), request.container_configs.clone());
         let seals = self.inner.seals.clone();
+        let engine_version = if handler.checkpointer.restores_only_own_version() {
+            Some(handler.checkpointer.engine_version().await?)
+        } else {
+            None
+        };
         let restorer = Restorer {
             handler: request.runtime_handler.clone(),
             backend: handler.checkpointer.name().to_owned(),
             whole_sandbox: handler.checkpointer.captures_sandbox(),
+            engine_version,
         };
         let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs, &restorer, &seals))
             .await
@@ -332,6 +338,9 @@ struct Restorer {
     backend: String,
     /// The backend restores a whole sandbox from one image (`sandbox/`).
     whole_sandbox: bool,
+    /// The only engine version that can restore, for a backend whose
+    /// engine restores only its own images.
+    engine_version: Option<String>,
 }
 
 /// Whether the selected handler can restore this checkpoint at all: its
@@ -359,6 +368,17 @@ fn check_restorable(root: &Path, manifest: &Manifest, restorer: &Restorer) -> Re
             manifest.backend,
             restorer.handler,
             restorer.backend,
+            manifest.backend
+        )));
+    }
+    if let Some(version) = &restorer.engine_version
+        && manifest.engine_version != *version
+    {
+        return Err(PodError::FailedPrecondition(format!(
+            "checkpoint {} was taken with {} version {}, and this node's is {version}; {} restores only images of its own version",
+            root.display(),
+            manifest.backend,
+            manifest.engine_version,
             manifest.backend
         )));
     }
