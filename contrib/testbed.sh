@@ -226,6 +226,11 @@ cmd_stop() {
     for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $SOCK" || true); do
         kill -KILL "$shim" 2>/dev/null || true
     done
+    # gVisor sandboxes and gofers of our runsc root outlive a killed shim.
+    local r
+    for r in $(pgrep -f -- "--root[= ]$TB_RUN/runsc/" || true); do
+        kill -KILL "$r" 2>/dev/null || true
+    done
     local m
     while read -r m; do umount -l "$m" 2>/dev/null || true; done < <(
         awk -v a="$TB_DIR" -v b="$TB_RUN" '$5 ~ "^"a || $5 ~ "^"b {print $5}' /proc/self/mountinfo | sort -r)
@@ -235,7 +240,7 @@ cmd_stop() {
         ip netns delete "$ns" 2>/dev/null || true
     done
     ip link delete podckpt0 2>/dev/null || true
-    rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd"
+    rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd" "$TB_RUN/runsc"
     rm -f "$SOCK" "$SOCK.ttrpc"
     log "stopped"
 }

@@ -13,10 +13,8 @@ use serial_test::serial;
 use podckpt::api::cri;
 use podckpt::interposer::gvisor::WAITER_COMMAND;
 
-use crate::support::{self, COUNTER, Pod, Shim, eventually, exec, testbed};
+use crate::support::{self, COUNTER, GVISOR_HANDLER, Pod, RUNSC_ROOT, Shim, eventually, exec, testbed};
 
-/// runsc's state root for the handler (its `Root` option plus the namespace).
-const RUNSC_ROOT: &str = "/run/containerd/runsc/k8s.io";
 
 /// The ids runsc knows under the handler's root.
 fn runsc_ids() -> Vec<String> {
@@ -129,8 +127,6 @@ async fn a_gvisor_pod_runs_logs_execs_and_goes_away() {
     }
 }
 
-/// podckptd's handler for the test bed's gVisor pods.
-const GVISOR_HANDLER: &str = "[handlers.gvisor]\nbackend = \"runsc\"\nruntime = \"runsc\"\nroot = \"/run/containerd/runsc/k8s.io\"\nrestore = true\n";
 
 fn runsc_version() -> String {
     let out = Command::new("runsc").arg("--version").output().expect("runsc --version");

@@ -26,6 +26,11 @@ pub type Images = ImageServiceClient<Channel>;
 pub type PodClient = podckpt::api::pod::runtime_service_client::RuntimeServiceClient<Channel>;
 
 pub const RUNC_ROOT: &str = "/run/containerd/runc/k8s.io";
+/// runsc's state root for the test bed's "gvisor" handler (its `Root` under
+/// the test bed's run directory, plus the namespace).
+pub const RUNSC_ROOT: &str = "/run/podckpt-testbed/runsc/k8s.io";
+/// podckptd's handler for the test bed's gVisor pods.
+pub const GVISOR_HANDLER: &str = "[handlers.gvisor]\nbackend = \"runsc\"\nruntime = \"runsc\"\nroot = \"/run/podckpt-testbed/runsc/k8s.io\"\nrestore = true\n";
 
 /// runc's own view of a container's state: "running", "paused", ...
 pub fn runc_status(id: &str) -> String {
@@ -839,4 +844,23 @@ pub fn dirty_kib() -> u64 {
         .find_map(|l| l.strip_prefix("Dirty:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("Dirty: in /proc/meminfo")
+}
+
+/// The median of a benchmark's rounds.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// A benchmark's test bed and shim (with `handlers` as podckptd's config),
+/// with the freshly built podckpt-runc installed; `None` unless cargo ran
+/// the benchmark (`cargo test` runs bench targets without `--bench`).
+pub fn bench_shim(handlers: &str) -> Option<(Testbed, Shim)> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return None;
+    }
+    let tb = testbed().expect("the benchmark needs the test bed: contrib/testbed.sh up, as root");
+    install_interposer();
+    let shim = Shim::start_with(&tb, handlers, 5);
+    Some((tb, shim))
 }

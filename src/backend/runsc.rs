@@ -12,10 +12,6 @@ use super::{
     command,
 };
 
-/// The state root containerd's runc shim gives runsc for the test bed's and
-/// contrib's gVisor handler (its `Root` option plus the namespace).
-pub const CONTAINERD_RUNSC_ROOT: &str = "/run/containerd/runsc/k8s.io";
-
 pub struct RunscCheckpointer {
     binary: PathBuf,
     root: PathBuf,

@@ -504,7 +504,7 @@ fn lazy_pages(backend: &Backend, request: &RestorePodRequest) -> Result<bool, Po
     let lazy = asked.or(backend.config.lazy_pages).unwrap_or(can);
     if lazy && !can {
         return Err(PodError::FailedPrecondition(format!(
-            "runtime handler {:?} ({}, backend {}) cannot restore lazily; set {}=false, or use a handler whose backend can (criu-runc)",
+            "runtime handler {:?} ({}, backend {}) cannot restore lazily; set {}=false, or use a handler whose backend can",
             request.runtime_handler,
             backend.config.runtime.display(),
             backend.checkpointer.name(),
