@@ -25,11 +25,6 @@ use support::{Pod, Shim, checkpoint_pod, count};
 
 const ROUNDS: usize = 5;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 async fn wait_counting(client: &support::Runtime, cid: &str) {
     let ok = support::count_reaches(client, cid, 2, Duration::from_secs(180)).await;
     assert!(ok, "container {cid} did not start counting");
@@ -130,12 +125,7 @@ async fn podckpt_restore(shim: &Shim, checkpoint: &Path, name: &str) -> (f64, f6
 
 #[tokio::main]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
-    let tb = support::testbed().expect("the benchmark needs the test bed: contrib/testbed.sh up, as root");
-    support::install_interposer();
-    let shim = Shim::start(&tb);
+    let Some((tb, shim)) = support::bench_shim("") else { return };
     let mut client = shim.client().await;
     let scratch = tempfile::tempdir().unwrap();
 
@@ -169,11 +159,11 @@ async fn main() {
             copied.push(podckpt_restore(&shim, &copy, "mem").await);
             std::fs::remove_dir_all(&copy).unwrap();
         }
-        let dump = median(bare.iter().map(|b| b.dumped).collect());
-        let synced = median(bare.iter().map(|b| b.synced).collect());
-        let frozen = median(bare.iter().map(|b| b.frozen).collect());
-        let total = median(ours.iter().map(|o| o.0).collect());
-        let freeze = median(ours.iter().map(|o| o.1).collect());
+        let dump = support::median(bare.iter().map(|b| b.dumped).collect());
+        let synced = support::median(bare.iter().map(|b| b.synced).collect());
+        let frozen = support::median(bare.iter().map(|b| b.frozen).collect());
+        let total = support::median(ours.iter().map(|o| o.0).collect());
+        let freeze = support::median(ours.iter().map(|o| o.1).collect());
         println!(
             "| {mib} MiB | {dump:.3} | {synced:.3} | {total:.3} | {:.2} | {freeze:.3} | {:.2} | {frozen:.3} | {:.2} | {} |",
             total / synced,
@@ -182,8 +172,8 @@ async fn main() {
             freeze_verdict(freeze, frozen)
         );
         let restore_columns = |runs: Vec<(f64, f64)>| {
-            let total = median(runs.iter().map(|r| r.0).collect());
-            let bare = median(runs.iter().map(|r| r.1).collect());
+            let total = support::median(runs.iter().map(|r| r.0).collect());
+            let bare = support::median(runs.iter().map(|r| r.1).collect());
             format!("{bare:.3} | {total:.3} | {:.2}", total / bare)
         };
         restore_rows.push(format!(
@@ -225,8 +215,8 @@ async fn main() {
         dumps.push(bare_a.dumped + bare_b.dumped);
         frozens.push(bare_a.frozen + bare_b.frozen);
     }
-    let (w, s) = (median(whole), median(alone));
-    let (freeze, dump, frozen) = (median(freezes), median(dumps), median(frozens));
+    let (w, s) = (support::median(whole), support::median(alone));
+    let (freeze, dump, frozen) = (support::median(freezes), support::median(dumps), support::median(frozens));
     println!();
     println!("| two containers, 64 MiB each | whole pod s | each alone, summed s | ratio |");
     println!("|---|---|---|---|");

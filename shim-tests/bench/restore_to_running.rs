@@ -26,11 +26,6 @@ use support::{Pod, RestoreCall, Shim};
 
 const ROUNDS: usize = 5;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 /// A counter that holds `mib` MiB and writes every 10 ms, so that the time
 /// it next writes is known to within a few milliseconds.
 fn fast_memory_counter(mib: u64) -> String {
@@ -130,18 +125,13 @@ fn daemon_running(checkpoint: &Path) -> bool {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        return;
-    }
+    let Some((tb, shim)) = support::bench_shim("") else { return };
     let sizes: Vec<u64> = args
         .iter()
         .position(|a| a == "--sizes")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(|n| n.parse().expect("MiB")).collect())
         .unwrap_or_else(|| vec![64, 256, 1024, 4096]);
-    let tb = support::testbed().expect("the benchmark needs the test bed: contrib/testbed.sh up, as root");
-    support::install_interposer();
-    let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let scratch = tempfile::tempdir().unwrap();
 
@@ -169,7 +159,7 @@ async fn main() {
             eager.push(round(&shim, &checkpoint, saved, false).await);
             lazy.push(round(&shim, &checkpoint, saved, true).await);
         }
-        let m = |rounds: &[Round], f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+        let m = |rounds: &[Round], f: fn(&Round) -> f64| support::median(rounds.iter().map(f).collect());
         let (e, l) = (m(&eager, |r| r.to_running), m(&lazy, |r| r.to_running));
         lazy_running.push((mib, l));
         println!(
