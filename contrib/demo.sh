@@ -3,17 +3,30 @@
 # podckptd in front of the private containerd, run a counter pod through it,
 # checkpoint the pod, delete it, restore it into a new pod and watch the
 # counter go on from where it was.
+#
+#   contrib/demo.sh            the pod runs in runc, CRIU captures it
+#   contrib/demo.sh --gvisor   the pod runs in gVisor, runsc captures it
 set -euo pipefail
 cd "$(dirname "$0")/.."
+handler="" restore_handler=podckpt config=/dev/null
+if [ "${1:-}" = --gvisor ]; then
+    handler=gvisor restore_handler=gvisor
+fi
 bash contrib/testbed.sh up
 cargo build --release --locked --bin podckptd --bin podckpt --bin podckpt-runc --example counter_pod
 eval "$(bash contrib/testbed.sh env)"
 # containerd's "podckpt" runtime handler runs this podckpt-runc.
 install -D -m 0755 target/release/podckpt-runc "$PODCKPT_TESTBED_INTERPOSER"
+# Its "gvisor" handler runs the same binary as podckpt-runsc, in front of runsc.
+ln -sf podckpt-runc "$(dirname "$PODCKPT_TESTBED_INTERPOSER")/podckpt-runsc"
 
 work=$(mktemp -d /run/podckpt-demo.XXXXXX)
 sock="$work/podckpt.sock"
-./target/release/podckptd --config /dev/null --listen "$sock" --state-dir "$work/state" \
+if [ -n "$handler" ]; then
+    config="$work/config.toml"
+    printf '[handlers.gvisor]\nbackend = "runsc"\nruntime = "runsc"\nroot = "/run/podckpt-testbed/runsc/k8s.io"\nrestore = true\n' >"$config"
+fi
+./target/release/podckptd --config "$config" --listen "$sock" --state-dir "$work/state" \
     --runtime-endpoint "unix://$PODCKPT_TEST_CONTAINERD" --log-level warn &
 shim=$!
 pods=()
@@ -28,8 +41,8 @@ for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.05; done
 podckpt() { ./target/release/podckpt --runtime-endpoint "unix://$sock" "$@"; }
 counter() { ./target/release/examples/counter_pod "$@"; }
 
-echo "== a counter pod, through podckptd"
-read -r pod cid < <(counter run "$sock" "$PODCKPT_TEST_BUSYBOX_IMAGE")
+echo "== a counter pod, through podckptd${handler:+ (runtime handler $handler)}"
+read -r pod cid < <(counter run "$sock" "$PODCKPT_TEST_BUSYBOX_IMAGE" "$handler")
 pods+=("$pod")
 sleep 4
 echo "counter = $(counter count "$sock" "$cid")"
@@ -45,7 +58,8 @@ counter rmp "$sock" "$pod"
 pods=()
 
 echo "== podckpt restorep --start"
-restored=$(podckpt --output json restorep "$work/checkpoint" --name counter-restored --start)
+restored=$(podckpt --output json restorep "$work/checkpoint" --name counter-restored \
+    --runtime-handler "$restore_handler" --start)
 new_pod=$(echo "$restored" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pod_sandbox_id"])')
 new_cid=$(echo "$restored" | python3 -c 'import json,sys; print(json.load(sys.stdin)["containers"][0]["container_id"])')
 pods+=("$new_pod")

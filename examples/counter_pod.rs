@@ -13,7 +13,7 @@ const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo c
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(verb), Some(socket)) = (args.first(), args.get(1)) else {
-        bail!("usage: counter_pod run|count|rmp SOCKET ARG");
+        bail!("usage: counter_pod run SOCKET IMAGE [HANDLER] | count SOCKET CONTAINER | rmp SOCKET POD");
     };
     let arg = args.get(2).context("missing argument")?;
     let mut rt = podckpt::cri_client::runtime(std::path::Path::new(socket));
@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let request = cri::RunPodSandboxRequest {
                 config: Some(pod_config.clone()),
-                runtime_handler: String::new(),
+                runtime_handler: args.get(3).cloned().unwrap_or_default(),
             };
             let pod = rt.run_pod_sandbox(request).await?.into_inner().pod_sandbox_id;
             let config = cri::ContainerConfig {
