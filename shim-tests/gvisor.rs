@@ -66,6 +66,21 @@ async fn a_gvisor_pod_runs_logs_execs_and_goes_away() {
     let quitter = pod
         .start_container(&mut client, &tb.image, "quitter", "sleep 1; exit 7")
         .await;
+    // A terminal: the shim hands a console socket and no stdio.
+    let mut config = support::container_config("typist", &tb.image, COUNTER);
+    config.tty = true;
+    config.stdin = true;
+    let typist = pod.create_container(&mut client, config).await;
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: typist.clone(),
+        })
+        .await
+        .expect("StartContainer of a container with a terminal");
+    assert!(
+        support::count_reaches(&client, &typist, 2, Duration::from_secs(20)).await,
+        "the container with a terminal does not run"
+    );
     assert!(runsc_ids().contains(&pod.id), "the sandbox does not run in gVisor");
     assert!(runsc_ids().contains(&counter), "the container does not run in gVisor");
 
@@ -111,7 +126,7 @@ async fn a_gvisor_pod_runs_logs_execs_and_goes_away() {
         "stopping one container stopped another"
     );
 
-    let ids = [pod.id.clone(), counter, talker, quitter];
+    let ids = [pod.id.clone(), counter, talker, quitter, typist];
     drop(pod);
     let gone = eventually(Duration::from_secs(20), || async {
         let known = runsc_ids();

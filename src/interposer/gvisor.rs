@@ -48,6 +48,10 @@ const DEFAULT_FLAGS: [(&str, &str); 2] = [("--network", "none"), ("--overlay2", 
 const WAITERS: &str = "podckpt-waiters";
 /// Left by a `create` that restored, for the `start` that follows.
 const RESTORED: &str = "restored";
+/// How long a live waiter may take to open its FIFO.
+const WAITER_READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// Left by the `create` of a container with a terminal.
+const TTY: &str = "tty";
 /// The container-type annotation that marks a pod's non-sandbox containers.
 const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
@@ -211,6 +215,10 @@ impl Runsc {
     /// A waiter for a sub-container that `create` made (or restored): its
     /// pid goes into the pid file, for the shim to reap.
     fn start_waiter(&self, create: &cli::Create) -> Result<ExitCode, String> {
+        // With a terminal the shim passes no stdio, and what it gave us is
+        // its capture pipe of our output, which it reads to EOF: a waiter
+        // holding it would hang this very `create`.
+        let tty = create.console_socket.is_some();
         let dir = self
             .waiter_dir(&create.id)
             .ok_or("runsc's --root is needed to keep a sub-container's waiter")?;
@@ -221,15 +229,19 @@ impl Runsc {
             .map_err(|e| format!("{}: {e}", fifo.display()))?;
         // The waiter keeps our stdio, which is the container's, for `start`.
         let exe = std::env::current_exe().map_err(|e| format!("finding podckpt-runc: {e}"))?;
-        let waiter = Command::new(exe)
+        let mut waiter = Command::new(exe);
+        waiter
             .arg(WAITER_COMMAND)
             .arg(&fifo)
             .arg(&self.binary)
             .args(["--root".as_ref(), self.root.as_deref().unwrap_or(Path::new("")).as_os_str()])
             .arg(&create.id)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("starting the waiter: {e}"))?;
+            .process_group(0);
+        if tty {
+            waiter.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            std::fs::write(dir.join(TTY), b"").map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let waiter = waiter.spawn().map_err(|e| format!("starting the waiter: {e}"))?;
         std::fs::write(dir.join("pid"), waiter.id().to_string()).map_err(|e| format!("{}: {e}", dir.display()))?;
         if let Some(pid_file) = &create.pid_file {
             // What the shim reaps: the waiter, not the sandbox runsc wrote.
@@ -254,7 +266,7 @@ impl Runsc {
             // Restored at `create`: its processes are back; a sub-container's
             // waiter only has to start waiting.
             if let Some(waiter) = waiter {
-                signal_waiter(&waiter.fifo, "start")?;
+                signal_waiter(&waiter, "start")?;
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -262,6 +274,11 @@ impl Runsc {
             return Err(self.exec("start", rest));
         };
         let fd = |n: u32, write: bool| {
+            if waiter.tty {
+                // The process's stdio is its terminal; ours is the shim's
+                // capture pipe, which nothing may keep open.
+                return Ok(Stdio::null());
+            }
             let path = format!("/proc/{}/fd/{n}", waiter.pid);
             std::fs::OpenOptions::new()
                 .read(!write)
@@ -278,7 +295,7 @@ impl Runsc {
             .status()
             .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
         if status.success() {
-            signal_waiter(&waiter.fifo, "start")?;
+            signal_waiter(&waiter, "start")?;
         }
         Ok(exit_code(status))
     }
@@ -305,7 +322,7 @@ impl Runsc {
     fn release_waiter(&self, id: &OsStr) {
         let Some(dir) = self.waiter_dir(id) else { return };
         if let Some(waiter) = read_waiter(&dir) {
-            let _ = signal_waiter(&waiter.fifo, "delete");
+            let _ = signal_waiter(&waiter, "delete");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -314,6 +331,7 @@ impl Runsc {
 struct Waiter {
     pid: u32,
     fifo: PathBuf,
+    tty: bool,
 }
 
 fn read_waiter(dir: &Path) -> Option<Waiter> {
@@ -321,18 +339,35 @@ fn read_waiter(dir: &Path) -> Option<Waiter> {
     Some(Waiter {
         pid,
         fifo: dir.join("go"),
+        tty: dir.join(TTY).exists(),
     })
 }
 
 /// Tells a waiter what happened. Non-blocking: a waiter that is gone has
-/// no reader on its FIFO, and nobody must hang on it.
-fn signal_waiter(fifo: &Path, word: &str) -> Result<(), String> {
-    let mut pipe = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(fifo)
-        .map_err(|e| format!("the waiter's FIFO {}: {e}", fifo.display()))?;
-    writeln!(pipe, "{word}").map_err(|e| format!("the waiter's FIFO {}: {e}", fifo.display()))
+/// no reader on its FIFO, and nobody must hang on it. A waiter that is
+/// alive but has not opened its FIFO yet (just started, on a busy node) is
+/// given a moment.
+fn signal_waiter(waiter: &Waiter, word: &str) -> Result<(), String> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&waiter.fifo)
+    };
+    let since = std::time::Instant::now();
+    let mut pipe = loop {
+        match open() {
+            Err(e)
+                if e.raw_os_error() == Some(nix::libc::ENXIO)
+                    && Path::new(&format!("/proc/{}", waiter.pid)).exists()
+                    && since.elapsed() < WAITER_READY_WITHIN =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            other => break other.map_err(|e| format!("the waiter's FIFO {}: {e}", waiter.fifo.display()))?,
+        }
+    };
+    writeln!(pipe, "{word}").map_err(|e| format!("the waiter's FIFO {}: {e}", waiter.fifo.display()))
 }
 
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {

@@ -78,6 +78,10 @@ impl RestoreToken {
         let mut tokens = Vec::new();
         for entry in entries {
             let path = entry.map_err(ArchiveError::io(dir))?.path();
+            // Not a token (yet): `replace_json`'s temporary, being written.
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
             let issued_for = match std::fs::read(&path)
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<Self>(&bytes).ok())

@@ -20,15 +20,15 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::backend::RestoreError;
 
@@ -166,11 +166,45 @@ pub fn supervise(args: &[OsString]) -> ExitCode {
         Err(_) => None,
     };
     let Some(init) = init else {
-        eprintln!("the restore did not happen; stopping the daemon");
+        // No pid: the restore failed, or podckpt-runc could not read the
+        // pid, or it was killed while `runc restore` went on. A container
+        // that exists now would run on pages nobody serves.
+        if container_exists(&plan) {
+            kill_all(&plan);
+            eprintln!("the container exists but was never handed over; it was killed");
+        } else {
+            eprintln!("the restore did not happen");
+        }
         stop(&mut daemon);
         return ExitCode::FAILURE;
     };
-    match watch(&mut daemon, init) {
+    let init_fd = match pidfd(init) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {
+            eprintln!("the container ended before it was watched; the daemon was stopped");
+            stop(&mut daemon);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            kill_all(&plan);
+            eprintln!("podckpt could not watch the restored container ({e}); it was killed");
+            stop(&mut daemon);
+            return ExitCode::FAILURE;
+        }
+    };
+    // Opened now, without blocking: once the container is killed its fds
+    // are gone, and a pipe whose reader died must not hold up the kill.
+    let stderr = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(format!("/proc/{init}/fd/2"))
+        .ok();
+    let container = Container {
+        plan: &plan,
+        init_fd,
+        stderr,
+    };
+    match watch(&mut daemon, &container.init_fd) {
         Ok(Outcome::AllPagesIn) => {
             eprintln!("every page is in; the daemon is done");
             ExitCode::SUCCESS
@@ -181,13 +215,13 @@ pub fn supervise(args: &[OsString]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Outcome::DaemonFailed(status)) => {
-            fail_container(&plan, init, &format!("the lazy-pages daemon {}", describe(status)));
+            container.fail(&format!("the lazy-pages daemon {}", describe(status)));
             ExitCode::FAILURE
         }
         Err(e) => {
             // Without a way to watch the daemon, the container cannot be
             // trusted to get its pages.
-            fail_container(&plan, init, &format!("podckpt could not watch the lazy-pages daemon: {e}"));
+            container.fail(&format!("podckpt could not watch the lazy-pages daemon: {e}"));
             stop(&mut daemon);
             ExitCode::FAILURE
         }
@@ -204,7 +238,8 @@ fn start_daemon(plan: &Plan) -> Result<Child, String> {
         .arg(&plan.images)
         .arg("--work-dir")
         .arg(&plan.work)
-        .args(["-o", DAEMON_LOG, "-v4"])
+        // -v4 would log in the page-fault path, into the bundle on tmpfs.
+        .args(["-o", DAEMON_LOG, "-v2"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -231,14 +266,8 @@ enum Outcome {
     DaemonFailed(ExitStatus),
 }
 
-fn watch(daemon: &mut Child, init: i32) -> std::io::Result<Outcome> {
+fn watch(daemon: &mut Child, init_fd: &OwnedFd) -> std::io::Result<Outcome> {
     let daemon_fd = pidfd(daemon.id() as i32)?;
-    let Some(init_fd) = pidfd(init).map(Some).or_else(|e| {
-        if e.raw_os_error() == Some(nix::libc::ESRCH) { Ok(None) } else { Err(e) }
-    })?
-    else {
-        return Ok(Outcome::ContainerEnded);
-    };
     loop {
         let mut fds = [
             PollFd::new(daemon_fd.as_fd(), PollFlags::POLLIN),
@@ -277,26 +306,65 @@ fn pidfd(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Kills the container the daemon was serving, and says why where its
-/// owner will look: the container's own log, then the supervisor's.
-fn fail_container(plan: &Plan, init: i32, why: &str) {
-    let message = format!(
-        "podckpt: {why} before every page of this lazily restored container was in; the container was killed so that it never runs on memory it does not have\n"
-    );
-    // The restored process's stderr is the shim's log pipe: what is
-    // written there reaches `crictl logs` and `kubectl logs`.
-    if let Ok(mut stderr) = std::fs::OpenOptions::new().write(true).open(format!("/proc/{init}/fd/2")) {
-        let _ = stderr.write_all(message.as_bytes());
+/// The restored container, as the supervisor holds it.
+struct Container<'a> {
+    plan: &'a Plan,
+    init_fd: OwnedFd,
+    /// The container's stderr, the shim's log pipe: what is written there
+    /// reaches `crictl logs` and `kubectl logs`.
+    stderr: Option<File>,
+}
+
+impl Container<'_> {
+    /// Kills the container at once, then says why where its owner will
+    /// look: its own log, then the supervisor's.
+    fn fail(mut self, why: &str) {
+        // Through the pidfd: never another process that took the pid.
+        // SAFETY: pidfd_send_signal takes a pidfd, a signal, a null info
+        // and flags 0.
+        unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_pidfd_send_signal,
+                self.init_fd.as_raw_fd(),
+                nix::libc::SIGKILL,
+                std::ptr::null::<nix::libc::siginfo_t>(),
+                0,
+            );
+        }
+        // init may not be the only process (a pod-wide PID namespace).
+        kill_all(self.plan);
+        let message = format!(
+            "podckpt: {why} before every page of this lazily restored container was in; the container was killed so that it never runs on memory it does not have\n"
+        );
+        if let Some(stderr) = &mut self.stderr {
+            let _ = stderr.write_all(message.as_bytes());
+        }
+        eprint!("{message}");
     }
-    let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
-    // init may not be the only process (a pod-wide PID namespace).
+}
+
+/// `RUNTIME kill --all ID KILL`.
+fn kill_all(plan: &Plan) {
     let _ = Command::new(&plan.runtime)
         .args(&plan.global)
         .args([OsString::from("kill"), "--all".into(), plan.id.clone(), "KILL".into()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status();
-    eprint!("{message}");
+}
+
+/// Whether the runtime knows the container.
+fn container_exists(plan: &Plan) -> bool {
+    Command::new(&plan.runtime)
+        .args(&plan.global)
+        .arg("state")
+        .arg(&plan.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn stop(daemon: &mut Child) {
