@@ -337,14 +337,34 @@ async fn restores_across_backends_versions_and_deadlines_are_refused_and_leave_n
     assert!(err.message().contains("0.0~20230101.0") && err.message().contains(&runsc_version()), "{}", err.message());
     assert_eq!(traces(&shim).await, before);
 
-    // Out of time while the sandbox is being made: undone.
+    // Out of time before anything could be made: nothing is.
     let call = support::RestoreCall::new(&gvisor, &support::checkpointed_configs(&gvisor, &["counter"]), "gvisor");
-    let err = call.send(&shim, Some(Duration::from_millis(300))).await.err().expect("out of time");
+    let err = call.send(&shim, Some(Duration::from_millis(1))).await.err().expect("out of time");
     let in_time = err.code() == tonic::Code::DeadlineExceeded
         || (err.code() == tonic::Code::Cancelled && err.message() == "Timeout expired");
     assert!(in_time, "{:?}: {}", err.code(), err.message());
     let undone = eventually(Duration::from_secs(30), || async { traces(&shim).await == before }).await;
     assert!(undone, "a restore that ran out of time left {:?}, not {before:?}", traces(&shim).await);
+
+    // Restored, never started, removed: the sandbox, stopped until its
+    // containers are registered, still goes. (This is also what undoing a
+    // RestorePod that ran out of time after the sandbox was made does.)
+    let call = support::RestoreCall::new(&gvisor, &support::checkpointed_configs(&gvisor, &["counter"]), "gvisor");
+    let (pod, _) = call.send(&shim, Some(Duration::from_secs(60))).await.expect("RestorePod");
+    let stop = tokio::time::timeout(
+        Duration::from_secs(30),
+        shim.client().await.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.id.clone(),
+        }),
+    )
+    .await;
+    assert!(matches!(stop, Ok(Ok(_))), "StopPodSandbox of a restored pod never started: {stop:?}");
+    drop(pod);
+    // Its container's unused token goes on the next pod call.
+    let scratch = tempfile::tempdir().unwrap();
+    let _ = support::checkpoint_pod_exactly(&shim, "no-such-pod", scratch.path(), vec!["x".into()], &[]).await;
+    let gone = eventually(Duration::from_secs(30), || async { traces(&shim).await == before }).await;
+    assert!(gone, "a restored pod removed before it started left {:?}, not {before:?}", traces(&shim).await);
 
     // And the checkpoint still restores.
     let call = support::RestoreCall::new(&gvisor, &support::checkpointed_configs(&gvisor, &["counter"]), "gvisor");

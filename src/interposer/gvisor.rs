@@ -307,6 +307,7 @@ impl Runsc {
             .output()
             .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
         let _ = std::io::stdout().write_all(&out.stdout);
+        self.kill_incomplete_sandbox(rest);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success()
             && let Some(message) = as_runc_not_running(&stderr)
@@ -316,6 +317,35 @@ impl Runsc {
             eprint!("{stderr}");
         }
         Ok(exit_code(out.status))
+    }
+
+    /// A restored sandbox waits, stopped, until every container of its image
+    /// is registered; `runsc kill` reaches no process then, and the shim
+    /// would wait for its exit forever (a pod restored and removed before
+    /// all its containers started, or a RestorePod undone). A KILL of a
+    /// restored sandbox therefore kills the sandbox process itself.
+    fn kill_incomplete_sandbox(&self, rest: &[OsString]) {
+        let positional: Vec<&OsString> = rest.iter().filter(|a| !a.to_string_lossy().starts_with('-')).collect();
+        let [id, signal] = positional[..] else { return };
+        if !matches!(signal.to_str(), Some("9" | "KILL" | "SIGKILL")) {
+            return;
+        }
+        let Some(dir) = self.waiter_dir(id) else { return };
+        // Restored (a record) and a sandbox (no waiter of its own).
+        if !dir.join(super::RESTORE_RECORD).exists() || dir.join("pid").exists() {
+            return;
+        }
+        let pid = self
+            .command("state", &[id.clone()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+            .and_then(|state| state["pid"].as_i64());
+        if let Some(pid) = pid.filter(|pid| *pid > 1) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 
     /// A waiter whose container never started ends now; its FIFO goes.

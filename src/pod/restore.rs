@@ -45,6 +45,9 @@ struct VerifiedContainer {
     record: ProcessRecord,
 }
 
+/// How long an undo waits for a RunPodSandbox that the deadline caught.
+const PENDING_SANDBOX_LIMIT: Duration = Duration::from_secs(120);
+
 /// How the wrapper is to restore each container: written into its token.
 struct How {
     /// The handler's backend kind (its config's `backend`).
@@ -56,6 +59,11 @@ struct How {
 #[derive(Default)]
 struct Created {
     sandbox: Option<String>,
+    /// A RunPodSandbox under way. It runs as a task of its own, so that a
+    /// deadline in the middle does not cut it off at a point where the
+    /// runtime has made the sandbox but we never learn its id: the undo
+    /// waits for it instead, and removes what it made.
+    pending_sandbox: Option<tokio::task::JoinHandle<Result<cri::RunPodSandboxResponse, PodError>>>,
     tokens: Vec<PathBuf>,
     /// When the sandbox was ready, counted from the start of the call.
     sandbox_ms: u64,
@@ -179,8 +187,13 @@ impl PodService {
             config,
             runtime_handler: request.runtime_handler.clone(),
         };
-        let sandbox: cri::RunPodSandboxResponse = self.raw_call("RunPodSandbox", run).await?;
-        let sandbox_id = sandbox.pod_sandbox_id;
+        let service = self.clone();
+        let pending = created
+            .pending_sandbox
+            .insert(tokio::spawn(async move { service.raw_call("RunPodSandbox", run).await }));
+        let sandbox = pending.await.map_err(PodError::task("RunPodSandbox"));
+        created.pending_sandbox = None;
+        let sandbox_id = sandbox??.pod_sandbox_id;
         created.sandbox = Some(sandbox_id.clone());
         created.sandbox_ms = started.elapsed().as_millis() as u64;
 
@@ -282,7 +295,18 @@ impl PodService {
 
     /// Stops and removes the sandbox (and with it its containers) and the tokens.
     async fn undo(&self, created: Created) {
-        if let Some(id) = created.sandbox {
+        let mut sandbox = created.sandbox;
+        if let Some(pending) = created.pending_sandbox {
+            match tokio::time::timeout(PENDING_SANDBOX_LIMIT, pending).await {
+                Ok(Ok(Ok(made))) => sandbox = Some(made.pod_sandbox_id),
+                Ok(_) => {}
+                Err(_) => warn!(
+                    limit_s = PENDING_SANDBOX_LIMIT.as_secs(),
+                    "rollback: RunPodSandbox still had not answered; a sandbox it makes later is not removed"
+                ),
+            }
+        }
+        if let Some(id) = sandbox {
             let mut runtime = self.runtime();
             if let Err(status) = runtime
                 .stop_pod_sandbox(cri::StopPodSandboxRequest {
