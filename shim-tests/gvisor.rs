@@ -377,3 +377,46 @@ async fn restores_across_backends_versions_and_deadlines_are_refused_and_leave_n
         .expect("StartContainer");
     assert!(support::count_reaches(&client, &cid, 3, Duration::from_secs(20)).await);
 }
+
+/// A pod whose first container ran and exited (as an init container does)
+/// is checkpointed with its running containers, and restores: gVisor's
+/// image counts the containers that still ran.
+#[tokio::test]
+#[serial]
+async fn a_gvisor_pod_with_an_exited_container_restores() {
+    let Some(tb) = testbed() else { return };
+    support::install_interposer();
+    let shim = Shim::start_with(&tb, GVISOR_HANDLER, 5);
+    let mut client = shim.client().await;
+    let pod = Pod::run_on(&mut client, &shim.socket, "gvisor-init", "gvisor").await;
+    let init = pod.start_container(&mut client, &tb.image, "init", "exit 0").await;
+    let exited = eventually(Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let init = init.clone();
+        async move { state_of(&mut client, &init).await.state == cri::ContainerState::ContainerExited as i32 }
+    })
+    .await;
+    assert!(exited, "the init container did not exit");
+    let counter = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
+    assert!(support::count_reaches(&client, &counter, 2, Duration::from_secs(20)).await);
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    std::fs::create_dir(&out).unwrap();
+    support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter], &[])
+        .await
+        .expect("CheckpointPod of the running containers");
+    drop(pod);
+
+    let call = support::RestoreCall::new(&out, &support::checkpointed_configs(&out, &["counter"]), "gvisor");
+    let (_restored_pod, restored) = call.send(&shim, Some(Duration::from_secs(60))).await.expect("RestorePod");
+    let cid = restored[0].container_id.clone();
+    let started = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.start_container(cri::StartContainerRequest {
+            container_id: cid.clone(),
+        }),
+    )
+    .await;
+    assert!(matches!(started, Ok(Ok(_))), "StartContainer: {started:?}");
+    assert!(support::count_reaches(&client, &cid, 3, Duration::from_secs(20)).await, "the restored counter does not count");
+}
