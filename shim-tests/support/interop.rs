@@ -112,7 +112,8 @@ pub struct Client {
 
 enum Transport {
     Tonic(Channel),
-    Process(Process),
+    // Boxed: a client process with its pipes is far larger than a channel.
+    Process(Box<Process>),
 }
 
 impl Client {
@@ -122,7 +123,7 @@ impl Client {
     pub fn start(stack: Stack, socket: &Path) -> Option<Self> {
         let transport = match stack {
             Stack::Tonic => Transport::Tonic(super::channel(socket)),
-            Stack::Go | Stack::Python => Transport::Process(Process::spawn(stack, socket)?),
+            Stack::Go | Stack::Python => Transport::Process(Box::new(Process::spawn(stack, socket)?)),
         };
         Some(Self { stack, transport })
     }

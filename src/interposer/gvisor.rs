@@ -336,7 +336,7 @@ impl Runsc {
             return;
         }
         let pid = self
-            .command("state", &[id.clone()])
+            .command("state", std::slice::from_ref(id))
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()

@@ -45,6 +45,7 @@ pub fn sanitize(value: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// One connection's view of its client's header compression.
+#[derive(Default)]
 pub struct AuthorityRewriter {
     /// Mirrors the client's encoder; it must see every block of the
     /// connection, in order.
@@ -59,15 +60,6 @@ pub enum Rewrite {
     Unchanged,
     /// The block with its `:authority` made acceptable.
     Changed(Vec<u8>),
-}
-
-impl Default for AuthorityRewriter {
-    fn default() -> Self {
-        Self {
-            decoder: Decoder::default(),
-            encoder: Encoder::default(),
-        }
-    }
 }
 
 impl AuthorityRewriter {
