@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The podckpt test bed: a private containerd (own root, state, socket and CNI
-# bridge) with runc, crun and CRIU from Debian trixie and locally built images.
+# The podckpt test bed: a private containerd and a private CRI-O (each with its
+# own root, state, socket and CNI bridge) with runc, crun, runsc and CRIU from
+# Debian trixie, CRI-O built from upstream (../shared/bin), and locally built
+# images.
 #
 #   contrib/testbed.sh install   apt packages and the interop clients (idempotent)
 #   contrib/testbed.sh images    build the OCI test images into $PODCKPT_TESTBED_DIR/images
@@ -23,6 +25,13 @@ LOG="$TB_DIR/containerd.log"
 BUSYBOX_IMAGE=podckpt.local/busybox:latest
 PAUSE_IMAGE=podckpt.local/pause:latest
 NS=k8s.io
+# CRI-O: no registry packages it; the team keeps an upstream build beside the
+# repository (see ../shared/bin/README.md).
+SHARED_BIN=${PODCKPT_SHARED_BIN:-$HERE/../../shared/bin}
+CRIO_SOCK="$TB_RUN/crio.sock"
+CRIO_PIDFILE="$TB_RUN/crio.pid"
+CRIO_LOG="$TB_DIR/crio.log"
+CRIO_RUNC_ROOT="$TB_RUN/crio/runc"
 # runc keeps CRI containers' state here whatever containerd's state dir is
 # (see shared/notes/runtime-facts.md).
 RUNC_ROOT=/run/containerd/runc/$NS
@@ -53,7 +62,8 @@ install_packages() {
     # comes from trixie; the rest stays bookworm's. trixie's criu pulls in
     # trixie's python3 anyway, so pip comes from there too.
     local trixie_pkgs=(containerd runc crun criu checkpointctl containernetworking-plugins
-        golang-1.24-go golang-google-grpc-dev python3-pip python3-pycriu runsc)
+        golang-1.24-go golang-google-grpc-dev python3-pip python3-pycriu runsc
+        conmon skopeo libseccomp2 libsqlite3-0)
     local pkgs=(busybox-static protobuf-compiler iproute2 python3 python3.11)
     if have_all_packages; then
         log "packages already installed"
@@ -86,11 +96,13 @@ EOF
 
 have_all_packages() {
     local b
-    for b in containerd ctr runc crun runsc criu crit checkpointctl protoc busybox ip python3 "$GO" "$INTEROP_PYTHON_BASE"; do
+    for b in containerd ctr runc crun runsc conmon skopeo criu crit checkpointctl protoc busybox ip python3 "$GO" "$INTEROP_PYTHON_BASE"; do
         command -v "$b" >/dev/null || return 1
     done
     [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || return 1
     criu --version 2>/dev/null | grep -qE 'Version: (4|[5-9])\.' || return 1
+    # CRI-O needs trixie's libseccomp (seccomp_transaction_reject).
+    "$SHARED_BIN/crio" --version >/dev/null 2>&1 || return 1
     [ -f /usr/share/gocode/src/google.golang.org/grpc/clientconn.go ] || return 1
     "$INTEROP_PYTHON_BASE" -m pip --version >/dev/null 2>&1 || return 1
 }
@@ -132,8 +144,7 @@ cmd_images() {
         --out "$TB_DIR/images/busybox.tar" --name "$BUSYBOX_IMAGE" --cmd /bin/sh
     # The pause container only has to sleep forever and die on a signal.
     python3 "$HERE/images/build-oci.py" --busybox "$(command -v busybox)" \
-        --out "$TB_DIR/images/pause.tar" --name "$PAUSE_IMAGE" \
-        --cmd /bin/sh -c 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
+        --out "$TB_DIR/images/pause.tar" --name "$PAUSE_IMAGE" --pause --cmd /pause
 }
 
 write_config() {
@@ -195,6 +206,62 @@ cmd_start() {
         ctr -a "$SOCK" -n "$NS" images import --no-unpack=false "$TB_DIR/images/$img.tar" >/dev/null
     done
     log "containerd $(running_pid) listening on $SOCK"
+    start_crio
+}
+
+crio_pid() {
+    [ -f "$CRIO_PIDFILE" ] || return 1
+    local pid; pid=$(cat "$CRIO_PIDFILE")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+start_crio() {
+    if pid=$(crio_pid); then
+        log "CRI-O already running (pid $pid) on $CRIO_SOCK"
+        return
+    fi
+    mkdir -p "$TB_DIR/crio/net.d" "$TB_DIR/crio/cni-networks" "$TB_RUN/crio" "$TB_RUN/bin"
+    sed -e "s|@TB_DIR@|$TB_DIR|g" -e "s|@TB_RUN@|$TB_RUN|g" -e "s|@PAUSE_IMAGE@|$PAUSE_IMAGE|g" \
+        "$HERE/testbed/crio.conf" >"$TB_DIR/crio/crio.conf"
+    sed -e "s|@TB_DIR@|$TB_DIR|g" "$HERE/testbed/20-podckpt-crio.conflist" \
+        >"$TB_DIR/crio/net.d/20-podckpt-crio.conflist"
+    # No signatures on our own images: the policy lets them in.
+    echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$TB_DIR/crio/policy.json"
+    install -m 0755 "$SHARED_BIN/pinns" "$TB_RUN/bin/pinns"
+    local img
+    for img in busybox pause; do
+        skopeo --policy "$TB_DIR/crio/policy.json" copy -q "oci-archive:$TB_DIR/images/$img.tar" \
+            "containers-storage:[overlay@$TB_DIR/crio/storage+$TB_RUN/crio/storage]podckpt.local/$img:latest"
+    done
+    rm -f "$CRIO_SOCK"
+    setsid "$SHARED_BIN/crio" --config "$TB_DIR/crio/crio.conf" >>"$CRIO_LOG" 2>&1 </dev/null &
+    echo $! >"$CRIO_PIDFILE"
+    local i
+    for i in $(seq 1 150); do
+        [ -S "$CRIO_SOCK" ] && break
+        crio_pid >/dev/null || { log "CRI-O died; see $CRIO_LOG"; tail -20 "$CRIO_LOG" >&2; exit 1; }
+        sleep 0.1
+    done
+    [ -S "$CRIO_SOCK" ] || { log "CRI-O did not listen; see $CRIO_LOG"; exit 1; }
+    log "CRI-O $(crio_pid) listening on $CRIO_SOCK"
+}
+
+# Removes every container of the test bed's CRI-O (through runc: CRI-O has
+# no client here), stops it and its conmons, and what they leave.
+stop_crio() {
+    local c
+    for c in $(runc --root "$CRIO_RUNC_ROOT" list -q 2>/dev/null); do
+        runc --root "$CRIO_RUNC_ROOT" delete --force "$c" >/dev/null 2>&1 || true
+    done
+    if pid=$(crio_pid); then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$CRIO_PIDFILE" "$CRIO_SOCK"
+    local m
+    for m in $(pgrep -f -- "conmon .*$TB_RUN/crio" || true); do kill -KILL "$m" 2>/dev/null || true; done
+    ip link delete podckpt1 2>/dev/null || true
 }
 
 # Removes every task and container the private containerd knows, then stops it
@@ -221,6 +288,7 @@ cmd_stop() {
         kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$PIDFILE"
+    stop_crio
     # Shims outlive a killed containerd; ours are the ones whose address is under TB_RUN.
     local shim
     for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $SOCK" || true); do
@@ -240,13 +308,16 @@ cmd_stop() {
         ip netns delete "$ns" 2>/dev/null || true
     done
     ip link delete podckpt0 2>/dev/null || true
-    rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd" "$TB_RUN/runsc"
+    # CRI-O's storage goes whole; `start` puts the images back.
+    rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd" "$TB_RUN/runsc" "$TB_RUN/crio" "$TB_DIR/crio"
     rm -f "$SOCK" "$SOCK.ttrpc"
     log "stopped"
 }
 
 cmd_env() {
     echo "PODCKPT_TEST_CONTAINERD=$SOCK"
+    echo "PODCKPT_TEST_CRIO=$CRIO_SOCK"
+    echo "PODCKPT_TEST_CRIO_RUNC_ROOT=$CRIO_RUNC_ROOT"
     echo "PODCKPT_TEST_BUSYBOX_IMAGE=$BUSYBOX_IMAGE"
     echo "PODCKPT_TEST_RUNC_ROOT=$RUNC_ROOT"
     echo "PODCKPT_TESTBED=$HERE/testbed.sh"

@@ -9,6 +9,7 @@ mod access;
 mod checkpoint;
 mod cli;
 mod contract;
+mod crio;
 mod gvisor;
 mod interop;
 mod lazy;

@@ -29,7 +29,12 @@ def tar_info(name, kind, mode, size=0, linkname=""):
     return info
 
 
-def build_layer(busybox_path):
+# A pause that ends on SIGTERM: as PID 1, a bare `sleep` would ignore it and
+# StopPodSandbox would hang. CRI-O runs it by path (its `pause_command`).
+PAUSE_SCRIPT = '#!/bin/sh\ntrap "exit 0" TERM INT\nwhile :; do sleep 3600 & wait $!; done\n'
+
+
+def build_layer(busybox_path, pause=False):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for d in ["bin", "dev", "etc", "proc", "sys", "tmp", "var", "run", "root"]:
@@ -44,6 +49,9 @@ def build_layer(busybox_path):
                            ("etc/group", "root:x:0:\n")]:
             raw = text.encode()
             tar.addfile(tar_info(name, tarfile.REGTYPE, 0o644, len(raw)), io.BytesIO(raw))
+        if pause:
+            raw = PAUSE_SCRIPT.encode()
+            tar.addfile(tar_info("pause", tarfile.REGTYPE, 0o755, len(raw)), io.BytesIO(raw))
     return buf.getvalue()
 
 
@@ -63,10 +71,11 @@ def main():
     ap.add_argument("--busybox", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--name", required=True, help="image reference, e.g. podckpt.local/busybox:latest")
+    ap.add_argument("--pause", action="store_true", help="add /pause, a sleep that ends on SIGTERM")
     ap.add_argument("--cmd", nargs=argparse.REMAINDER, required=True)
     args = ap.parse_args()
 
-    layer = build_layer(args.busybox)
+    layer = build_layer(args.busybox, args.pause)
     tmp = args.out + ".tmp"
     with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as out:
         for d in ["blobs/", "blobs/sha256/"]:

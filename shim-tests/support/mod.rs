@@ -20,6 +20,9 @@ use tonic::transport::Channel;
 
 pub const DEFAULT_CONTAINERD: &str = "/run/podckpt-testbed/containerd.sock";
 pub const DEFAULT_IMAGE: &str = "podckpt.local/busybox:latest";
+pub const DEFAULT_CRIO: &str = "/run/podckpt-testbed/crio.sock";
+/// runc's `--root` for the test bed's CRI-O handlers (`runtime_root`).
+pub const CRIO_RUNC_ROOT: &str = "/run/podckpt-testbed/crio/runc";
 
 pub type Runtime = RuntimeServiceClient<Channel>;
 pub type Images = ImageServiceClient<Channel>;
@@ -129,6 +132,21 @@ pub fn testbed() -> Option<Testbed> {
     missing(&format!(
         "test bed not reachable at {} (run `contrib/testbed.sh up` as root)",
         containerd.display()
+    ));
+    None
+}
+
+/// The test bed's CRI-O, as a test bed whose runtime is CRI-O.
+pub fn crio_testbed() -> Option<Testbed> {
+    let socket = PathBuf::from(std::env::var("PODCKPT_TEST_CRIO").unwrap_or_else(|_| DEFAULT_CRIO.into()));
+    let image = std::env::var("PODCKPT_TEST_BUSYBOX_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.into());
+    let reachable = nix::unistd::geteuid().is_root() && std::os::unix::net::UnixStream::connect(&socket).is_ok();
+    if reachable {
+        return Some(Testbed { containerd: socket, image });
+    }
+    missing(&format!(
+        "the test bed's CRI-O is not reachable at {} (run `contrib/testbed.sh up` as root)",
+        socket.display()
     ));
     None
 }
