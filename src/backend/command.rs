@@ -51,6 +51,26 @@ pub async fn run(
     })
 }
 
+/// An engine's version: the rest of the line of `BINARY --version` that
+/// starts with `prefix`.
+pub async fn version(binary: &Path, prefix: &str) -> Result<String, BackendError> {
+    let output = Command::new(binary)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|source| BackendError::Spawn {
+            binary: binary.to_owned(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| {
+            BackendError::Unsupported(format!("cannot read the version of {} from {text:?}", binary.display()))
+        })
+}
+
 /// Kills a runtime call's whole process group if the call is abandoned
 /// before it ends, so no runc or CRIU goes on alone on a container that is
 /// being resumed. A call that ends disarms it.

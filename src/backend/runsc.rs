@@ -5,8 +5,6 @@
 
 use std::path::PathBuf;
 
-use tokio::process::Command;
-
 use super::{
     BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, RestoreError, RestoreRequest, Restored,
     command,
@@ -33,19 +31,7 @@ impl Checkpointer for RunscCheckpointer {
     }
 
     async fn engine_version(&self) -> Result<String, BackendError> {
-        let output = Command::new(&self.binary)
-            .arg("--version")
-            .output()
-            .await
-            .map_err(|source| BackendError::Spawn {
-                binary: self.binary.clone(),
-                source,
-            })?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        text.lines()
-            .find_map(|l| l.strip_prefix("runsc version "))
-            .map(|v| v.trim().to_owned())
-            .ok_or_else(|| BackendError::Unsupported(format!("cannot read the runsc version from {text:?}")))
+        command::version(&self.binary, "runsc version ").await
     }
 
     // `runsc checkpoint` stops the whole sandbox itself while it saves and

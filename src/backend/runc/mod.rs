@@ -7,7 +7,6 @@ mod restore;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use tokio::process::Command;
 
 use super::{command, BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, RestoreError, RestoreRequest, Restored};
 
@@ -58,17 +57,7 @@ impl Checkpointer for OciRuntimeCheckpointer {
     }
 
     async fn engine_version(&self) -> Result<String, BackendError> {
-        let criu = PathBuf::from("criu");
-        let output = Command::new(&criu)
-            .arg("--version")
-            .output()
-            .await
-            .map_err(|source| BackendError::Spawn { binary: criu, source })?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        text.lines()
-            .find_map(|l| l.strip_prefix("Version:"))
-            .map(|v| v.trim().to_owned())
-            .ok_or_else(|| BackendError::Unsupported(format!("cannot read the CRIU version from {text:?}")))
+        command::version(Path::new("criu"), "Version:").await
     }
 
     async fn pause(&self, container: &ContainerRef) -> Result<(), BackendError> {
