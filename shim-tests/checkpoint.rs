@@ -34,9 +34,7 @@ async fn a_counter_pod_is_checkpointed_and_keeps_running() {
     let cid = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
     assert!(support::count_reaches(&client, &cid, 2, Duration::from_secs(5)).await);
 
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (parent, out) = support::empty_output("ckpt");
     let callers = inode_and_mode(&out);
     checkpoint_pod(&shim, &pod.id, &out, &[&cid], &[])
         .await
@@ -162,9 +160,7 @@ async fn bad_requests_get_their_status_and_change_nothing() {
     let other = Pod::run(&mut client, &shim.socket, "other").await;
     let foreign = other.start_sleeper(&mut client, &tb.image, "foreign").await;
 
-    let parent = tempfile::tempdir().unwrap();
-    let empty = parent.path().join("empty");
-    std::fs::create_dir(&empty).unwrap();
+    let (parent, empty) = support::empty_output("empty");
     let full = parent.path().join("full");
     std::fs::create_dir(&full).unwrap();
     std::fs::write(full.join("keep"), b"precious").unwrap();
@@ -408,9 +404,7 @@ async fn the_callers_directory_is_kept_and_nothing_is_written_beside_it() {
     let Some(tb) = testbed() else { return };
     let shim = Shim::start(&tb);
     let (pod, cid) = pod_holding_256_mib(&shim, &tb, "indir").await;
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (parent, out) = support::empty_output("ckpt");
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o711)).unwrap();
     let callers = inode_and_mode(&out);
 
@@ -452,9 +446,7 @@ async fn a_deadline_that_runs_out_mid_capture_resumes_the_pod_and_writes_nothing
     let Some(tb) = testbed() else { return };
     let shim = Shim::start(&tb);
     let (pod, cid) = pod_holding_256_mib(&shim, &tb, "deadline").await;
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (parent, out) = support::empty_output("ckpt");
 
     // A raw client, which waits for the server's own answer rather than
     // giving up at the deadline itself.
@@ -491,9 +483,7 @@ async fn a_daemon_stopped_mid_checkpoint_resumes_the_pod_before_it_exits() {
     let Some(tb) = testbed() else { return };
     let mut shim = Shim::start_with(&tb, "", 0);
     let (pod, cid) = pod_holding_256_mib(&shim, &tb, "sigterm").await;
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (parent, out) = support::empty_output("ckpt");
 
     let call = checkpoint_in_background(&shim, &pod.id, &out, &cid);
     let paused = eventually(Duration::from_secs(10), || {
@@ -529,9 +519,7 @@ async fn a_daemon_killed_mid_dump_is_undone_by_the_next_one() {
     let Some(tb) = testbed() else { return };
     let mut shim = Shim::start(&tb);
     let (pod, cid) = pod_holding_256_mib(&shim, &tb, "killed").await;
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (parent, out) = support::empty_output("ckpt");
 
     let call = checkpoint_in_background(&shim, &pod.id, &out, &cid);
     // CRIU writes its dump.log into the capture's work directory as it starts.
@@ -569,9 +557,7 @@ async fn an_ok_checkpoint_is_on_stable_storage() {
     let Some(tb) = testbed() else { return };
     let shim = Shim::start(&tb);
     let (pod, cid) = pod_holding_256_mib(&shim, &tb, "durable").await;
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (parent, out) = support::empty_output("ckpt");
 
     let dirty_before = support::dirty_kib();
     checkpoint_pod(&shim, &pod.id, &out, &[&cid], &[])

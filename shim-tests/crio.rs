@@ -10,7 +10,7 @@ use serial_test::serial;
 
 use podckpt::api::cri;
 
-use crate::support::{self, CRIO_RUNC_ROOT, COUNTER, Shim, crio_testbed, eventually};
+use crate::support::{self, COUNTER, CRIO_RUNC_ROOT, Pod, Shim, crio_testbed, eventually};
 
 /// CRI-O checks image signatures against its policy, and then needs the
 /// image as the user named it.
@@ -42,31 +42,13 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
     assert_eq!(ours.runtime_name, "cri-o");
     assert_eq!(ours.encode_to_vec(), theirs.encode_to_vec());
 
-    let log_dir = tempfile::tempdir().unwrap();
-    let config = support::pod_config(&support::unique("crio"), log_dir.path());
-    let pod_id = client
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    let _cleanup = RemovePod {
-        socket: shim.socket.clone(),
-        id: pod_id.clone(),
-    };
-    let created = client
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(crio_container("counter", &tb.image, COUNTER)),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
+    // Removed at the end by the test itself, and by its Drop however the
+    // test ends.
+    let pod = Pod::run(&mut client, &shim.socket, "crio").await;
+    let pod_id = pod.id.clone();
+    let created = pod
+        .create_container(&mut client, crio_container("counter", &tb.image, COUNTER))
+        .await;
     client
         .start_container(cri::StartContainerRequest {
             container_id: created.clone(),
@@ -101,9 +83,7 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
 
     // CheckpointPod on CRI-O: the pod keeps running.
     let before = support::count(&mut client, &created).await;
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (_keep, out) = support::empty_output("ckpt");
     support::checkpoint_pod_exactly(&shim, &pod_id, &out, vec![created.clone()], &[])
         .await
         .expect("CheckpointPod on CRI-O");
@@ -147,14 +127,3 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
     assert!(gone, "the pod outlived its removal");
 }
 
-/// Removes the pod when the test ends, however it ends.
-struct RemovePod {
-    socket: std::path::PathBuf,
-    id: String,
-}
-
-impl Drop for RemovePod {
-    fn drop(&mut self) {
-        support::remove_pod_blocking(&self.socket, &self.id);
-    }
-}

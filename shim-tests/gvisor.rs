@@ -160,21 +160,11 @@ async fn a_gvisor_pod_is_checkpointed_whole_and_keeps_running() {
     let shim = Shim::start_with(&tb, GVISOR_HANDLER, 5);
     let mut client = shim.client().await;
     let pod = Pod::run_on(&mut client, &shim.socket, "gvisor-ckpt", "gvisor").await;
-    let counter = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
-    let writer = pod
-        .start_container(
-            &mut client,
-            &tb.image,
-            "writer",
-            "echo payload-$$ > /data.txt; while :; do sleep 1; done",
-        )
-        .await;
+    let (counter, writer) = pod.start_counter_and_writer(&mut client, &tb.image).await;
     assert!(support::count_reaches(&client, &counter, 3, Duration::from_secs(20)).await);
 
     // A subset cannot be saved: refused, with nothing written.
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (_keep, out) = support::empty_output("ckpt");
     let err = support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter.clone()], &[])
         .await
         .expect_err("a subset of a gVisor pod");
@@ -210,22 +200,12 @@ async fn a_gvisor_pod_comes_back_whole_in_new_sandboxes() {
     let shim = Shim::start_with(&tb, GVISOR_HANDLER, 5);
     let mut client = shim.client().await;
     let pod = Pod::run_on(&mut client, &shim.socket, "gvisor-source", "gvisor").await;
-    let counter = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
-    let writer = pod
-        .start_container(
-            &mut client,
-            &tb.image,
-            "writer",
-            "echo payload-$$ > /data.txt; while :; do sleep 1; done",
-        )
-        .await;
+    let (counter, writer) = pod.start_counter_and_writer(&mut client, &tb.image).await;
     assert!(support::count_reaches(&client, &counter, 5, Duration::from_secs(20)).await);
     let (payload, _) = exec(&mut client, &writer, &["cat", "/data.txt"]).await;
     assert!(payload.starts_with(b"payload-"));
     let before = support::count(&mut client, &counter).await;
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (_keep, out) = support::empty_output("ckpt");
     support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter.clone(), writer.clone()], &[])
         .await
         .expect("CheckpointPod");
@@ -274,9 +254,7 @@ async fn gvisor_checkpoint(shim: &Shim, tb: &support::Testbed) -> (tempfile::Tem
     let pod = Pod::run_on(&mut client, &shim.socket, "gvisor-source", "gvisor").await;
     let counter = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
     assert!(support::count_reaches(&client, &counter, 2, Duration::from_secs(20)).await);
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (parent, out) = support::empty_output("ckpt");
     support::checkpoint_pod_exactly(shim, &pod.id, &out, vec![counter], &[])
         .await
         .expect("CheckpointPod");
@@ -399,9 +377,7 @@ async fn a_gvisor_pod_with_an_exited_container_restores() {
     assert!(exited, "the init container did not exit");
     let counter = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
     assert!(support::count_reaches(&client, &counter, 2, Duration::from_secs(20)).await);
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (_keep, out) = support::empty_output("ckpt");
     support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter], &[])
         .await
         .expect("CheckpointPod of the running containers");

@@ -47,9 +47,7 @@ async fn checkpointed_digest(shim: &Shim, tb: &support::Testbed) -> Checkpointed
     );
     let (digest, _) = exec(&mut client, &cid, &["cat", "/tmp/digest.before"]).await;
     assert_eq!(digest.len(), 64 + 4, "a sha256sum line: {}", String::from_utf8_lossy(&digest));
-    let parent = tempfile::tempdir().unwrap();
-    let dir = parent.path().join("ckpt");
-    std::fs::create_dir(&dir).unwrap();
+    let (parent, dir) = support::empty_output("ckpt");
     support::checkpoint_pod(shim, &pod.id, &dir, &[], &[])
         .await
         .expect("CheckpointPod");

@@ -200,24 +200,12 @@ async fn a_two_container_pod_comes_back_whole() {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "pair").await;
-    let counter = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
-    let writer = pod
-        .start_container(
-            &mut client,
-            &tb.image,
-            "writer",
-            // Not `exec sleep`: a process blocked in nanosleep(2) gets EINTR when
-            // CRIU restores it, and busybox sleep exits on EINTR.
-            "echo payload-$$ > /data.txt; while :; do sleep 1; done",
-        )
-        .await;
+    let (counter, writer) = pod.start_counter_and_writer(&mut client, &tb.image).await;
     assert!(support::count_reaches(&client, &counter, 5, Duration::from_secs(10)).await);
     let (written, _) = exec(&mut client, &writer, &["cat", "/data.txt"]).await;
     assert!(written.starts_with(b"payload-"));
 
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("pair");
-    std::fs::create_dir(&out).unwrap();
+    let (_keep, out) = support::empty_output("pair");
     // Read before the checkpoint: the pod runs on after it.
     let before = count(&mut client, &counter).await;
     checkpoint_pod(&shim, &pod.id, &out, &[], &[])
@@ -281,9 +269,7 @@ async fn a_container_holding_256_mib_restores() {
     let ready = support::count_reaches(&client, &cid, 2, Duration::from_secs(60)).await;
     assert!(ready, "the 256 MiB container did not get going");
 
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("big");
-    std::fs::create_dir(&out).unwrap();
+    let (_keep, out) = support::empty_output("big");
     checkpoint_pod(&shim, &pod.id, &out, &[], &[])
         .await
         .expect("CheckpointPod");

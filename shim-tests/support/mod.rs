@@ -450,6 +450,13 @@ impl Pod {
         id
     }
 
+    /// A `COUNTER` named "counter" and a `WRITER` named "writer"; their ids.
+    pub async fn start_counter_and_writer(&self, client: &mut Runtime, image: &str) -> (String, String) {
+        let counter = self.start_container(client, image, "counter", COUNTER).await;
+        let writer = self.start_container(client, image, "writer", WRITER).await;
+        (counter, writer)
+    }
+
     /// A container that only sleeps, for calls that need a running one.
     pub async fn start_sleeper(&self, client: &mut Runtime, image: &str, name: &str) -> String {
         self.start_container(client, image, name, "exec sleep 3600").await
@@ -490,9 +497,7 @@ pub async fn checkpointed(
         .expect("StartContainer");
     let reached = count_reaches(&client, &cid, min, Duration::from_secs(20)).await;
     assert!(reached, "the counter did not reach {min}");
-    let parent = tempfile::tempdir().unwrap();
-    let out = parent.path().join("ckpt");
-    std::fs::create_dir(&out).unwrap();
+    let (parent, out) = empty_output("ckpt");
     let before = count(&mut client, &cid).await;
     checkpoint_pod(shim, &pod.id, &out, &[], &[])
         .await
@@ -706,6 +711,11 @@ pub fn remove_pod_blocking(socket: &Path, id: &str) {
 pub const COUNTER: &str =
     "echo hi > /tmp/written; rm /bin/yes; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
 
+/// Writes a file into its writable layer once, then idles. Not `exec sleep`:
+/// a process blocked in nanosleep(2) gets EINTR when CRIU restores it, and
+/// busybox sleep exits on EINTR.
+pub const WRITER: &str = "echo payload-$$ > /data.txt; while :; do sleep 1; done";
+
 /// The value in a container's /tmp/count (0 if unreadable). The writer
 /// truncates before it writes, so an empty read is retried.
 /// A counter that also holds `mib` MiB in a shell variable, so that its
@@ -730,6 +740,15 @@ pub fn podckpt_cli(shim: &Shim, uid: Option<u32>, args: &[&str]) -> std::process
         command.uid(uid).gid(uid);
     }
     command.output().expect("running podckpt")
+}
+
+/// An empty directory `name` for a checkpoint, in a temporary parent that
+/// lives as long as the returned guard.
+pub fn empty_output(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join(name);
+    std::fs::create_dir(&out).unwrap();
+    (parent, out)
 }
 
 /// Copies a checkpoint directory (files only) to a new place, for tampering.
