@@ -309,7 +309,7 @@ cmd_stop() {
     done
     ip link delete podckpt0 2>/dev/null || true
     # CRI-O's storage goes whole; `start` puts the images back.
-    rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd" "$TB_RUN/runsc" "$TB_RUN/crio" "$TB_DIR/crio"
+    rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd" "$TB_RUN/runsc" "$TB_RUN/crio" "$TB_RUN/seccomp" "$TB_DIR/crio"
     rm -f "$SOCK" "$SOCK.ttrpc"
     log "stopped"
 }
