@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     if args.first().is_some_and(|a| a == interposer::gvisor::WAITER_COMMAND) {
         return interposer::gvisor::wait(&args[1..]);
     }
+    if args.first().is_some_and(|a| a == interposer::deferred::HOLDER_COMMAND) {
+        return interposer::deferred::hold(&args[1..]);
+    }
     let Some(runtime) = interposer::real_runtime(&argv0) else {
         eprintln!("podckpt-runc: cannot find the real OCI runtime; set PODCKPT_REAL_RUNTIME");
         return ExitCode::from(127);
@@ -30,23 +33,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let pass_through = || {
+        // exec only returns on failure.
+        let err = Command::new(&runtime).args(&args).exec();
+        eprintln!("podckpt-runc: exec {}: {err}", runtime.display());
+        ExitCode::from(127)
+    };
     match action {
-        Action::PassThrough => {
-            // exec only returns on failure.
-            let err = Command::new(&runtime).args(&args).exec();
-            eprintln!("podckpt-runc: exec {}: {err}", runtime.display());
-            ExitCode::from(127)
-        }
+        Action::PassThrough => pass_through(),
+        Action::Held { dir } => interposer::deferred::command(&dir, &inv).unwrap_or_else(pass_through),
         Action::AlreadyStarted { marker } => {
             let _ = std::fs::remove_file(marker);
             ExitCode::SUCCESS
         }
-        Action::Restore { create, token } => match interposer::restore(&runtime, &inv, &create, &token) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("podckpt-runc: restoring {}: {err}", create.id.to_string_lossy());
-                ExitCode::FAILURE
-            }
-        },
+        Action::Restore { create, token } => {
+            report(&create, interposer::restore(&runtime, &inv, &create, &token))
+        }
+        Action::RestoreAtStart { create, token } => {
+            report(&create, interposer::deferred::create(&runtime, &inv, &create, &token))
+        }
+    }
+}
+
+fn report(create: &cli::Create, result: Result<(), interposer::InterposerError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("podckpt-runc: restoring {}: {err}", create.id.to_string_lossy());
+            ExitCode::FAILURE
+        }
     }
 }

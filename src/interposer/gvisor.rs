@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use super::cli;
+use super::identity::{CriRuntime, SpecIdentity};
 use super::token::{self, RestoreToken};
 use crate::backend::{self, RestoreRequest};
 use crate::config::HandlerConfig;
@@ -52,8 +53,6 @@ const RESTORED: &str = "restored";
 const WAITER_READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Left by the `create` of a container with a terminal.
 const TTY: &str = "tty";
-/// The container-type annotation that marks a pod's non-sandbox containers.
-const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
 /// Whether `runtime` is runsc, which this module adapts.
 pub fn adapts(runtime: &Path) -> bool {
@@ -144,7 +143,7 @@ impl Runsc {
         let create = cli::parse_create(rest).ok_or("create without a container id")?;
         let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| ".".into()));
         let spec = super::read_spec(&bundle).map_err(|e| e.to_string())?;
-        let sub_container = spec["annotations"][CONTAINER_TYPE] == "container";
+        let sub_container = CriRuntime::of(&spec) != CriRuntime::Unknown && !SpecIdentity::of(&spec).is_sandbox;
         // Pod annotations reach every container too, so each kind has its key.
         let key = if sub_container { token::ANNOTATION } else { token::SANDBOX_ANNOTATION };
         let token = spec["annotations"][key].as_str().map(PathBuf::from);

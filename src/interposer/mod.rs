@@ -5,7 +5,9 @@
 //! already run. Every other call goes to the real runtime unchanged.
 
 pub mod cli;
+pub mod deferred;
 pub mod gvisor;
+pub mod identity;
 pub mod token;
 
 use std::ffi::{OsStr, OsString};
@@ -44,21 +46,33 @@ pub enum Action {
     PassThrough,
     /// `create` of a container to restore.
     Restore { create: cli::Create, token: PathBuf },
+    /// `create` of a container to restore at `start`, for a runtime that
+    /// wants it "created" until then (CRI-O; see `deferred`).
+    RestoreAtStart { create: cli::Create, token: PathBuf },
+    /// A command for a container that `RestoreAtStart` holds.
+    Held { dir: PathBuf },
     /// `start` of a restored container: answer success.
     AlreadyStarted { marker: PathBuf },
 }
 
 pub fn decide(inv: &cli::Invocation) -> Result<Action, InterposerError> {
+    if let Some(dir) = deferred::holds(inv) {
+        return Ok(Action::Held { dir });
+    }
     match inv.command.as_deref().and_then(OsStr::to_str) {
         Some("create") => {
             let Some(create) = cli::parse_create(&inv.rest) else {
                 return Ok(Action::PassThrough);
             };
             let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| OsString::from(".")));
-            match restore_annotation(&bundle)? {
-                Some(token) => Ok(Action::Restore { create, token }),
-                None => Ok(Action::PassThrough),
-            }
+            let spec = read_spec(&bundle)?;
+            let Some(token) = spec["annotations"][token::ANNOTATION].as_str().map(PathBuf::from) else {
+                return Ok(Action::PassThrough);
+            };
+            Ok(match identity::CriRuntime::of(&spec) {
+                identity::CriRuntime::CriO => Action::RestoreAtStart { create, token },
+                _ => Action::Restore { create, token },
+            })
         }
         Some("start") => {
             let (Some(root), Some(id)) = (&inv.root, inv.rest.last()) else {
@@ -79,11 +93,6 @@ pub(crate) fn read_spec(bundle: &Path) -> Result<Value, InterposerError> {
     let path = bundle.join("config.json");
     let bytes = std::fs::read(&path).map_err(|e| InterposerError::Bundle(format!("{}: {e}", path.display())))?;
     serde_json::from_slice(&bytes).map_err(|e| InterposerError::Bundle(format!("{}: {e}", path.display())))
-}
-
-fn restore_annotation(bundle: &Path) -> Result<Option<PathBuf>, InterposerError> {
-    let spec = read_spec(bundle)?;
-    Ok(spec["annotations"][token::ANNOTATION].as_str().map(PathBuf::from))
 }
 
 /// Restores the container: checks the token against the spec, then lets
@@ -119,21 +128,24 @@ pub fn restore(
         lazy_pages: token.lazy_pages,
     })?;
     if let Some(root) = &inv.root {
-        let state = Path::new(root).join(&create.id);
-        let marker = state.join(RESTORED_MARKER);
+        let marker = Path::new(root).join(&create.id).join(RESTORED_MARKER);
         std::fs::write(&marker, b"").map_err(|e| InterposerError::Io(format!("{}: {e}", marker.display())))?;
-        // How long the runtime's own restore took, next to runc's state: it
-        // is the bare baseline that podckpt's restore is measured against.
-        let record = serde_json::json!({
-            "checkpoint": token.checkpoint,
-            "runtime_restore_seconds": restored.engine_seconds,
-            "lazy_pages": token.lazy_pages,
-        });
-        let _ = std::fs::write(state.join(RESTORE_RECORD), record.to_string());
+        record_restore(Path::new(root), &create.id, &token, restored.engine_seconds);
     }
     // Single use: the same token cannot restore a second container.
     let _ = std::fs::remove_file(token_path);
     Ok(())
+}
+
+/// How long the runtime's own restore took, next to runc's state of the
+/// container: the bare baseline that podckpt's restore is measured against.
+pub(crate) fn record_restore(root: &Path, id: &OsStr, token: &RestoreToken, engine_seconds: f64) {
+    let record = serde_json::json!({
+        "checkpoint": token.checkpoint,
+        "runtime_restore_seconds": engine_seconds,
+        "lazy_pages": token.lazy_pages,
+    });
+    let _ = std::fs::write(root.join(id).join(RESTORE_RECORD), record.to_string());
 }
 
 /// The real runtime: `PODCKPT_REAL_RUNTIME`, or the name this binary was

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::InterposerError;
+use super::identity::SpecIdentity;
 use crate::archive::{self, ArchiveError};
 
 /// The container annotation that carries the token's path. containerd must
@@ -98,13 +99,14 @@ impl RestoreToken {
     /// Whether the OCI spec is of the container (or sandbox) this token was
     /// issued for, as the runtime's CRI annotations name it.
     pub fn check_issued_for(&self, spec: &serde_json::Value, path: &Path) -> Result<(), InterposerError> {
-        let annotation = |key: &str| spec["annotations"][key].as_str().unwrap_or_default();
+        let spec = SpecIdentity::of(spec);
         let matches = if self.pod_uid.is_empty() {
-            annotation("io.kubernetes.cri.sandbox-id") == self.sandbox_id
-                && annotation("io.kubernetes.cri.container-name") == self.container_name
+            !spec.is_sandbox
+                && !spec.sandbox_id.is_empty()
+                && spec.sandbox_id == self.sandbox_id
+                && spec.container_name == self.container_name
         } else {
-            annotation("io.kubernetes.cri.container-type") == "sandbox"
-                && annotation("io.kubernetes.cri.sandbox-uid") == self.pod_uid
+            spec.is_sandbox && spec.pod_uid == self.pod_uid
         };
         if matches {
             return Ok(());
