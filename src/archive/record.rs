@@ -6,9 +6,12 @@
 //! process that already runs), so RestorePod compares them with this record.
 //!
 //! The fields come from the runtime's own copy of the ContainerConfig (the
-//! verbose ContainerStatus `config` of containerd), not from the OCI spec:
-//! the spec mixes in the image's environment and entrypoint and what the
-//! runtime adds, so it cannot be compared with a ContainerConfig.
+//! verbose ContainerStatus `config` of containerd) where there is one: the
+//! OCI spec mixes in the image's environment and entrypoint and what the
+//! runtime adds, so it cannot be compared with a ContainerConfig field for
+//! field. CRI-O reports no config, only the spec; then the record keeps the
+//! spec's process, and a config is compared with it for what a config can
+//! say of a resolved process (see [`SpecProcess`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +30,23 @@ pub struct ProcessRecord {
     pub image_id: String,
     /// `None` when the runtime did not report the container's config.
     pub process: Option<ExpectedProcess>,
+    /// The process as the runtime resolved it into the OCI spec, recorded
+    /// when the runtime reports no config (CRI-O).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_process: Option<SpecProcess>,
+}
+
+/// A process as the OCI spec has it: the image's entrypoint and environment
+/// already merged in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecProcess {
+    pub argv: Vec<String>,
+    pub cwd: String,
+    /// `NAME=value`, in the spec's order (the last of a name wins).
+    pub env: Vec<String>,
+    pub uid: i64,
+    pub gid: i64,
+    pub additional_gids: BTreeSet<i64>,
 }
 
 /// The fields of a ContainerConfig that describe the checkpointed process.
@@ -55,8 +75,16 @@ pub struct Credentials {
 impl ProcessRecord {
     /// The record of a container from its CRI status and the runtime's JSON
     /// copy of its ContainerConfig, if the runtime gave one.
-    pub fn from_runtime(status: &cri::ContainerStatus, config: Option<&serde_json::Value>) -> serde_json::Result<Self> {
+    pub fn from_runtime(
+        status: &cri::ContainerStatus,
+        config: Option<&serde_json::Value>,
+        spec: Option<&serde_json::Value>,
+    ) -> serde_json::Result<Self> {
         let config = config.map(GoContainerConfig::deserialize).transpose()?;
+        let spec_process = match (&config, spec.map(|spec| &spec["process"])) {
+            (None, Some(process)) if process.is_object() => Some(SpecProcess::from_oci(process)?),
+            _ => None,
+        };
         // The status names the image by its first tag, not necessarily the
         // name the config used, which is the one a caller sends again.
         let named = config.as_ref().map(|c| c.image.image.clone()).filter(|i| !i.is_empty());
@@ -73,7 +101,84 @@ impl ProcessRecord {
                 .unwrap_or_default(),
             image_id,
             process: config.map(ExpectedProcess::from),
+            spec_process,
         })
+    }
+
+    /// Writes the checkpointed process into `config`: the config a caller
+    /// restores with. `false` if the record has nothing to write.
+    pub fn apply_to(&self, config: &mut cri::ContainerConfig) -> bool {
+        match (&self.process, &self.spec_process) {
+            (Some(process), _) => process.apply_to(config),
+            (None, Some(spec)) => spec.apply_to(config),
+            (None, None) => return false,
+        }
+        true
+    }
+}
+
+impl SpecProcess {
+    fn from_oci(process: &serde_json::Value) -> serde_json::Result<Self> {
+        #[derive(Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct OciUser {
+            uid: i64,
+            gid: i64,
+            additional_gids: Vec<i64>,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct OciProcess {
+            args: Vec<String>,
+            cwd: String,
+            env: Vec<String>,
+            user: OciUser,
+        }
+        let oci = OciProcess::deserialize(process)?;
+        Ok(Self {
+            argv: oci.args,
+            cwd: oci.cwd,
+            env: oci.env,
+            uid: oci.user.uid,
+            gid: oci.user.gid,
+            additional_gids: oci.user.additional_gids.into_iter().collect(),
+        })
+    }
+
+    /// The value the process sees for `name`.
+    pub fn env_value(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find_map(|kv| kv.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+    }
+
+    /// A config that describes this process: the whole argv as its command,
+    /// the environment but the hostname (which is the new pod's).
+    fn apply_to(&self, config: &mut cri::ContainerConfig) {
+        config.command = self.argv.clone();
+        config.args.clear();
+        config.working_dir = self.cwd.clone();
+        let mut envs: BTreeMap<&str, &str> = BTreeMap::new();
+        for kv in &self.env {
+            if let Some((key, value)) = kv.split_once('=') {
+                envs.insert(key, value);
+            }
+        }
+        envs.remove("HOSTNAME");
+        config.envs = envs
+            .into_iter()
+            .map(|(key, value)| cri::KeyValue {
+                key: key.into(),
+                value: value.into(),
+            })
+            .collect();
+        let linux = config.linux.get_or_insert_with(Default::default);
+        let context = linux.security_context.get_or_insert_with(Default::default);
+        context.run_as_user = Some(cri::Int64Value { value: self.uid });
+        context.run_as_group = Some(cri::Int64Value { value: self.gid });
+        context.run_as_username.clear();
+        context.supplemental_groups = self.additional_gids.iter().copied().collect();
     }
 }
 
@@ -226,7 +331,7 @@ mod tests {
 
     #[test]
     fn reads_what_containerd_reports() {
-        let record = ProcessRecord::from_runtime(&status(), Some(&containerd_config())).unwrap();
+        let record = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), None).unwrap();
         // The config's name for the image, not the status's first tag.
         assert_eq!(record.image, "podckpt.local/other-name:v1");
         assert_eq!(record.image_id, "sha256:1111");
@@ -249,7 +354,7 @@ mod tests {
         let mut status = status();
         status.image_id = "sha256:2222".into();
         status.image_ref = "podckpt.local/busybox@sha256:3333".into();
-        let record = ProcessRecord::from_runtime(&status, None).unwrap();
+        let record = ProcessRecord::from_runtime(&status, None, None).unwrap();
         assert_eq!(record.image_id, "sha256:2222");
         assert_eq!(record.image, "podckpt.local/busybox:latest");
         assert_eq!(record.process, None);
@@ -257,7 +362,7 @@ mod tests {
 
     #[test]
     fn a_config_built_from_the_record_reads_back_the_same() {
-        let recorded = ProcessRecord::from_runtime(&status(), Some(&containerd_config()))
+        let recorded = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), None)
             .unwrap()
             .process
             .unwrap();
@@ -266,9 +371,39 @@ mod tests {
         assert_eq!(ExpectedProcess::from(&config), recorded);
     }
 
+    /// CRI-O's runtimeSpec process for the test bed's counter.
+    fn crio_spec() -> serde_json::Value {
+        json!({"process": {
+            "user": {"uid": 0, "gid": 0, "additionalGids": [0]},
+            "args": ["/bin/sh", "-c", "sleep 100"],
+            "env": ["PATH=/usr/bin", "TERM=xterm", "HOSTNAME=old-pod", "PATH=/bin"],
+            "cwd": "/"
+        }})
+    }
+
+    #[test]
+    fn without_a_config_the_spec_process_is_recorded() {
+        let record = ProcessRecord::from_runtime(&status(), None, Some(&crio_spec())).unwrap();
+        assert_eq!(record.process, None);
+        let spec = record.spec_process.clone().unwrap();
+        assert_eq!(spec.argv, ["/bin/sh", "-c", "sleep 100"]);
+        assert_eq!(spec.env_value("PATH"), Some("/bin"), "the last value wins");
+        assert_eq!(spec.additional_gids, [0].into());
+        // A config wins over the spec.
+        let both = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), Some(&crio_spec())).unwrap();
+        assert_eq!(both.spec_process, None);
+        // The config built from it: the argv whole, no hostname.
+        let mut config = cri::ContainerConfig::default();
+        assert!(record.apply_to(&mut config));
+        assert_eq!(config.command, spec.argv);
+        assert!(config.args.is_empty());
+        assert!(config.envs.iter().all(|kv| kv.key != "HOSTNAME"));
+        assert!(config.envs.iter().any(|kv| kv.key == "PATH" && kv.value == "/bin"));
+    }
+
     #[test]
     fn the_record_round_trips_through_its_file_format() {
-        let record = ProcessRecord::from_runtime(&status(), Some(&containerd_config())).unwrap();
+        let record = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), None).unwrap();
         let text = serde_json::to_string(&record).unwrap();
         assert_eq!(serde_json::from_str::<ProcessRecord>(&text).unwrap(), record);
     }

@@ -116,12 +116,16 @@ pub fn container_from_checkpoint(
             name: m.name,
             attempt: 0,
         }),
+        // The name as the user gave it, too: a runtime that verifies
+        // signatures (CRI-O under a policy) asks for it.
         image: record
-            .map(|r| cri::ImageSpec {
-                image: r.image.clone(),
+            .map(|r| r.image.clone())
+            .or_else(|| status.image.as_ref().map(|i| i.image.clone()))
+            .map(|image| cri::ImageSpec {
+                user_specified_image: image.clone(),
+                image,
                 ..Default::default()
-            })
-            .or_else(|| status.image.clone()),
+            }),
         mounts: status.mounts.clone(),
         labels: status.labels.clone(),
         annotations: status
@@ -141,8 +145,8 @@ pub fn container_from_checkpoint(
         }),
         ..Default::default()
     };
-    if let Some(process) = record.and_then(|r| r.process.as_ref()) {
-        process.apply_to(&mut config);
+    if let Some(record) = record {
+        record.apply_to(&mut config);
     }
     config
 }
@@ -212,6 +216,7 @@ mod tests {
                     ..Default::default()
                 },
             }),
+            spec_process: None,
         };
         let c = container_from_checkpoint(&status, &spec, Some(&record));
         assert_eq!(

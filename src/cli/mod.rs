@@ -1,7 +1,7 @@
 //! `podckpt`, the command-line client, in crictl's style.
 
 mod checkpoint;
-mod configs;
+pub(crate) mod configs;
 mod inspect;
 mod restore;
 

@@ -277,13 +277,14 @@ fn write_container_files(folder: &std::path::Path, target: &Target, checkpointed
     )?;
     archive::write_json(&folder.join(archive::STATUS_DUMP), status)?;
     let config = target.info.get("config");
-    if config.is_none() {
+    let spec = target.info.get("runtimeSpec");
+    if config.is_none() && spec.is_none() {
         warn!(
             container = %status.id,
-            "the runtime did not report the container's config; a restore of this checkpoint cannot be validated and will be refused"
+            "the runtime reported neither the container's config nor its spec; a restore of this checkpoint cannot be validated and will be refused"
         );
     }
-    let record = ProcessRecord::from_runtime(status, config).map_err(|e| {
+    let record = ProcessRecord::from_runtime(status, config, spec).map_err(|e| {
         PodError::Internal(format!(
             "container {}: the runtime's copy of its config is unreadable: {e}",
             status.id

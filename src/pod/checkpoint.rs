@@ -16,6 +16,7 @@ use super::capture::{Capture, Target};
 use super::error::PodError;
 use super::journal::PausedSet;
 use super::options;
+use super::sandbox_info;
 use crate::api::cri;
 use crate::api::pod::CheckpointPodRequest;
 use crate::archive::{self, Building, Manifest, PodOptions};
@@ -38,12 +39,7 @@ impl PodService {
         let output = validate_output(&request.output_path)?;
         let pod_id = request.pod_sandbox_id.as_str();
         let pod = self.pod_status(pod_id).await?;
-        let backend = self.backend_for(
-            pod.status
-                .as_ref()
-                .map(|s| s.runtime_handler.as_str())
-                .unwrap_or_default(),
-        )?;
+        let backend = self.backend_for(&sandbox_info::handler(&pod))?;
         // Asking CRIU its version costs a process start; overlap it.
         let (targets, engine_version) =
             tokio::try_join!(self.resolve_containers(pod_id, &request.container_ids), async {
@@ -337,19 +333,10 @@ fn write_pod_files(root: &Path, pod: &cri::PodSandboxStatusResponse, targets: &[
         annotations,
     };
     archive::write_json(&root.join(archive::POD_OPTIONS), &options)?;
-    // containerd's own record of the sandbox config, from its verbose status.
-    let info: Value = pod
-        .info
-        .get("info")
-        .and_then(|raw| serde_json::from_str(raw).ok())
-        .unwrap_or(Value::Null);
-    let config = match info.get("config") {
-        Some(config) => config.clone(),
-        None => {
-            warn!("the runtime's pod status has no config; pod.dump holds the status instead");
-            serde_json::to_value(&pod.status).unwrap_or(Value::Null)
-        }
-    };
+    let config = sandbox_info::config(pod).unwrap_or_else(|| {
+        warn!("the runtime reported neither the pod's config nor its spec; pod.dump holds the status instead");
+        serde_json::to_value(&pod.status).unwrap_or(Value::Null)
+    });
     archive::write_json(&root.join(archive::POD_DUMP), &config)?;
     Ok(())
 }

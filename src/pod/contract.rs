@@ -10,16 +10,16 @@ use std::fmt::Debug;
 use super::error::PodError;
 use crate::api::cri;
 use crate::archive::ProcessRecord;
-use crate::archive::record::ExpectedProcess;
+use crate::archive::record::{ExpectedProcess, SpecProcess};
 
 /// Compares everything but the image (which the runtime must resolve, see
 /// `check_image`) with what the checkpoint recorded of container `name`.
 pub fn check_process(name: &str, record: &ProcessRecord, config: &cri::ContainerConfig) -> Result<(), PodError> {
-    let recorded = record
-        .process
-        .as_ref()
-        .ok_or_else(|| cannot_validate(name, "the config its process was started with"))?;
-    let found = differences(recorded, &ExpectedProcess::from(config));
+    let found = match (&record.process, &record.spec_process) {
+        (Some(recorded), _) => differences(recorded, &ExpectedProcess::from(config)),
+        (None, Some(spec)) => spec_differences(spec, config),
+        (None, None) => return Err(cannot_validate(name, "the config its process was started with")),
+    };
     if found.is_empty() {
         return Ok(());
     }
@@ -52,6 +52,64 @@ pub fn check_image(
         "container {name:?}: image differs: checkpoint has {} ({}), config has {config}",
         record.image, record.image_id
     )))
+}
+
+/// Every field in which `config` describes another process than the one
+/// the runtime resolved into the spec. What the config leaves to the image
+/// (no command, no working directory) is the image's, which `check_image`
+/// compares; what it sets must be what the process got.
+pub fn spec_differences(recorded: &SpecProcess, config: &cri::ContainerConfig) -> Vec<String> {
+    let mut found = Vec::new();
+    let argv_matches = if !config.command.is_empty() {
+        recorded.argv.iter().eq(config.command.iter().chain(&config.args))
+    } else {
+        // The image's entrypoint comes first.
+        recorded.argv.ends_with(&config.args)
+    };
+    if !argv_matches {
+        found.push(format!(
+            "command and args differ: checkpoint ran {:?}, config has command {:?} args {:?}",
+            recorded.argv, config.command, config.args
+        ));
+    }
+    if !config.working_dir.is_empty() && config.working_dir != recorded.cwd {
+        found.push(format!(
+            "working_dir differs: checkpoint has {:?}, config has {:?}",
+            recorded.cwd, config.working_dir
+        ));
+    }
+    // Names only, as in `env_differences`. The hostname is the new pod's,
+    // whatever the old one was.
+    let changed: BTreeSet<&str> = config
+        .envs
+        .iter()
+        .filter(|kv| kv.key != "HOSTNAME" && recorded.env_value(&kv.key) != Some(kv.value.as_str()))
+        .map(|kv| kv.key.as_str())
+        .collect();
+    if !changed.is_empty() {
+        found.push(format!("envs differ (values not shown): not as in the checkpoint {changed:?}"));
+    }
+    let context = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    if let Some(uid) = context.and_then(|c| c.run_as_user.as_ref()).map(|v| v.value)
+        && uid != recorded.uid
+    {
+        found.push(format!("run_as_user differs: checkpoint has {}, config has {uid}", recorded.uid));
+    }
+    if let Some(gid) = context.and_then(|c| c.run_as_group.as_ref()).map(|v| v.value)
+        && gid != recorded.gid
+    {
+        found.push(format!("run_as_group differs: checkpoint has {}, config has {gid}", recorded.gid));
+    }
+    let missing: Vec<i64> = context
+        .map(|c| c.supplemental_groups.iter().copied().filter(|g| !recorded.additional_gids.contains(g)).collect())
+        .unwrap_or_default();
+    if !missing.is_empty() {
+        found.push(format!(
+            "supplemental_groups differ: checkpoint has {:?}, config adds {missing:?}",
+            recorded.additional_gids
+        ));
+    }
+    found
 }
 
 fn cannot_validate(name: &str, what: &str) -> PodError {
@@ -172,6 +230,7 @@ mod tests {
             image: "busybox:latest".into(),
             image_id: "sha256:aaaa".into(),
             process: Some(recorded()),
+            spec_process: None,
         }
     }
 
@@ -236,6 +295,63 @@ mod tests {
             change(&mut config);
             assert_eq!(refusal(&config), format!("container \"web\": {expected}"));
         }
+    }
+
+    fn spec_process() -> SpecProcess {
+        SpecProcess {
+            argv: vec!["/entry".into(), "serve".into(), "--port=80".into()],
+            cwd: "/srv".into(),
+            env: vec!["PATH=/bin".into(), "TOKEN=secret-value".into(), "HOSTNAME=old".into()],
+            uid: 1000,
+            gid: 1000,
+            additional_gids: [1000, 5].into(),
+        }
+    }
+
+    #[test]
+    fn a_config_matches_the_spec_process_it_resolved_to() {
+        let record = ProcessRecord {
+            spec_process: Some(spec_process()),
+            process: None,
+            ..record()
+        };
+        // The image's entrypoint, then the config's args.
+        let mut config = cri::ContainerConfig {
+            args: vec!["serve".into(), "--port=80".into()],
+            envs: vec![cri::KeyValue {
+                key: "HOSTNAME".into(),
+                value: "new".into(),
+            }],
+            ..Default::default()
+        };
+        check_process("web", &record, &config).unwrap();
+        config.command = vec!["/entry".into()];
+        config.working_dir = "/srv".into();
+        check_process("web", &record, &config).unwrap();
+        // The config the CLI builds from the record matches it too.
+        let mut rebuilt = cri::ContainerConfig::default();
+        assert!(record.apply_to(&mut rebuilt));
+        check_process("web", &record, &rebuilt).unwrap();
+
+        let mut other = config.clone();
+        other.args = vec!["serve".into(), "--port=81".into()];
+        other.working_dir = "/tmp".into();
+        other.envs.push(cri::KeyValue {
+            key: "TOKEN".into(),
+            value: "guess".into(),
+        });
+        let message = match check_process("web", &record, &other) {
+            Err(PodError::InvalidArgument(message)) => message,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        };
+        assert!(message.contains("command and args differ"), "{message}");
+        assert!(message.contains("working_dir differs"), "{message}");
+        assert!(message.contains(r#"envs differ (values not shown): not as in the checkpoint {"TOKEN"}"#), "{message}");
+        assert!(!message.contains("secret-value") && !message.contains("guess"), "{message}");
+
+        let mut stranger = rebuilt;
+        security(&mut stranger).run_as_user = Some(cri::Int64Value { value: 0 });
+        assert!(check_process("web", &record, &stranger).is_err());
     }
 
     #[test]

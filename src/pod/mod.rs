@@ -10,6 +10,7 @@ mod housekeeping;
 pub mod journal;
 pub mod options;
 mod restore;
+mod sandbox_info;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
