@@ -86,7 +86,7 @@ fn assert_refusal(case: &str, status: &tonic::Status, code: Code, words: &[&str]
 fn ctr(tb: &Testbed, args: &[&str]) {
     let out = Command::new("ctr")
         .arg("-a")
-        .arg(&tb.containerd)
+        .arg(&tb.socket)
         .args(["-n", "k8s.io"])
         .args(args)
         .output()
@@ -106,7 +106,7 @@ async fn image_id(tb: &Testbed, image: &str) -> Option<String> {
         }),
         verbose: false,
     };
-    let mut images = support::image_client(&tb.containerd).await;
+    let mut images = support::image_client(&tb.socket).await;
     let status = images.image_status(request).await.expect("ImageStatus").into_inner();
     status.image.map(|i| i.id)
 }
@@ -143,7 +143,7 @@ impl Drop for Tag<'_> {
     fn drop(&mut self) {
         let _ = Command::new("ctr")
             .arg("-a")
-            .arg(&self.tb.containerd)
+            .arg(&self.tb.socket)
             .args(["-n", "k8s.io", "images", "rm", &self.name])
             .output();
     }

@@ -10,28 +10,14 @@ use serial_test::serial;
 
 use podckpt::api::cri;
 
-use crate::support::{self, COUNTER, CRIO_RUNC_ROOT, Pod, Shim, crio_testbed, eventually};
+use crate::support::{self, COUNTER, Pod, Shim, crio_testbed, eventually};
 
-/// CRI-O checks image signatures against its policy, and then needs the
-/// image as the user named it.
-fn crio_container(name: &str, image: &str, script: &str) -> cri::ContainerConfig {
-    let mut config = support::container_config(name, image, script);
-    if let Some(spec) = config.image.as_mut() {
-        spec.user_specified_image = image.into();
-    }
-    config
-}
-
-/// podckptd's config for the test bed's CRI-O: its handlers' runc root.
-fn handlers() -> String {
-    format!("[handlers.\"\"]\nroot = \"{CRIO_RUNC_ROOT}\"\n")
-}
 
 #[tokio::test]
 #[serial]
 async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
     let Some(tb) = crio_testbed() else { return };
-    let shim = Shim::start_with(&tb, &handlers(), 5);
+    let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let mut direct = tb.direct().await;
 
@@ -47,7 +33,7 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
     let pod = Pod::run(&mut client, &shim.socket, "crio").await;
     let pod_id = pod.id.clone();
     let created = pod
-        .create_container(&mut client, crio_container("counter", &tb.image, COUNTER))
+        .create_container(&mut client, support::container_config("counter", &tb.image, COUNTER))
         .await;
     client
         .start_container(cri::StartContainerRequest {
@@ -127,3 +113,47 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
     assert!(gone, "the pod outlived its removal");
 }
 
+
+
+// The restore cases of `restore.rs`, on CRI-O: the container comes back
+// CREATED, and StartContainer restores it (see `interposer::deferred`).
+
+#[tokio::test]
+#[serial]
+async fn a_restored_counter_goes_on_from_its_saved_value_on_crio() {
+    if let Some(tb) = crio_testbed() {
+        crate::restore::restored_counter_goes_on(tb).await;
+    }
+}
+
+#[tokio::test]
+#[serial]
+async fn one_checkpoint_restored_twice_gives_two_replicas_on_crio() {
+    if let Some(tb) = crio_testbed() {
+        crate::restore::two_replicas_from_one_checkpoint(tb).await;
+    }
+}
+
+#[tokio::test]
+#[serial]
+async fn a_two_container_pod_comes_back_whole_on_crio() {
+    if let Some(tb) = crio_testbed() {
+        crate::restore::two_containers_come_back_whole(tb).await;
+    }
+}
+
+#[tokio::test]
+#[serial]
+async fn a_container_holding_256_mib_restores_on_crio() {
+    if let Some(tb) = crio_testbed() {
+        crate::restore::memory_of_256_mib_restores(tb).await;
+    }
+}
+
+#[tokio::test]
+#[serial]
+async fn bad_checkpoints_and_configs_are_refused_and_create_nothing_on_crio() {
+    if let Some(tb) = crio_testbed() {
+        crate::restore::bad_restores_are_refused(tb).await;
+    }
+}

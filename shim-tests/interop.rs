@@ -37,7 +37,7 @@ async fn grpcio_calls_pass_through_unchanged() {
 
 async fn same_answers_as_containerd(stack: Stack) {
     let Some(tb) = testbed() else { return };
-    let Some(mut direct) = Client::start(stack, &tb.containerd) else {
+    let Some(mut direct) = Client::start(stack, &tb.socket) else {
         return;
     };
     let shim = crate::support::Shim::start(&tb);
@@ -75,7 +75,7 @@ struct Fixture {
 impl Fixture {
     async fn new(tb: &Testbed) -> Self {
         let mut client = tb.direct().await;
-        let pod = Pod::run(&mut client, &tb.containerd, "interop").await;
+        let pod = Pod::run(&mut client, &tb.socket, "interop").await;
         let container_id = pod.start_sleeper(&mut client, &tb.image, "sleeper").await;
         let pod_name = pod.config.metadata.as_ref().expect("pod metadata").name.clone();
         Self {

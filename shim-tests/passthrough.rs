@@ -187,7 +187,7 @@ async fn unknown_paths_are_forwarded() {
     let Some(tb) = testbed() else { return };
     let shim = Shim::start(&tb);
     let via_shim = support::channel(&shim.socket);
-    let direct = support::channel(&tb.containerd);
+    let direct = support::channel(&tb.socket);
 
     for path in [
         "/runtime.v1.RuntimeService/NoSuchMethodYet",
@@ -215,7 +215,7 @@ async fn pod_checkpoint_paths_are_answered_by_podckpt() {
     let Some(tb) = testbed() else { return };
     let shim = Shim::start(&tb);
     let via_shim = support::channel(&shim.socket);
-    let direct = support::channel(&tb.containerd);
+    let direct = support::channel(&tb.socket);
     let path = podckpt::api::CHECKPOINT_POD_PATH;
     let ours = raw::unary(via_shim, path, Bytes::new(), &[])
         .await
@@ -236,7 +236,7 @@ async fn request_metadata_reaches_the_runtime() {
     let Some(tb) = testbed() else { return };
     let shim = Shim::start(&tb);
     let via_shim = support::channel(&shim.socket);
-    let direct = support::channel(&tb.containerd);
+    let direct = support::channel(&tb.socket);
     const LIST: &str = "/containerd.services.images.v1.Images/List";
 
     let without = raw::unary(via_shim.clone(), LIST, Bytes::new(), &[])

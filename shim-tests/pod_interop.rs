@@ -85,7 +85,7 @@ impl Caller {
         let response: cri::RunPodSandboxResponse = self.ok("RunPodSandbox", &request).await;
         let sandbox = Sandbox {
             id: response.pod_sandbox_id,
-            containerd: tb.containerd.clone(),
+            containerd: tb.socket.clone(),
             _log_dir: log_dir,
         };
         (sandbox, config)
@@ -329,7 +329,7 @@ async fn lifecycle(stack: Stack) {
     let restored = pod::RestorePodResponse::decode(result.responses[0].as_slice()).unwrap();
     let restored_sandbox = Sandbox {
         id: restored.pod_sandbox_id.clone(),
-        containerd: tb.containerd.clone(),
+        containerd: tb.socket.clone(),
         _log_dir: restore_log_dir,
     };
     let [container] = restored.restored_containers.as_slice() else {

@@ -21,7 +21,12 @@ async fn checkpointed_counter(shim: &Shim, tb: &support::Testbed, min: u64) -> (
 #[tokio::test]
 #[serial]
 async fn a_restored_counter_goes_on_from_its_saved_value() {
-    let Some(tb) = testbed() else { return };
+    if let Some(tb) = testbed() {
+        restored_counter_goes_on(tb).await;
+    }
+}
+
+pub(crate) async fn restored_counter_goes_on(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let (_keep, checkpoint, saved) = checkpointed_counter(&shim, &tb, 10).await;
@@ -69,7 +74,12 @@ async fn a_restored_counter_goes_on_from_its_saved_value() {
 #[tokio::test]
 #[serial]
 async fn one_checkpoint_restored_twice_gives_two_replicas() {
-    let Some(tb) = testbed() else { return };
+    if let Some(tb) = testbed() {
+        two_replicas_from_one_checkpoint(tb).await;
+    }
+}
+
+pub(crate) async fn two_replicas_from_one_checkpoint(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let (_keep, checkpoint, saved) = checkpointed_counter(&shim, &tb, 5).await;
@@ -91,7 +101,12 @@ async fn one_checkpoint_restored_twice_gives_two_replicas() {
 #[tokio::test]
 #[serial]
 async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
-    let Some(tb) = testbed() else { return };
+    if let Some(tb) = testbed() {
+        bad_restores_are_refused(tb).await;
+    }
+}
+
+pub(crate) async fn bad_restores_are_refused(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let (_keep, checkpoint, _) = checkpointed_counter(&shim, &tb, 1).await;
@@ -196,7 +211,12 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
 #[tokio::test]
 #[serial]
 async fn a_two_container_pod_comes_back_whole() {
-    let Some(tb) = testbed() else { return };
+    if let Some(tb) = testbed() {
+        two_containers_come_back_whole(tb).await;
+    }
+}
+
+pub(crate) async fn two_containers_come_back_whole(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "pair").await;
@@ -253,7 +273,12 @@ async fn a_two_container_pod_comes_back_whole() {
 #[tokio::test]
 #[serial]
 async fn a_container_holding_256_mib_restores() {
-    let Some(tb) = testbed() else { return };
+    if let Some(tb) = testbed() {
+        memory_of_256_mib_restores(tb).await;
+    }
+}
+
+pub(crate) async fn memory_of_256_mib_restores(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "big").await;

@@ -25,7 +25,7 @@ fn main() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/shim-tests/bench/grpcio_latency.py");
     let out = Command::new(&python)
         .arg(script)
-        .arg(&tb.containerd)
+        .arg(&tb.socket)
         .arg(&shim.socket)
         .args([ROUNDS, CALLS_PER_ROUND])
         .output()

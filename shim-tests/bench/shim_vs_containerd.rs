@@ -127,7 +127,7 @@ async fn main() {
     let mut setup = tb.direct().await;
     let mut pods = Vec::new();
     for p in 0..5 {
-        let pod = Pod::run(&mut setup, &tb.containerd, &format!("bench{p}")).await;
+        let pod = Pod::run(&mut setup, &tb.socket, &format!("bench{p}")).await;
         for c in 0..CONTAINERS / 5 {
             pod.start_container(&mut setup, &tb.image, &format!("c{c}"), "exec sleep 3600")
                 .await;

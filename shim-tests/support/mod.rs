@@ -35,14 +35,20 @@ pub const RUNSC_ROOT: &str = "/run/podckpt-testbed/runsc/k8s.io";
 /// podckptd's handler for the test bed's gVisor pods.
 pub const GVISOR_HANDLER: &str = "[handlers.gvisor]\nbackend = \"runsc\"\nruntime = \"runsc\"\nroot = \"/run/podckpt-testbed/runsc/k8s.io\"\nrestore = true\n";
 
-/// runc's own view of a container's state: "running", "paused", ...
+/// runc's own view of a container's state: "running", "paused", ... under
+/// either runtime's root (container ids are unique across both).
 pub fn runc_status(id: &str) -> String {
-    let out = Command::new("runc")
-        .args(["--root", RUNC_ROOT, "state", id])
-        .output()
-        .expect("runc state");
-    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    state["status"].as_str().unwrap_or("gone").to_owned()
+    for root in [RUNC_ROOT, CRIO_RUNC_ROOT] {
+        let out = Command::new("runc")
+            .args(["--root", root, "state", id])
+            .output()
+            .expect("runc state");
+        let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(status) = state["status"].as_str() {
+            return status.to_owned();
+        }
+    }
+    "gone".to_owned()
 }
 
 /// Calls CheckpointPod through the shim with a 60 s deadline. An empty
@@ -114,35 +120,61 @@ pub async fn running_containers(client: &mut Runtime, pod_id: &str) -> Vec<Strin
 /// need containerd return early then, unless PODCKPT_REQUIRE_TESTBED=1 (as in
 /// CI), where a missing test bed is a failure instead of a skip.
 pub struct Testbed {
-    pub containerd: PathBuf,
+    /// The CRI socket of the runtime under test (containerd or CRI-O).
+    pub socket: PathBuf,
     pub image: String,
+    /// runc's `--root` for the runtime's handlers.
+    pub runc_root: PathBuf,
+    /// podckptd's config for this runtime (its handlers).
+    pub shim_config: String,
 }
 
 fn containerd_socket() -> PathBuf {
     PathBuf::from(std::env::var("PODCKPT_TEST_CONTAINERD").unwrap_or_else(|_| DEFAULT_CONTAINERD.into()))
 }
 
+fn test_image() -> String {
+    std::env::var("PODCKPT_TEST_BUSYBOX_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.into())
+}
+
+fn reachable(socket: &Path) -> bool {
+    nix::unistd::geteuid().is_root() && std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+/// The test bed's containerd.
 pub fn testbed() -> Option<Testbed> {
-    let containerd = containerd_socket();
-    let image = std::env::var("PODCKPT_TEST_BUSYBOX_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.into());
-    let reachable = nix::unistd::geteuid().is_root() && std::os::unix::net::UnixStream::connect(&containerd).is_ok();
-    if reachable {
-        return Some(Testbed { containerd, image });
+    let socket = containerd_socket();
+    if reachable(&socket) {
+        return Some(Testbed {
+            socket,
+            image: test_image(),
+            runc_root: RUNC_ROOT.into(),
+            shim_config: String::new(),
+        });
     }
     missing(&format!(
         "test bed not reachable at {} (run `contrib/testbed.sh up` as root)",
-        containerd.display()
+        socket.display()
     ));
     None
+}
+
+/// podckptd's handlers for the test bed's CRI-O: runc's root of its "runc"
+/// and "podckpt" handlers (CRI-O's `runtime_root`).
+pub fn crio_handlers() -> String {
+    format!("[handlers.\"\"]\nroot = \"{CRIO_RUNC_ROOT}\"\n\n[handlers.podckpt]\nroot = \"{CRIO_RUNC_ROOT}\"\nrestore = true\n")
 }
 
 /// The test bed's CRI-O, as a test bed whose runtime is CRI-O.
 pub fn crio_testbed() -> Option<Testbed> {
     let socket = PathBuf::from(std::env::var("PODCKPT_TEST_CRIO").unwrap_or_else(|_| DEFAULT_CRIO.into()));
-    let image = std::env::var("PODCKPT_TEST_BUSYBOX_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.into());
-    let reachable = nix::unistd::geteuid().is_root() && std::os::unix::net::UnixStream::connect(&socket).is_ok();
-    if reachable {
-        return Some(Testbed { containerd: socket, image });
+    if reachable(&socket) {
+        return Some(Testbed {
+            socket,
+            image: test_image(),
+            runc_root: CRIO_RUNC_ROOT.into(),
+            shim_config: crio_handlers(),
+        });
     }
     missing(&format!(
         "the test bed's CRI-O is not reachable at {} (run `contrib/testbed.sh up` as root)",
@@ -162,7 +194,7 @@ pub fn missing(why: &str) {
 
 impl Testbed {
     pub fn endpoint(&self) -> String {
-        format!("unix://{}", self.containerd.display())
+        format!("unix://{}", self.socket.display())
     }
 
     /// Runs a subcommand of the test bed script (for example `stop-daemon`).
@@ -177,7 +209,7 @@ impl Testbed {
     }
 
     pub async fn direct(&self) -> Runtime {
-        runtime_client(&self.containerd).await
+        runtime_client(&self.socket).await
     }
 }
 
@@ -201,8 +233,9 @@ pub struct Shim {
 }
 
 impl Shim {
+    /// A daemon with the test bed runtime's own handlers.
     pub fn start(tb: &Testbed) -> Self {
-        Self::start_with(tb, "", 5)
+        Self::start_with(tb, &tb.shim_config, 5)
     }
 
     /// A daemon reading `toml` as its config file, which gives its calls
@@ -380,6 +413,9 @@ pub fn container_config(name: &str, image: &str, script: &str) -> cri::Container
         }),
         image: Some(cri::ImageSpec {
             image: image.into(),
+            // CRI-O checks signatures against its policy, and then needs
+            // the image as the user named it; containerd 1.7 ignores it.
+            user_specified_image: image.into(),
             ..Default::default()
         }),
         command: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -528,7 +564,7 @@ pub fn checkpointed_configs(checkpoint: &Path, names: &[&str]) -> Vec<cri::Conta
                 serde_json::from_slice(&std::fs::read(&path).expect("reading the process record"))
                     .expect("parsing the process record");
             let mut config = container_config(name, &record.image, "");
-            record.process.expect("a recorded process").apply_to(&mut config);
+            assert!(record.apply_to(&mut config), "no recorded process");
             config
         })
         .collect()
@@ -645,10 +681,12 @@ pub async fn start_restored(shim: &Shim, cid: &str) {
 /// Whether podckpt-runc restored the container (rather than the runtime
 /// starting its config's command): it leaves a record in the runtime's state.
 pub fn was_restored(container_id: &str) -> bool {
-    Path::new(RUNC_ROOT)
-        .join(container_id)
-        .join(podckpt::interposer::RESTORE_RECORD)
-        .exists()
+    [RUNC_ROOT, CRIO_RUNC_ROOT].iter().any(|root| {
+        Path::new(root)
+            .join(container_id)
+            .join(podckpt::interposer::RESTORE_RECORD)
+            .exists()
+    })
 }
 
 /// Where the test bed's containerd looks for podckpt-runc (its "podckpt"
