@@ -157,3 +157,4 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing_on_crio() {
         crate::restore::bad_restores_are_refused(tb).await;
     }
 }
+

@@ -67,8 +67,10 @@ pub struct HandlerConfig {
     #[serde(default = "HandlerConfig::default_runtime")]
     pub runtime: PathBuf,
     /// The OCI runtime's state directory (its `--root`) for this handler.
-    #[serde(default = "HandlerConfig::default_root")]
-    pub root: PathBuf,
+    /// Unset: read from the CRI runtime's own configuration of the handler
+    /// (see `pod::runtime_roots`).
+    #[serde(default)]
+    pub root: Option<PathBuf>,
     /// Whether this handler runs podckpt-runc, so RestorePod may use it.
     #[serde(default)]
     pub restore: bool,
@@ -86,10 +88,6 @@ impl HandlerConfig {
     fn default_runtime() -> PathBuf {
         "runc".into()
     }
-    fn default_root() -> PathBuf {
-        crate::backend::runc::CONTAINERD_RUNC_ROOT.into()
-    }
-
 }
 
 impl Default for HandlerConfig {
@@ -97,7 +95,7 @@ impl Default for HandlerConfig {
         Self {
             backend: Self::default_backend(),
             runtime: Self::default_runtime(),
-            root: Self::default_root(),
+            root: None,
             restore: false,
             lazy_pages: None,
         }

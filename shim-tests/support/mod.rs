@@ -125,8 +125,6 @@ pub struct Testbed {
     pub image: String,
     /// runc's `--root` for the runtime's handlers.
     pub runc_root: PathBuf,
-    /// podckptd's config for this runtime (its handlers).
-    pub shim_config: String,
 }
 
 fn containerd_socket() -> PathBuf {
@@ -149,7 +147,6 @@ pub fn testbed() -> Option<Testbed> {
             socket,
             image: test_image(),
             runc_root: RUNC_ROOT.into(),
-            shim_config: String::new(),
         });
     }
     missing(&format!(
@@ -157,12 +154,6 @@ pub fn testbed() -> Option<Testbed> {
         socket.display()
     ));
     None
-}
-
-/// podckptd's handlers for the test bed's CRI-O: runc's root of its "runc"
-/// and "podckpt" handlers (CRI-O's `runtime_root`).
-pub fn crio_handlers() -> String {
-    format!("[handlers.\"\"]\nroot = \"{CRIO_RUNC_ROOT}\"\n\n[handlers.podckpt]\nroot = \"{CRIO_RUNC_ROOT}\"\nrestore = true\n")
 }
 
 /// The test bed's CRI-O, as a test bed whose runtime is CRI-O.
@@ -173,7 +164,6 @@ pub fn crio_testbed() -> Option<Testbed> {
             socket,
             image: test_image(),
             runc_root: CRIO_RUNC_ROOT.into(),
-            shim_config: crio_handlers(),
         });
     }
     missing(&format!(
@@ -233,9 +223,10 @@ pub struct Shim {
 }
 
 impl Shim {
-    /// A daemon with the test bed runtime's own handlers.
+    /// A daemon with the default config: its handlers' runc roots are read
+    /// from the runtime below, containerd's or CRI-O's.
     pub fn start(tb: &Testbed) -> Self {
-        Self::start_with(tb, &tb.shim_config, 5)
+        Self::start_with(tb, "", 5)
     }
 
     /// A daemon reading `toml` as its config file, which gives its calls

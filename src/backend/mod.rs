@@ -11,8 +11,6 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::HandlerConfig;
-
 use serde::{Deserialize, Serialize};
 
 /// A container as a backend sees it: the id its low-level runtime knows it by.
@@ -56,12 +54,13 @@ pub enum BackendError {
     Unsupported(String),
 }
 
-/// The backend a handler's config names: the one place that knows them
-/// all, for podckptd's handlers and for the wrapper's restore alike.
-pub fn for_handler(config: &HandlerConfig) -> Result<Arc<dyn Checkpointer>, String> {
-    match config.backend.as_str() {
-        "criu" => Ok(Arc::new(runc::OciRuntimeCheckpointer::new(&config.runtime, &config.root))),
-        "runsc" => Ok(Arc::new(runsc::RunscCheckpointer::new(&config.runtime, &config.root))),
+/// The backend named `backend` (a handler config's `backend`), driving
+/// `runtime` with its state in `root`: the one place that knows them all,
+/// for podckptd's handlers and for the wrapper's restore alike.
+pub fn for_handler(backend: &str, runtime: &Path, root: &Path) -> Result<Arc<dyn Checkpointer>, String> {
+    match backend {
+        "criu" => Ok(Arc::new(runc::OciRuntimeCheckpointer::new(runtime, root))),
+        "runsc" => Ok(Arc::new(runsc::RunscCheckpointer::new(runtime, root))),
         other => Err(format!("unknown backend {other:?} (supported: criu, runsc)")),
     }
 }

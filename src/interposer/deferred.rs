@@ -33,7 +33,6 @@ use serde::{Deserialize, Serialize};
 use super::token::RestoreToken;
 use super::{InterposerError, cli};
 use crate::backend::{self, RestoreRequest};
-use crate::config::HandlerConfig;
 
 /// The first argument that makes podckpt-runc a holder.
 pub const HOLDER_COMMAND: &str = "podckpt-restore-holder";
@@ -359,12 +358,7 @@ fn restore(dir: &Path, plan: &Plan) -> Result<Pid, String> {
     let token = RestoreToken::load_trusted(&plan.token).map_err(|e| e.to_string())?;
     let spec = super::read_spec(&plan.bundle).map_err(|e| e.to_string())?;
     token.check_issued_for(&spec, &plan.token).map_err(|e| e.to_string())?;
-    let backend = backend::for_handler(&HandlerConfig {
-        backend: token.backend.clone(),
-        runtime: plan.runtime.clone(),
-        root: plan.root.clone(),
-        ..Default::default()
-    })?;
+    let backend = backend::for_handler(&token.backend, &plan.runtime, &plan.root)?;
     let pid_file = dir.join(INIT_PID);
     let restored = backend
         .restore(&RestoreRequest {

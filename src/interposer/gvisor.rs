@@ -38,7 +38,6 @@ use super::cli;
 use super::identity::{CriRuntime, SpecIdentity};
 use super::token::{self, RestoreToken};
 use crate::backend::{self, RestoreRequest};
-use crate::config::HandlerConfig;
 
 /// The first argument that makes podckpt-runc a sub-container's waiter.
 pub const WAITER_COMMAND: &str = "podckpt-runsc-waiter";
@@ -176,12 +175,7 @@ impl Runsc {
     fn restore(&self, token_path: &Path, spec: &serde_json::Value, create: &cli::Create, bundle: &Path) -> Result<(), String> {
         let token = RestoreToken::load_trusted(token_path).map_err(|e| e.to_string())?;
         token.check_issued_for(spec, token_path).map_err(|e| e.to_string())?;
-        let backend = backend::for_handler(&HandlerConfig {
-            backend: token.backend.clone(),
-            runtime: self.binary.clone(),
-            root: self.root.clone().unwrap_or_default(),
-            ..Default::default()
-        })?;
+        let backend = backend::for_handler(&token.backend, &self.binary, self.root.as_deref().unwrap_or(Path::new("")))?;
         let dir = self
             .waiter_dir(&create.id)
             .ok_or("runsc's --root is needed to keep a restored container's state")?;

@@ -17,7 +17,6 @@ use serde_json::Value;
 
 use crate::backend::runc::CONTAINERD_RUNC_ROOT;
 use crate::backend::{self, RestoreError, RestoreRequest};
-use crate::config::HandlerConfig;
 use token::RestoreToken;
 
 /// Left in runc's state directory of a restored container, so that the
@@ -109,12 +108,8 @@ pub fn restore(
     let spec = read_spec(&bundle)?;
     token.check_issued_for(&spec, token_path)?;
     let rootfs = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
-    let backend = backend::for_handler(&HandlerConfig {
-        backend: token.backend.clone(),
-        runtime: runtime.to_owned(),
-        root: inv.root.as_ref().map_or_else(|| PathBuf::from(CONTAINERD_RUNC_ROOT), PathBuf::from),
-        ..Default::default()
-    })
+    let root = inv.root.as_ref().map_or_else(|| PathBuf::from(CONTAINERD_RUNC_ROOT), PathBuf::from);
+    let backend = backend::for_handler(&token.backend, runtime, &root)
     .map_err(|why| InterposerError::UntrustedToken(format!("{}: {why}", token_path.display())))?;
     let restored = backend.restore(&RestoreRequest {
         checkpoint: &token.checkpoint,

@@ -39,7 +39,8 @@ impl PodService {
         let output = validate_output(&request.output_path)?;
         let pod_id = request.pod_sandbox_id.as_str();
         let pod = self.pod_status(pod_id).await?;
-        let backend = self.backend_for(&sandbox_info::handler(&pod))?;
+        let handler = sandbox_info::handler(&pod);
+        let backend = self.backend(&handler, self.backend_for(&handler)?).await?;
         // Asking CRIU its version costs a process start; overlap it.
         let (targets, engine_version) =
             tokio::try_join!(self.resolve_containers(pod_id, &request.container_ids), async {
@@ -56,7 +57,7 @@ impl PodService {
         let paused = PausedSet {
             backend: backend.config.backend.clone(),
             runtime: backend.config.runtime.clone(),
-            root: backend.config.root.clone(),
+            root: backend.root.clone(),
             containers: refs.clone(),
             output: Some(output.clone()),
         };

@@ -40,12 +40,7 @@ impl PausedSet {
     }
 
     fn backend(&self) -> Result<std::sync::Arc<dyn Checkpointer>, String> {
-        crate::backend::for_handler(&crate::config::HandlerConfig {
-            backend: self.backend.clone(),
-            runtime: self.runtime.clone(),
-            root: self.root.clone(),
-            ..Default::default()
-        })
+        crate::backend::for_handler(&self.backend, &self.runtime, &self.root)
     }
 }
 

@@ -10,6 +10,7 @@ mod housekeeping;
 pub mod journal;
 pub mod options;
 mod restore;
+mod runtime_roots;
 mod sandbox_info;
 
 use std::collections::{BTreeMap, HashSet};
@@ -42,6 +43,8 @@ pub struct PeerCredentials {
 /// A runtime handler's backend and the settings it was built from.
 struct Backend {
     config: HandlerConfig,
+    /// The OCI runtime's state directory: the config's, or the runtime's.
+    root: std::path::PathBuf,
     checkpointer: Arc<dyn Checkpointer>,
 }
 
@@ -53,8 +56,13 @@ pub struct PodService {
 struct Inner {
     channel: Channel,
     runtime: RuntimeServiceClient<Channel>,
+    /// The runtime's socket, for what it serves beside the CRI (CRI-O's config).
+    runtime_socket: std::path::PathBuf,
     state_dir: std::path::PathBuf,
-    backends: BTreeMap<String, Arc<Backend>>,
+    handlers: BTreeMap<String, HandlerConfig>,
+    /// Each handler's backend, built on first use: its root may have to be
+    /// asked of the runtime, which need not be up when podckptd starts.
+    backends: tokio::sync::Mutex<BTreeMap<String, Arc<Backend>>>,
     journal: Journal,
     seals: Seals,
     access: AccessPolicy,
@@ -84,17 +92,11 @@ impl Drop for Claim<'_> {
 impl PodService {
     /// `channel` reaches the runtime below.
     pub fn new(config: &DaemonConfig, channel: Channel) -> Result<Self, PodError> {
-        let mut backends = BTreeMap::new();
+        // A backend the config misnames is the operator's mistake, reported
+        // at start, not at the first checkpoint.
         for (handler, settings) in &config.handlers {
-            let checkpointer = backend::for_handler(settings)
+            backend::for_handler(&settings.backend, &settings.runtime, std::path::Path::new(""))
                 .map_err(|why| PodError::InvalidArgument(format!("runtime handler {handler:?}: {why}")))?;
-            backends.insert(
-                handler.clone(),
-                Arc::new(Backend {
-                    config: settings.clone(),
-                    checkpointer,
-                }),
-            );
         }
         let journal = Journal::open(&config.state_dir)?;
         let seals = Seals::open(&config.state_dir)?;
@@ -104,8 +106,10 @@ impl PodService {
         let inner = Inner {
             channel,
             runtime,
+            runtime_socket: config.runtime_endpoint.path().to_owned(),
             state_dir: config.state_dir.clone(),
-            backends,
+            handlers: config.handlers.clone(),
+            backends: Default::default(),
             journal,
             seals,
             access: config.access.clone(),
@@ -173,12 +177,40 @@ impl PodService {
         self.inner.runtime.clone()
     }
 
-    fn backend_for(&self, handler: &str) -> Result<Arc<Backend>, PodError> {
-        self.inner.backends.get(handler).cloned().ok_or_else(|| {
+    fn backend_for(&self, handler: &str) -> Result<&HandlerConfig, PodError> {
+        self.inner.handlers.get(handler).ok_or_else(|| {
             PodError::FailedPrecondition(format!(
                 "no checkpoint backend is configured for runtime handler {handler:?}; add [handlers.{handler:?}] to the config"
             ))
         })
+    }
+
+    /// The backend of a configured handler, with its runtime's state
+    /// directory from the config or, where it names none, from the runtime.
+    async fn backend(&self, handler: &str, config: &HandlerConfig) -> Result<Arc<Backend>, PodError> {
+        let mut backends = self.inner.backends.lock().await;
+        if let Some(backend) = backends.get(handler) {
+            return Ok(backend.clone());
+        }
+        let root = match &config.root {
+            Some(root) => root.clone(),
+            None => runtime_roots::discover(self.runtime(), &self.inner.runtime_socket, handler)
+                .await
+                .map_err(|why| {
+                    PodError::FailedPrecondition(format!(
+                        "runtime handler {handler:?}: cannot find its OCI runtime's state directory: {why}; set root in [handlers.{handler:?}] of podckptd's config"
+                    ))
+                })?,
+        };
+        info!(handler, root = %root.display(), "checkpoint backend ready");
+        let checkpointer = backend::for_handler(&config.backend, &config.runtime, &root).map_err(PodError::Internal)?;
+        let backend = Arc::new(Backend {
+            config: config.clone(),
+            root,
+            checkpointer,
+        });
+        backends.insert(handler.to_owned(), backend.clone());
+        Ok(backend)
     }
 
     fn claim(&self, pod: &str) -> Result<Claim<'_>, PodError> {

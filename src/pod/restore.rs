@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use crate::config::HandlerConfig;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -86,7 +86,9 @@ impl PodService {
                 "config (the new sandbox's PodSandboxConfig) is required".into(),
             ));
         }
-        let handler = self.restore_backend(&request.runtime_handler)?;
+        let handler = self
+            .backend(&request.runtime_handler, self.restore_backend(&request.runtime_handler)?)
+            .await?;
         let lazy_pages = lazy_pages(&handler, &request)?;
         // Hashing a large checkpoint takes a while; off the thread that relays
         // everyone else's CRI calls.
@@ -236,29 +238,23 @@ impl PodService {
     /// The backend of a runtime handler RestorePod may use. The CRI makes an
     /// unknown handler the caller's mistake; a known one that does not run
     /// podckpt-runc is a setup that cannot restore.
-    fn restore_backend(&self, handler: &str) -> Result<Arc<Backend>, PodError> {
-        let backends = &self.inner.backends;
-        let restoring = || -> Vec<&String> {
-            backends
-                .iter()
-                .filter(|(_, b)| b.config.restore)
-                .map(|(n, _)| n)
-                .collect()
-        };
-        let Some(backend) = backends.get(handler) else {
-            let known: Vec<&String> = backends.keys().collect();
+    fn restore_backend(&self, handler: &str) -> Result<&HandlerConfig, PodError> {
+        let handlers = &self.inner.handlers;
+        let restoring = || -> Vec<&String> { handlers.iter().filter(|(_, h)| h.restore).map(|(n, _)| n).collect() };
+        let Some(config) = handlers.get(handler) else {
+            let known: Vec<&String> = handlers.keys().collect();
             return Err(PodError::InvalidArgument(format!(
                 "unknown runtime handler {handler:?}; podckptd's config knows {known:?}, of which {:?} can restore",
                 restoring()
             )));
         };
-        if !backend.config.restore {
+        if !config.restore {
             return Err(PodError::FailedPrecondition(format!(
                 "runtime handler {handler:?} does not run podckpt-runc; restore with a handler that has restore = true: {:?}",
                 restoring()
             )));
         }
-        Ok(backend.clone())
+        Ok(config)
     }
 
     /// Resolves the image each caller's config names on the runtime below
