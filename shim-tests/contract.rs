@@ -17,11 +17,11 @@ use tonic::Code;
 
 use crate::support::{self, COUNTER, RestoreCall, Shim, Testbed, testbed, unique};
 
-const DEADLINE: Option<Duration> = Some(Duration::from_secs(60));
+pub(crate) const DEADLINE: Option<Duration> = Some(Duration::from_secs(60));
 
 /// The test bed's second image: built from the same busybox, but another
 /// image (its own config), so another id.
-fn pause_image() -> String {
+pub(crate) fn pause_image() -> String {
     std::env::var("PODCKPT_TEST_PAUSE_IMAGE").unwrap_or_else(|_| "podckpt.local/pause:latest".into())
 }
 
@@ -48,7 +48,7 @@ fn tree_state(dir: &Path) -> BTreeMap<PathBuf, [i64; 5]> {
 /// Sends `call`, which must be refused, and checks that it left nothing: no
 /// sandbox of its name in containerd (asked directly), no restore token in
 /// the shim's state, the checkpoint as it was.
-async fn refused(tb: &Testbed, shim: &Shim, call: RestoreCall, timeout: Option<Duration>) -> tonic::Status {
+pub(crate) async fn refused(tb: &Testbed, shim: &Shim, call: RestoreCall, timeout: Option<Duration>) -> tonic::Status {
     let checkpoint = PathBuf::from(&call.request.checkpoint_path);
     let before = tree_state(&checkpoint);
     let name = call.pod_name();
@@ -76,7 +76,7 @@ async fn refused(tb: &Testbed, shim: &Shim, call: RestoreCall, timeout: Option<D
 }
 
 /// Asserts the code and that the message holds every one of `words`.
-fn assert_refusal(case: &str, status: &tonic::Status, code: Code, words: &[&str]) {
+pub(crate) fn assert_refusal(case: &str, status: &tonic::Status, code: Code, words: &[&str]) {
     assert_eq!(status.code(), code, "{case}: {status:?}");
     for word in words {
         assert!(status.message().contains(word), "{case}: {word:?} is not in {status:?}");
@@ -152,7 +152,7 @@ impl Drop for Tag<'_> {
 /// A counter with every field the contract covers set, so each can differ:
 /// args (its `$0`), a working directory, two variables, and credentials,
 /// run_as_user 0 among them (which containerd reports as `{}`).
-fn described_counter(image: &str) -> cri::ContainerConfig {
+pub(crate) fn described_counter(image: &str) -> cri::ContainerConfig {
     let mut config = support::container_config("counter", image, COUNTER);
     config.args = vec!["counter-arg0".into()];
     config.working_dir = "/tmp".into();
@@ -169,7 +169,7 @@ fn described_counter(image: &str) -> cri::ContainerConfig {
     config
 }
 
-fn security(config: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
+pub(crate) fn security(config: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
     config
         .linux
         .get_or_insert_with(Default::default)
@@ -180,7 +180,12 @@ fn security(config: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecuri
 #[tokio::test]
 #[serial]
 async fn a_restore_without_a_deadline_is_refused() {
-    let Some(tb) = testbed() else { return };
+    if let Some(tb) = testbed() {
+        restore_without_deadline(tb).await;
+    }
+}
+
+pub(crate) async fn restore_without_deadline(tb: Testbed) {
     let shim = Shim::start(&tb);
     let counter = support::container_config("counter", &tb.image, COUNTER);
     let (_keep, checkpoint, _) = support::checkpointed(&shim, "", counter, 1).await;

@@ -10,7 +10,10 @@ use serial_test::serial;
 
 use podckpt::api::cri;
 
-use crate::support::{self, COUNTER, Pod, Shim, crio_testbed, eventually};
+use tonic::Code;
+
+use crate::contract;
+use crate::support::{self, COUNTER, Pod, RestoreCall, Shim, crio_testbed, eventually};
 
 
 #[tokio::test]
@@ -158,3 +161,161 @@ async fn bad_checkpoints_and_configs_are_refused_and_create_nothing_on_crio() {
     }
 }
 
+
+#[tokio::test]
+#[serial]
+async fn a_restore_without_a_deadline_is_refused_on_crio() {
+    if let Some(tb) = crio_testbed() {
+        crate::contract::restore_without_deadline(tb).await;
+    }
+}
+
+/// The contract on CRI-O, which reports no container config, only the
+/// spec: a config is compared with the process the spec resolved, and each
+/// difference is refused with nothing left behind.
+#[tokio::test]
+#[serial]
+async fn configs_that_describe_another_process_are_refused_on_crio() {
+    use crate::contract::{DEADLINE, assert_refusal, described_counter, pause_image, refused, security};
+    let Some(tb) = crio_testbed() else { return };
+    let shim = Shim::start(&tb);
+    let (_keep, checkpoint, _) = support::checkpointed(&shim, "", described_counter(&tb.image), 2).await;
+    let record = support::read_process_record(&checkpoint, "counter");
+    assert!(record.process.is_none(), "CRI-O reports no config");
+    let spec = record.spec_process.expect("the spec's process is recorded");
+    assert_eq!(spec.argv.last().map(String::as_str), Some("counter-arg0"));
+    assert_eq!((spec.cwd.as_str(), spec.env_value("GREETING")), ("/tmp", Some("hello")));
+    let absent = format!("podckpt.local/{}:none", support::unique("absent"));
+
+    type Change<'a> = Box<dyn Fn(&mut cri::ContainerConfig) + 'a>;
+    let cases: Vec<(&str, Change, Code, Vec<String>)> = vec![
+        (
+            "command",
+            Box::new(|c| c.command[2] = "exit 1".into()),
+            Code::InvalidArgument,
+            vec!["command and args differ".into()],
+        ),
+        (
+            "args",
+            Box::new(|c| {
+                c.command.pop();
+                c.args = vec!["another-arg0".into()];
+            }),
+            Code::InvalidArgument,
+            vec!["command and args differ".into(), "another-arg0".into()],
+        ),
+        (
+            "working directory",
+            Box::new(|c| c.working_dir = "/".into()),
+            Code::InvalidArgument,
+            vec![r#"working_dir differs: checkpoint has "/tmp", config has "/""#.into()],
+        ),
+        (
+            "a changed variable",
+            Box::new(|c| c.envs.iter_mut().filter(|kv| kv.key == "GREETING").for_each(|kv| kv.value = "bye".into())),
+            Code::InvalidArgument,
+            vec![r#"envs differ (values not shown): not as in the checkpoint {"GREETING"}"#.into()],
+        ),
+        (
+            "an added variable",
+            Box::new(|c| {
+                c.envs.push(cri::KeyValue {
+                    key: "EXTRA".into(),
+                    value: "1".into(),
+                })
+            }),
+            Code::InvalidArgument,
+            vec![r#"not as in the checkpoint {"EXTRA"}"#.into()],
+        ),
+        (
+            "run_as_user",
+            Box::new(|c| security(c).run_as_user = Some(cri::Int64Value { value: 65534 })),
+            Code::InvalidArgument,
+            vec!["run_as_user differs: checkpoint has 0, config has 65534".into()],
+        ),
+        (
+            "supplemental_groups",
+            Box::new(|c| security(c).supplemental_groups.push(5678)),
+            Code::InvalidArgument,
+            vec!["supplemental_groups differ".into(), "adds [5678]".into()],
+        ),
+        (
+            "another image",
+            Box::new(|c| c.image.as_mut().unwrap().image = pause_image()),
+            Code::InvalidArgument,
+            vec!["image differs".into()],
+        ),
+        (
+            "an image absent from the node",
+            Box::new(|c| c.image.as_mut().unwrap().image = absent.clone()),
+            Code::FailedPrecondition,
+            vec![absent.clone(), "not present on the node".into()],
+        ),
+    ];
+    for (case, change, code, words) in &cases {
+        let mut configs = support::checkpointed_configs(&checkpoint, &["counter"]);
+        change(&mut configs[0]);
+        let status = refused(&tb, &shim, RestoreCall::new(&checkpoint, &configs, "podckpt"), DEADLINE).await;
+        let mut words: Vec<&str> = words.iter().map(String::as_str).collect();
+        words.push(r#"container "counter""#);
+        assert_refusal(case, &status, *code, &words);
+    }
+    let configs = support::checkpointed_configs(&checkpoint, &["counter"]);
+    for (case, handler, code, words) in [
+        ("an unknown handler", "no-such-handler", Code::InvalidArgument, [r#""no-such-handler""#, r#""podckpt""#]),
+        ("the default handler", "", Code::FailedPrecondition, ["does not run podckpt-runc", r#""podckpt""#]),
+    ] {
+        let status = refused(&tb, &shim, RestoreCall::new(&checkpoint, &configs, handler), DEADLINE).await;
+        assert_refusal(case, &status, code, &words);
+    }
+}
+
+/// A checkpoint taken on containerd, restored on CRI-O (the same image in
+/// both stores). containerd gives every container an /etc/hosts mount and
+/// CRI-O does not; CRIU needs a mount in the new container for each bind
+/// mount of the old. Without one, RestorePod is refused, saying which, and
+/// leaves nothing; with one (the kubelet adds /etc/hosts to every config it
+/// restores with), the counter goes on in a CRI-O pod.
+#[tokio::test]
+#[serial]
+async fn a_containerd_checkpoint_restores_on_crio() {
+    let (Some(containerd), Some(crio)) = (support::testbed(), crio_testbed()) else { return };
+    let source = Shim::start(&containerd);
+    let counter = support::container_config("counter", &containerd.image, COUNTER);
+    let (_keep, checkpoint, saved) = support::checkpointed(&source, "", counter, 5).await;
+    drop(source);
+
+    let target = Shim::start(&crio);
+    let mut configs = support::checkpointed_configs(&checkpoint, &["counter"]);
+    let status = contract::refused(
+        &crio,
+        &target,
+        RestoreCall::new(&checkpoint, &configs, "podckpt"),
+        contract::DEADLINE,
+    )
+    .await;
+    contract::assert_refusal(
+        "no /etc/hosts",
+        &status,
+        Code::FailedPrecondition,
+        &[r#"container "counter""#, r#"["/etc/hosts"]"#, "add a mount"],
+    );
+
+    let hosts = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(hosts.path(), "127.0.0.1 localhost\n").unwrap();
+    configs[0].mounts.push(cri::Mount {
+        container_path: "/etc/hosts".into(),
+        host_path: hosts.path().display().to_string(),
+        ..Default::default()
+    });
+    let (pod, restored) = RestoreCall::new(&checkpoint, &configs, "podckpt")
+        .send(&target, contract::DEADLINE)
+        .await
+        .expect("RestorePod on CRI-O of a containerd checkpoint");
+    let cid = restored[0].container_id.clone();
+    support::start_restored(&target, &cid).await;
+    let mut client = target.client().await;
+    assert!(support::count(&mut client, &cid).await >= saved, "the counter started over");
+    assert!(support::count_reaches(&client, &cid, saved + 3, Duration::from_secs(10)).await);
+    drop(pod);
+}

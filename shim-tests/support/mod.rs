@@ -542,23 +542,25 @@ pub const CRUN_HANDLERS: &str =
 /// environment, credentials) as the checkpoint recorded it, with the test
 /// labels and log file around it.
 pub fn checkpointed_configs(checkpoint: &Path, names: &[&str]) -> Vec<cri::ContainerConfig> {
-    use podckpt::archive::{self, PodOptions, ProcessRecord};
-    let options: PodOptions =
-        serde_json::from_slice(&std::fs::read(checkpoint.join(archive::POD_OPTIONS)).expect("reading pod.options"))
-            .expect("parsing pod.options");
     names
         .iter()
         .map(|name| {
-            let folder = &options.containers[*name];
-            let path = checkpoint.join(folder).join(archive::PROCESS_RECORD);
-            let record: ProcessRecord =
-                serde_json::from_slice(&std::fs::read(&path).expect("reading the process record"))
-                    .expect("parsing the process record");
+            let record = read_process_record(checkpoint, name);
             let mut config = container_config(name, &record.image, "");
             assert!(record.apply_to(&mut config), "no recorded process");
             config
         })
         .collect()
+}
+
+/// The process record of container `name` in a checkpoint.
+pub fn read_process_record(checkpoint: &Path, name: &str) -> podckpt::archive::ProcessRecord {
+    use podckpt::archive::{self, PodOptions};
+    let options: PodOptions =
+        serde_json::from_slice(&std::fs::read(checkpoint.join(archive::POD_OPTIONS)).expect("reading pod.options"))
+            .expect("parsing pod.options");
+    let path = checkpoint.join(&options.containers[name]).join(archive::PROCESS_RECORD);
+    serde_json::from_slice(&std::fs::read(&path).expect("reading the process record")).expect("parsing the process record")
 }
 
 /// A RestorePod request into a new sandbox under a name of its own.

@@ -6,13 +6,20 @@ use std::path::{Component, Path, PathBuf};
 
 use super::{ArchiveError, write_json};
 
+/// The tar entry of the root directory itself.
+const ROOT_ENTRY: &str = ".";
+
 /// Reads an overlayfs upper directory. Whiteouts (0:0 character devices)
 /// become entries of `deleted.files`; everything else goes into the tar with
-/// its owner, mode and times.
+/// its owner, mode and times, the root directory first: its mode is the
+/// container's `/`, which runtimes set differently (containerd 0755, CRI-O
+/// the image's), and CRIU refuses a root whose mode changed.
 pub fn write(upper: &Path, tar_path: &Path, deleted_path: &Path) -> Result<(), ArchiveError> {
     let file = super::create_private(tar_path)?;
     let mut tar = tar::Builder::new(file);
     tar.follow_symlinks(false);
+    tar.append_path_with_name(upper, ROOT_ENTRY)
+        .map_err(ArchiveError::io(upper))?;
     let mut deleted = Vec::new();
     for entry in walkdir::WalkDir::new(upper)
         .follow_links(false)
@@ -87,13 +94,21 @@ pub fn apply(rootfs: &Path, diff_tar: &Path, deleted_files: &Path) -> Result<(),
     {
         let mut entry = entry.map_err(|e| bad(format!("{}: {e}", diff_tar.display())))?;
         let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        let kind = entry.header().entry_type();
+        if path.components().all(|c| c == Component::CurDir) && kind.is_dir() {
+            // The root itself: only its mode; it exists, and its owner is the
+            // runtime's to choose.
+            let mode = entry.header().mode().map_err(|e| bad(format!("{}: {e}", diff_tar.display())))?;
+            std::fs::set_permissions(rootfs, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))
+                .map_err(ArchiveError::io(rootfs))?;
+            continue;
+        }
         if confined(&path).is_none() {
             return Err(bad(format!(
                 "rootfs diff entry {} escapes the root file system",
                 path.display()
             )));
         }
-        let kind = entry.header().entry_type();
         if kind.is_block_special() || kind.is_character_special() {
             return Err(bad(format!("rootfs diff entry {} is a device node", path.display())));
         }
@@ -175,7 +190,22 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect();
-        assert_eq!(names, vec!["etc", "etc/new"]);
+        assert_eq!(names, vec![".", "etc", "etc/new"]);
+    }
+
+    #[test]
+    fn the_roots_mode_travels() {
+        use std::os::unix::fs::PermissionsExt;
+        let upper = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(upper.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let (tar_path, deleted) = (out.path().join("rootfs-diff.tar"), out.path().join("deleted.files"));
+        write(upper.path(), &tar_path, &deleted).unwrap();
+        let rootfs = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(rootfs.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        apply(rootfs.path(), &tar_path, &deleted).unwrap();
+        let mode = std::fs::metadata(rootfs.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755);
     }
 
     fn diff(entries: &[(&str, &[u8])], deleted: &[&str]) -> tempfile::TempDir {

@@ -92,16 +92,24 @@ pub struct Restored {
     pub engine_seconds: f64,
 }
 
+/// How a `Mismatch` begins, wherever it surfaces (in the runtime's answer
+/// to CreateContainer, for one): podckptd recognises it there.
+pub const MISMATCH: &str = "the new container cannot hold the checkpointed one";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error("bad checkpoint: {0}")]
     BadCheckpoint(#[from] crate::archive::ArchiveError),
     #[error("{0}")]
     Io(String),
-    #[error("{runtime} restore failed ({status})")]
+    #[error("{MISMATCH}: {0}")]
+    Mismatch(String),
+    #[error("{runtime} restore failed ({status}){}", if .why.is_empty() { String::new() } else { format!(": {}", .why) })]
     Failed {
         runtime: PathBuf,
         status: std::process::ExitStatus,
+        /// The engine's own account of the failure (CRIU's last errors).
+        why: String,
     },
 }
 
@@ -165,6 +173,13 @@ pub trait Checkpointer: Send + Sync {
     /// back, serving pages on first touch.
     fn restores_lazily(&self) -> bool {
         false
+    }
+
+    /// Whether a container whose new OCI spec is `spec` can be brought back
+    /// from `checkpoint` (a container folder), checked before anything is
+    /// started, so that what cannot work is refused with its reason.
+    fn check_restore(&self, _checkpoint: &Path, _spec: &serde_json::Value) -> Result<(), RestoreError> {
+        Ok(())
     }
 
     /// Brings a container back from its checkpoint where the runtime's

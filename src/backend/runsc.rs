@@ -115,6 +115,8 @@ impl Checkpointer for RunscCheckpointer {
             return Err(RestoreError::Failed {
                 runtime: self.binary.clone(),
                 status,
+                // runsc says why on its stderr, which is the shim's.
+                why: String::new(),
             });
         }
         Ok(Restored {

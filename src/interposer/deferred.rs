@@ -104,7 +104,13 @@ pub fn create(
     let token = RestoreToken::load_trusted(token_path)?;
     let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| OsString::from(".")));
     let bundle = bundle.canonicalize().map_err(io(&bundle))?;
-    token.check_issued_for(&super::read_spec(&bundle)?, token_path)?;
+    let spec = super::read_spec(&bundle)?;
+    token.check_issued_for(&spec, token_path)?;
+    // What would fail at start is refused now, while RestorePod can still
+    // tell its caller and undo the pod.
+    backend::for_handler(&token.backend, runtime, &root)
+        .map_err(|why| InterposerError::UntrustedToken(format!("{}: {why}", token_path.display())))?
+        .check_restore(&token.checkpoint, &spec)?;
     let dir = pending_dir(&root, &create.id);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let plan = Plan {

@@ -41,7 +41,7 @@ pub fn check_image(
     if record.image_id.is_empty() {
         return Err(cannot_validate(name, "its image id"));
     }
-    if config_id == Some(record.image_id.as_str()) {
+    if config_id.map(bare_digest) == Some(bare_digest(&record.image_id)) {
         return Ok(());
     }
     let config = match config_id {
@@ -110,6 +110,12 @@ pub fn spec_differences(recorded: &SpecProcess, config: &cri::ContainerConfig) -
         ));
     }
     found
+}
+
+/// An image id without its algorithm: containerd says `sha256:<hex>`, CRI-O
+/// the bare hex of the same config digest.
+fn bare_digest(id: &str) -> &str {
+    id.strip_prefix("sha256:").unwrap_or(id)
 }
 
 fn cannot_validate(name: &str, what: &str) -> PodError {
@@ -398,6 +404,8 @@ mod tests {
     #[test]
     fn images_are_compared_by_identity() {
         check_image("web", &record(), "another-tag:v1", Some("sha256:aaaa")).expect("another tag, the same image");
+        // CRI-O names the same config digest without its algorithm.
+        check_image("web", &record(), "busybox:latest", Some("aaaa")).expect("CRI-O's id of the same image");
         let err = check_image("web", &record(), "busybox:latest", Some("sha256:bbbb")).unwrap_err();
         assert!(matches!(err, PodError::InvalidArgument(_)));
         assert_eq!(

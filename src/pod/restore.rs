@@ -223,7 +223,15 @@ impl PodService {
                 config: marked,
                 sandbox_config: request.config.clone(),
             };
-            let response: cri::CreateContainerResponse = self.raw_call("CreateContainer", create).await?;
+            let response: cri::CreateContainerResponse =
+                self.raw_call("CreateContainer", create).await.map_err(|err| match err {
+                    // The wrapper found the new container unfit for the
+                    // checkpoint: the caller's configs, not the runtime, are at fault.
+                    PodError::Runtime { status, .. } if status.message().contains(crate::backend::MISMATCH) => {
+                        PodError::FailedPrecondition(format!("container {:?}: {}", container.name, status.message().trim()))
+                    }
+                    other => other,
+                })?;
             restored.push(RestoredContainer {
                 name: container.name.clone(),
                 container_id: response.container_id,

@@ -125,6 +125,10 @@ impl Checkpointer for OciRuntimeCheckpointer {
         self.name == "criu-runc"
     }
 
+    fn check_restore(&self, checkpoint: &Path, spec: &serde_json::Value) -> Result<(), RestoreError> {
+        restore::check_mounts(checkpoint, spec)
+    }
+
     fn restore(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError> {
         self.restore_container(request)
     }

@@ -19,6 +19,8 @@ const WORK_DIR: &str = "podckpt-restore";
 
 impl OciRuntimeCheckpointer {
     pub(super) fn restore_container(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError> {
+        let spec = crate::interposer::read_spec(request.bundle).map_err(|e| RestoreError::Io(e.to_string()))?;
+        check_mounts(request.checkpoint, &spec)?;
         rootfs_diff::apply(
             request.rootfs,
             &request.checkpoint.join(archive::ROOTFS_DIFF),
@@ -91,6 +93,7 @@ impl OciRuntimeCheckpointer {
             return Err(RestoreError::Failed {
                 runtime: runtime.to_owned(),
                 status,
+                why: criu_errors(&log),
             });
         }
         Ok(Restored { engine_seconds })
@@ -118,6 +121,54 @@ impl OciRuntimeCheckpointer {
     }
 }
 
+/// The runtime's checkpoint leaves every bind mount of the container to be
+/// provided again (CRIU's external mounts, keyed by where they were
+/// mounted), and the restore fails without a word of which one when the
+/// new container has no bind mount there. Runtimes differ here: containerd
+/// adds /etc/hosts, CRI-O /run/.containerenv.
+pub(super) fn check_mounts(checkpoint: &Path, spec: &Value) -> Result<(), RestoreError> {
+    let path = checkpoint.join(archive::SPEC_DUMP);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(()); // verified already; a backend without a spec has nothing to check
+    };
+    let old: Value = serde_json::from_slice(&bytes).map_err(|e| RestoreError::Io(format!("{}: {e}", path.display())))?;
+    let binds = |spec: &Value| -> Vec<String> {
+        spec["mounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| {
+                m["type"] == "bind"
+                    || m["options"]
+                        .as_array()
+                        .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
+            })
+            .filter_map(|m| m["destination"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let new = binds(spec);
+    let missing: Vec<String> = binds(&old).into_iter().filter(|d| !new.contains(d)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(RestoreError::Mismatch(format!(
+        "the checkpointed container had bind mounts at {missing:?} that the new one lacks; add a mount at each to its config (a checkpoint from another runtime may need one the runtime here does not add)"
+    )))
+}
+
+/// CRIU's error lines (`Error (file:line): ...`), the last few, joined: what
+/// the caller's error message carries of a failed restore.
+fn criu_errors(log: &str) -> String {
+    let errors: Vec<&str> = log
+        .lines()
+        .filter_map(|line| line.split_once("Error (").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once("): ").map(|(_, message)| message.trim()))
+        // Logged on every run without CAP_SYS_RESOURCE, and harmless.
+        .filter(|message| !message.starts_with("rlimit:"))
+        .collect();
+    errors[errors.len().saturating_sub(3)..].join("; ")
+}
+
 /// The value of a global flag (`--criu PATH` or `--criu=PATH`).
 fn global_value(request: &RestoreRequest<'_>, name: &str) -> Option<PathBuf> {
     let mut flags = request.global.iter();
@@ -137,6 +188,36 @@ fn global_value(request: &RestoreRequest<'_>, name: &str) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use std::ffi::OsString;
+
+    #[test]
+    fn every_bind_mount_of_the_checkpoint_needs_one_in_the_new_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = |dest: &str, kind: &str, options: &[&str]| serde_json::json!({"destination": dest, "type": kind, "source": "/x", "options": options});
+        let old = serde_json::json!({"mounts": [
+            mount("/proc", "proc", &[]),
+            mount("/etc/hosts", "bind", &["rbind", "rprivate"]),
+            mount("/dev/shm", "none", &["bind"]),
+        ]});
+        std::fs::write(dir.path().join(archive::SPEC_DUMP), old.to_string()).unwrap();
+        let same = serde_json::json!({"mounts": [mount("/dev/shm", "bind", &[]), mount("/etc/hosts", "bind", &[]), mount("/run/.containerenv", "bind", &[])]});
+        check_mounts(dir.path(), &same).expect("extra mounts in the new container do no harm");
+        let lacking = serde_json::json!({"mounts": [mount("/dev/shm", "bind", &[])]});
+        let err = check_mounts(dir.path(), &lacking).unwrap_err().to_string();
+        assert!(err.contains(r#"["/etc/hosts"]"#), "{err}");
+    }
+
+    #[test]
+    fn criu_errors_are_the_last_error_lines() {
+        let log = "(00.001) 1: Warn (criu/x.c:1): ignored\n\
+                   (00.001) 1: Error (criu/util.c:1): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
+                   (00.002) 1: Error (criu/mount.c:10): mnt: No mapping for 42:/etc/hostname mountpoint\n\
+                   (00.003) Error (criu/cr-restore.c:2): Restoring FAILED.\n";
+        assert_eq!(
+            criu_errors(log),
+            "mnt: No mapping for 42:/etc/hostname mountpoint; Restoring FAILED."
+        );
+        assert_eq!(criu_errors("all well\n"), "");
+    }
 
     #[test]
     fn global_flags_are_read_in_both_forms() {
