@@ -177,15 +177,9 @@ pub(crate) fn security(config: &mut cri::ContainerConfig) -> &mut cri::LinuxCont
         .get_or_insert_with(Default::default)
 }
 
-#[tokio::test]
-#[serial]
-async fn a_restore_without_a_deadline_is_refused() {
-    if let Some(tb) = testbed() {
-        restore_without_deadline(tb).await;
-    }
-}
+on_each_runtime!(a_restore_without_a_deadline_is_refused);
 
-pub(crate) async fn restore_without_deadline(tb: Testbed) {
+async fn a_restore_without_a_deadline_is_refused(tb: Testbed) {
     let shim = Shim::start(&tb);
     let counter = support::container_config("counter", &tb.image, COUNTER);
     let (_keep, checkpoint, _) = support::checkpointed(&shim, "", counter, 1).await;

@@ -118,58 +118,6 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
 
 
 
-// The restore cases of `restore.rs`, on CRI-O: the container comes back
-// CREATED, and StartContainer restores it (see `interposer::deferred`).
-
-#[tokio::test]
-#[serial]
-async fn a_restored_counter_goes_on_from_its_saved_value_on_crio() {
-    if let Some(tb) = crio_testbed() {
-        crate::restore::restored_counter_goes_on(tb).await;
-    }
-}
-
-#[tokio::test]
-#[serial]
-async fn one_checkpoint_restored_twice_gives_two_replicas_on_crio() {
-    if let Some(tb) = crio_testbed() {
-        crate::restore::two_replicas_from_one_checkpoint(tb).await;
-    }
-}
-
-#[tokio::test]
-#[serial]
-async fn a_two_container_pod_comes_back_whole_on_crio() {
-    if let Some(tb) = crio_testbed() {
-        crate::restore::two_containers_come_back_whole(tb).await;
-    }
-}
-
-#[tokio::test]
-#[serial]
-async fn a_container_holding_256_mib_restores_on_crio() {
-    if let Some(tb) = crio_testbed() {
-        crate::restore::memory_of_256_mib_restores(tb).await;
-    }
-}
-
-#[tokio::test]
-#[serial]
-async fn bad_checkpoints_and_configs_are_refused_and_create_nothing_on_crio() {
-    if let Some(tb) = crio_testbed() {
-        crate::restore::bad_restores_are_refused(tb).await;
-    }
-}
-
-
-#[tokio::test]
-#[serial]
-async fn a_restore_without_a_deadline_is_refused_on_crio() {
-    if let Some(tb) = crio_testbed() {
-        crate::contract::restore_without_deadline(tb).await;
-    }
-}
-
 /// The contract on CRI-O, which reports no container config, only the
 /// spec: a config is compared with the process the spec resolved, and each
 /// difference is refused with nothing left behind.

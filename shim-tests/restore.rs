@@ -1,5 +1,5 @@
 //! RestorePod plus StartContainer through the shim, with real runc and CRIU
-//! under containerd's podckpt handler (podckpt-runc).
+//! under the podckpt handler (podckpt-runc) of containerd and of CRI-O.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,7 +9,16 @@ use podckpt::api::cri;
 use serial_test::serial;
 use tonic::Code;
 
+
 use crate::support::{self, COUNTER, Pod, RestoreCall, Shim, checkpoint_pod, count, eventually, exec, testbed};
+
+on_each_runtime!(
+    a_restored_counter_goes_on_from_its_saved_value,
+    one_checkpoint_restored_twice_gives_two_replicas,
+    bad_checkpoints_and_configs_are_refused_and_create_nothing,
+    a_two_container_pod_comes_back_whole,
+    a_container_holding_256_mib_restores,
+);
 
 /// A counter pod counted up to at least `min`, checkpointed into a new
 /// directory; returns (checkpoint dir holder, path, the count just before).
@@ -18,15 +27,7 @@ async fn checkpointed_counter(shim: &Shim, tb: &support::Testbed, min: u64) -> (
     support::checkpointed(shim, "", counter, min).await
 }
 
-#[tokio::test]
-#[serial]
-async fn a_restored_counter_goes_on_from_its_saved_value() {
-    if let Some(tb) = testbed() {
-        restored_counter_goes_on(tb).await;
-    }
-}
-
-pub(crate) async fn restored_counter_goes_on(tb: support::Testbed) {
+async fn a_restored_counter_goes_on_from_its_saved_value(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let (_keep, checkpoint, saved) = checkpointed_counter(&shim, &tb, 10).await;
@@ -71,15 +72,7 @@ pub(crate) async fn restored_counter_goes_on(tb: support::Testbed) {
     drop(pod);
 }
 
-#[tokio::test]
-#[serial]
-async fn one_checkpoint_restored_twice_gives_two_replicas() {
-    if let Some(tb) = testbed() {
-        two_replicas_from_one_checkpoint(tb).await;
-    }
-}
-
-pub(crate) async fn two_replicas_from_one_checkpoint(tb: support::Testbed) {
+async fn one_checkpoint_restored_twice_gives_two_replicas(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let (_keep, checkpoint, saved) = checkpointed_counter(&shim, &tb, 5).await;
@@ -98,15 +91,7 @@ pub(crate) async fn two_replicas_from_one_checkpoint(tb: support::Testbed) {
     }
 }
 
-#[tokio::test]
-#[serial]
-async fn bad_checkpoints_and_configs_are_refused_and_create_nothing() {
-    if let Some(tb) = testbed() {
-        bad_restores_are_refused(tb).await;
-    }
-}
-
-pub(crate) async fn bad_restores_are_refused(tb: support::Testbed) {
+async fn bad_checkpoints_and_configs_are_refused_and_create_nothing(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let (_keep, checkpoint, _) = checkpointed_counter(&shim, &tb, 1).await;
@@ -208,15 +193,7 @@ pub(crate) async fn bad_restores_are_refused(tb: support::Testbed) {
     assert_eq!(tokens, 0, "a refused restore left a token");
 }
 
-#[tokio::test]
-#[serial]
-async fn a_two_container_pod_comes_back_whole() {
-    if let Some(tb) = testbed() {
-        two_containers_come_back_whole(tb).await;
-    }
-}
-
-pub(crate) async fn two_containers_come_back_whole(tb: support::Testbed) {
+async fn a_two_container_pod_comes_back_whole(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "pair").await;
@@ -270,15 +247,7 @@ pub(crate) async fn two_containers_come_back_whole(tb: support::Testbed) {
 
 /// 256 MiB held in a shell variable: it is process memory, so it must
 /// travel in the CRIU images and be there after restore.
-#[tokio::test]
-#[serial]
-async fn a_container_holding_256_mib_restores() {
-    if let Some(tb) = testbed() {
-        memory_of_256_mib_restores(tb).await;
-    }
-}
-
-pub(crate) async fn memory_of_256_mib_restores(tb: support::Testbed) {
+async fn a_container_holding_256_mib_restores(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "big").await;
