@@ -860,16 +860,29 @@ pub async fn count_reaches(client: &Runtime, cid: &str, at_least: u64, limit: Du
 
 /// Runs a command in a container and returns (stdout, exit code).
 pub async fn exec(client: &mut Runtime, container_id: &str, cmd: &[&str]) -> (Vec<u8>, i32) {
-    let resp = client
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: container_id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 30,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
-    (resp.stdout, resp.exit_code)
+    let request = cri::ExecSyncRequest {
+        container_id: container_id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout: 30,
+    };
+    let mut attempts = 0;
+    loop {
+        match client.exec_sync(request.clone()).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                return (resp.stdout, resp.exit_code);
+            }
+            // runc 1.1 copies itself into the container's state directory
+            // with a bind mount before each exec, and that mount now and
+            // then fails with EBUSY (seen through CRI-O and containerd
+            // alike); another exec works. Nothing of podckpt is involved.
+            Err(status) if status.message().contains("could not ensure we are a cloned binary") && attempts < 3 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("ExecSync: {status:?}"),
+        }
+    }
 }
 
 /// Polls `check` every 50 ms until it holds or `limit` passes.

@@ -15,9 +15,6 @@ fn main() -> ExitCode {
     if args.first().is_some_and(|a| a == interposer::gvisor::WAITER_COMMAND) {
         return interposer::gvisor::wait(&args[1..]);
     }
-    if args.first().is_some_and(|a| a == interposer::deferred::HOLDER_COMMAND) {
-        return interposer::deferred::hold(&args[1..]);
-    }
     let Some(runtime) = interposer::real_runtime(&argv0) else {
         eprintln!("podckpt-runc: cannot find the real OCI runtime; set PODCKPT_REAL_RUNTIME");
         return ExitCode::from(127);
@@ -41,7 +38,7 @@ fn main() -> ExitCode {
     };
     match action {
         Action::PassThrough => pass_through(),
-        Action::Held { dir } => interposer::deferred::command(&dir, &inv).unwrap_or_else(pass_through),
+        Action::Held { marker } => interposer::held::command(&runtime, &inv, &marker),
         Action::AlreadyStarted { marker } => {
             let _ = std::fs::remove_file(marker);
             ExitCode::SUCCESS
@@ -49,8 +46,8 @@ fn main() -> ExitCode {
         Action::Restore { create, token } => {
             report(&create, interposer::restore(&runtime, &inv, &create, &token))
         }
-        Action::RestoreAtStart { create, token } => {
-            report(&create, interposer::deferred::create(&runtime, &inv, &create, &token))
+        Action::RestoreHeld { create, token } => {
+            report(&create, interposer::restore_held(&runtime, &inv, &create, &token))
         }
     }
 }

@@ -11,7 +11,9 @@ use serde_json::Value;
 pub enum CriRuntime {
     Containerd,
     CriO,
-    /// Neither set of annotations: not a CRI container.
+    /// Neither set of annotations (not a CRI container), or both: a genuine
+    /// spec never has both, so one of them was put there by someone else
+    /// (CRI-O passes a pod's own annotations on to its containers).
     Unknown,
 }
 
@@ -32,12 +34,10 @@ const CRIO_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
 impl CriRuntime {
     pub fn of(spec: &Value) -> Self {
         let annotations = &spec["annotations"];
-        if annotations.get(CONTAINERD_TYPE).is_some() {
-            Self::Containerd
-        } else if annotations.get(CRIO_TYPE).is_some() {
-            Self::CriO
-        } else {
-            Self::Unknown
+        match (annotations.get(CONTAINERD_TYPE).is_some(), annotations.get(CRIO_TYPE).is_some()) {
+            (true, false) => Self::Containerd,
+            (false, true) => Self::CriO,
+            _ => Self::Unknown,
         }
     }
 }
@@ -117,8 +117,18 @@ mod tests {
     }
 
     #[test]
-    fn a_spec_without_either_is_nobody() {
+    fn a_spec_without_either_or_with_both_is_nobody() {
         assert_eq!(CriRuntime::of(&json!({})), CriRuntime::Unknown);
+        // A pod on CRI-O that adds containerd's keys to its annotations.
+        let forged = json!({"annotations": {
+            "io.kubernetes.cri-o.ContainerType": "container",
+            "io.kubernetes.cri-o.SandboxID": "mine",
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": "victim",
+            "io.kubernetes.cri.container-name": "counter",
+        }});
+        assert_eq!(CriRuntime::of(&forged), CriRuntime::Unknown);
+        assert_eq!(SpecIdentity::of(&forged), SpecIdentity::default());
         assert_eq!(SpecIdentity::of(&json!({"annotations": {}})), SpecIdentity::default());
     }
 }

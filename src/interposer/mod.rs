@@ -5,8 +5,8 @@
 //! already run. Every other call goes to the real runtime unchanged.
 
 pub mod cli;
-pub mod deferred;
 pub mod gvisor;
+pub mod held;
 pub mod identity;
 pub mod token;
 
@@ -45,18 +45,18 @@ pub enum Action {
     PassThrough,
     /// `create` of a container to restore.
     Restore { create: cli::Create, token: PathBuf },
-    /// `create` of a container to restore at `start`, for a runtime that
-    /// wants it "created" until then (CRI-O; see `deferred`).
-    RestoreAtStart { create: cli::Create, token: PathBuf },
-    /// A command for a container that `RestoreAtStart` holds.
-    Held { dir: PathBuf },
+    /// `create` of a container to restore and hold stopped until `start`,
+    /// for a runtime that wants it "created" until then (CRI-O; see `held`).
+    RestoreHeld { create: cli::Create, token: PathBuf },
+    /// `state`, `start` or `kill` of a container that `RestoreHeld` holds.
+    Held { marker: PathBuf },
     /// `start` of a restored container: answer success.
     AlreadyStarted { marker: PathBuf },
 }
 
 pub fn decide(inv: &cli::Invocation) -> Result<Action, InterposerError> {
-    if let Some(dir) = deferred::holds(inv) {
-        return Ok(Action::Held { dir });
+    if let Some(marker) = held::holds(inv) {
+        return Ok(Action::Held { marker });
     }
     match inv.command.as_deref().and_then(OsStr::to_str) {
         Some("create") => {
@@ -69,7 +69,7 @@ pub fn decide(inv: &cli::Invocation) -> Result<Action, InterposerError> {
                 return Ok(Action::PassThrough);
             };
             Ok(match identity::CriRuntime::of(&spec) {
-                identity::CriRuntime::CriO => Action::RestoreAtStart { create, token },
+                identity::CriRuntime::CriO => Action::RestoreHeld { create, token },
                 _ => Action::Restore { create, token },
             })
         }
@@ -130,6 +130,34 @@ pub fn restore(
     // Single use: the same token cannot restore a second container.
     let _ = std::fs::remove_file(token_path);
     Ok(())
+}
+
+/// Restores the container held stopped until `start` (see `held`).
+pub fn restore_held(
+    runtime: &Path,
+    inv: &cli::Invocation,
+    create: &cli::Create,
+    token_path: &Path,
+) -> Result<(), InterposerError> {
+    let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| OsString::from(".")));
+    let (Some(root), Some(pid_file)) = (&inv.root, &create.pid_file) else {
+        return Err(InterposerError::Bundle(
+            "holding a restored container needs the runtime's --root and a --pid-file".into(),
+        ));
+    };
+    held::prepare(&bundle)?;
+    restore(runtime, inv, create, token_path)?;
+    let marked = crate::backend::runc::lazy::read_pid(Path::new(pid_file))
+        .map_err(InterposerError::Restore)
+        .and_then(|pid| held::mark(Path::new(root), &create.id, pid));
+    if marked.is_err() {
+        // Never left running before `start`.
+        let _ = std::process::Command::new(runtime)
+            .args(&inv.global)
+            .args(["delete".as_ref(), "--force".as_ref(), create.id.as_os_str()])
+            .status();
+    }
+    marked
 }
 
 /// How long the runtime's own restore took, next to runc's state of the

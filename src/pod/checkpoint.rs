@@ -256,12 +256,24 @@ impl PodService {
             let status = response
                 .status
                 .ok_or_else(|| PodError::Internal(format!("container {} has no status", container.id)))?;
-            targets.push(Arc::new(Target {
-                status,
-                info: info.unwrap_or(Value::Null),
-            }));
+            let info = info.unwrap_or(Value::Null);
+            refuse_chosen_criu_options(&container.id, &info)?;
+            targets.push(Arc::new(Target { status, info }));
         }
         Ok(targets)
+    }
+}
+
+/// runc hands CRIU (which runs as root) the configuration file that the
+/// spec's `org.criu.config` annotation names. A pod's annotations reach the
+/// spec unchanged on CRI-O, so a pod could choose CRIU's options, action
+/// scripts among them. podckpt checkpoints no such container.
+fn refuse_chosen_criu_options(id: &str, info: &Value) -> Result<(), PodError> {
+    match info["runtimeSpec"]["annotations"].get("org.criu.config") {
+        None => Ok(()),
+        Some(_) => Err(PodError::FailedPrecondition(format!(
+            "container {id} carries the annotation org.criu.config, which would let the pod choose the options of CRIU, run as root; remove it from the pod to checkpoint it"
+        ))),
     }
 }
 

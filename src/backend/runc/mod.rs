@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use super::{command, BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, RestoreError, RestoreRequest, Restored};
 
 /// The state directory containerd's runc shim uses for CRI containers.
+/// Inside the bundle: CRIU's work directory for a restore (its log, the
+/// lazy-pages socket and logs). The runtime removes it with the bundle.
+pub const RESTORE_WORK_DIR: &str = "podckpt-restore";
 pub const CONTAINERD_RUNC_ROOT: &str = "/run/containerd/runc/k8s.io";
 
 pub struct OciRuntimeCheckpointer {

@@ -13,9 +13,6 @@ use super::lazy;
 use crate::archive::{self, rootfs_diff};
 use crate::backend::{RestoreError, RestoreRequest, Restored};
 
-/// Inside the bundle: CRIU's work directory (its restore log, and the
-/// lazy-pages socket and logs). containerd removes it with the bundle.
-const WORK_DIR: &str = "podckpt-restore";
 
 impl OciRuntimeCheckpointer {
     pub(super) fn restore_container(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError> {
@@ -26,7 +23,7 @@ impl OciRuntimeCheckpointer {
             &request.checkpoint.join(archive::ROOTFS_DIFF),
             &request.checkpoint.join(archive::DELETED_FILES),
         )?;
-        let work = request.bundle.join(WORK_DIR);
+        let work = request.bundle.join(super::RESTORE_WORK_DIR);
         std::fs::create_dir_all(&work).map_err(|e| RestoreError::Io(format!("{}: {e}", work.display())))?;
         let images = request.checkpoint.join(archive::CHECKPOINT_DIR);
         let runtime = self.binary();
