@@ -165,6 +165,21 @@ async fn configs_that_describe_another_process_are_refused_on_crio() {
             vec![r#"envs differ (values not shown): not as in the checkpoint {"GREETING"}"#.into()],
         ),
         (
+            "a removed variable",
+            Box::new(|c| c.envs.retain(|kv| kv.key != "MODE")),
+            Code::InvalidArgument,
+            vec![r#"only in the checkpoint {"MODE"}"#.into()],
+        ),
+        (
+            "args that only end the same way",
+            Box::new(|c| {
+                c.args = c.command.split_off(1);
+                c.command.clear();
+            }),
+            Code::InvalidArgument,
+            vec!["command and args differ".into()],
+        ),
+        (
             "an added variable",
             Box::new(|c| {
                 c.envs.push(cri::KeyValue {
@@ -267,3 +282,4 @@ async fn a_containerd_checkpoint_restores_on_crio() {
     assert!(support::count_reaches(&client, &cid, saved + 3, Duration::from_secs(10)).await);
     drop(pod);
 }
+

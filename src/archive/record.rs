@@ -37,7 +37,7 @@ pub struct ProcessRecord {
 }
 
 /// A process as the OCI spec has it: the image's entrypoint and environment
-/// already merged in.
+/// already merged in; and the image's own, to tell them apart again.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpecProcess {
     pub argv: Vec<String>,
@@ -47,7 +47,28 @@ pub struct SpecProcess {
     pub uid: i64,
     pub gid: i64,
     pub additional_gids: BTreeSet<i64>,
+    #[serde(default)]
+    pub image: ImageDefaults,
 }
+
+/// What an image's OCI config gives a container whose config leaves it out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImageDefaults {
+    #[serde(rename = "Entrypoint", deserialize_with = "null_as_empty")]
+    pub entrypoint: Vec<String>,
+    #[serde(rename = "Cmd", deserialize_with = "null_as_empty")]
+    pub cmd: Vec<String>,
+    #[serde(rename = "Env", deserialize_with = "null_as_empty")]
+    pub env: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Variables the runtime sets itself whatever the image and config say.
+const RUNTIME_ENV: [&str; 3] = ["HOSTNAME", "TERM", "PATH"];
 
 /// The fields of a ContainerConfig that describe the checkpointed process.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,10 +100,15 @@ impl ProcessRecord {
         status: &cri::ContainerStatus,
         config: Option<&serde_json::Value>,
         spec: Option<&serde_json::Value>,
+        image_config: Option<&serde_json::Value>,
     ) -> serde_json::Result<Self> {
         let config = config.map(GoContainerConfig::deserialize).transpose()?;
         let spec_process = match (&config, spec.map(|spec| &spec["process"])) {
-            (None, Some(process)) if process.is_object() => Some(SpecProcess::from_oci(process)?),
+            (None, Some(process)) if process.is_object() => {
+                let mut recorded = SpecProcess::from_oci(process)?;
+                recorded.image = image_config.map(ImageDefaults::deserialize).transpose()?.unwrap_or_default();
+                Some(recorded)
+            }
             _ => None,
         };
         // The status names the image by its first tag, not necessarily the
@@ -142,7 +168,39 @@ impl SpecProcess {
             uid: oci.user.uid,
             gid: oci.user.gid,
             additional_gids: oci.user.additional_gids.into_iter().collect(),
+            image: ImageDefaults::default(),
         })
+    }
+
+    /// The argv a config resolves to with this image, as runtimes resolve it:
+    /// the config's command, else the image's entrypoint; then the config's
+    /// args, else (with no command) the image's cmd.
+    pub fn resolve_argv(&self, config: &cri::ContainerConfig) -> Vec<String> {
+        if !config.command.is_empty() {
+            return config.command.iter().chain(&config.args).cloned().collect();
+        }
+        let args = if config.args.is_empty() { &self.image.cmd } else { &config.args };
+        self.image.entrypoint.iter().chain(args).cloned().collect()
+    }
+
+    /// The variables of the process that neither the image nor the runtime
+    /// gave it, by name: the ones its config must have set.
+    pub fn config_env(&self) -> BTreeMap<&str, &str> {
+        let by_name = |env: &'_ [String]| -> BTreeMap<String, String> {
+            env.iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        };
+        let image = by_name(&self.image.env);
+        let mut own: BTreeMap<&str, &str> = BTreeMap::new();
+        for kv in &self.env {
+            if let Some((key, value)) = kv.split_once('=') {
+                own.insert(key, value);
+            }
+        }
+        own.retain(|key, value| !RUNTIME_ENV.contains(key) && image.get(*key).map(String::as_str) != Some(*value));
+        own
     }
 
     /// The value the process sees for `name`.
@@ -154,19 +212,13 @@ impl SpecProcess {
     }
 
     /// A config that describes this process: the whole argv as its command,
-    /// the environment but the hostname (which is the new pod's).
+    /// and the variables that came from neither the image nor the runtime.
     fn apply_to(&self, config: &mut cri::ContainerConfig) {
         config.command = self.argv.clone();
         config.args.clear();
         config.working_dir = self.cwd.clone();
-        let mut envs: BTreeMap<&str, &str> = BTreeMap::new();
-        for kv in &self.env {
-            if let Some((key, value)) = kv.split_once('=') {
-                envs.insert(key, value);
-            }
-        }
-        envs.remove("HOSTNAME");
-        config.envs = envs
+        config.envs = self
+            .config_env()
             .into_iter()
             .map(|(key, value)| cri::KeyValue {
                 key: key.into(),
@@ -331,7 +383,7 @@ mod tests {
 
     #[test]
     fn reads_what_containerd_reports() {
-        let record = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), None).unwrap();
+        let record = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), None, None).unwrap();
         // The config's name for the image, not the status's first tag.
         assert_eq!(record.image, "podckpt.local/other-name:v1");
         assert_eq!(record.image_id, "sha256:1111");
@@ -354,7 +406,7 @@ mod tests {
         let mut status = status();
         status.image_id = "sha256:2222".into();
         status.image_ref = "podckpt.local/busybox@sha256:3333".into();
-        let record = ProcessRecord::from_runtime(&status, None, None).unwrap();
+        let record = ProcessRecord::from_runtime(&status, None, None, None).unwrap();
         assert_eq!(record.image_id, "sha256:2222");
         assert_eq!(record.image, "podckpt.local/busybox:latest");
         assert_eq!(record.process, None);
@@ -362,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_config_built_from_the_record_reads_back_the_same() {
-        let recorded = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), None)
+        let recorded = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), None, None)
             .unwrap()
             .process
             .unwrap();
@@ -383,27 +435,44 @@ mod tests {
 
     #[test]
     fn without_a_config_the_spec_process_is_recorded() {
-        let record = ProcessRecord::from_runtime(&status(), None, Some(&crio_spec())).unwrap();
+        let record = ProcessRecord::from_runtime(&status(), None, Some(&crio_spec()), Some(&json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "Entrypoint": null}))).unwrap();
         assert_eq!(record.process, None);
         let spec = record.spec_process.clone().unwrap();
         assert_eq!(spec.argv, ["/bin/sh", "-c", "sleep 100"]);
         assert_eq!(spec.env_value("PATH"), Some("/bin"), "the last value wins");
         assert_eq!(spec.additional_gids, [0].into());
         // A config wins over the spec.
-        let both = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), Some(&crio_spec())).unwrap();
+        let both = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), Some(&crio_spec()), None).unwrap();
         assert_eq!(both.spec_process, None);
         // The config built from it: the argv whole, no hostname.
         let mut config = cri::ContainerConfig::default();
         assert!(record.apply_to(&mut config));
         assert_eq!(config.command, spec.argv);
         assert!(config.args.is_empty());
-        assert!(config.envs.iter().all(|kv| kv.key != "HOSTNAME"));
-        assert!(config.envs.iter().any(|kv| kv.key == "PATH" && kv.value == "/bin"));
+        // The image's PATH and the runtime's TERM and HOSTNAME are not the config's.
+        assert!(config.envs.is_empty(), "{:?}", config.envs);
+        assert_eq!(spec.image.cmd, ["/bin/sh"]);
+        assert!(spec.image.entrypoint.is_empty());
+        // An image that gives the command: args alone resolve through it.
+        let with_entrypoint = SpecProcess {
+            image: ImageDefaults {
+                entrypoint: vec!["/entry".into()],
+                cmd: vec!["default".into()],
+                env: vec![],
+            },
+            ..spec
+        };
+        let args = cri::ContainerConfig {
+            args: vec!["serve".into()],
+            ..Default::default()
+        };
+        assert_eq!(with_entrypoint.resolve_argv(&args), ["/entry", "serve"]);
+        assert_eq!(with_entrypoint.resolve_argv(&cri::ContainerConfig::default()), ["/entry", "default"]);
     }
 
     #[test]
     fn the_record_round_trips_through_its_file_format() {
-        let record = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), None).unwrap();
+        let record = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), None, None).unwrap();
         let text = serde_json::to_string(&record).unwrap();
         assert_eq!(serde_json::from_str::<ProcessRecord>(&text).unwrap(), record);
     }

@@ -32,8 +32,11 @@ const UNDONE: &str = "every container was resumed and the partial output removed
 /// One container to capture, with what the runtime told us about it.
 pub struct Target {
     pub status: cri::ContainerStatus,
-    /// containerd's verbose info: pid, runtimeSpec, config.
+    /// The runtime's verbose info: pid, runtimeSpec, and on containerd config.
     pub info: Value,
+    /// The image's OCI config (entrypoint, cmd, env), where the runtime
+    /// reports no container config: what resolves a config into the spec.
+    pub image_config: Option<Value>,
 }
 
 impl Target {
@@ -284,7 +287,7 @@ fn write_container_files(folder: &std::path::Path, target: &Target, checkpointed
             "the runtime reported neither the container's config nor its spec; a restore of this checkpoint cannot be validated and will be refused"
         );
     }
-    let record = ProcessRecord::from_runtime(status, config, spec).map_err(|e| {
+    let record = ProcessRecord::from_runtime(status, config, spec, target.image_config.as_ref()).map_err(|e| {
         PodError::Internal(format!(
             "container {}: the runtime's copy of its config is unreadable: {e}",
             status.id

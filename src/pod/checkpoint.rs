@@ -18,6 +18,7 @@ use super::journal::PausedSet;
 use super::options;
 use super::sandbox_info;
 use crate::api::cri;
+use crate::api::cri::image_service_client::ImageServiceClient;
 use crate::api::pod::CheckpointPodRequest;
 use crate::archive::{self, Building, Manifest, PodOptions};
 use crate::backend::ContainerRef;
@@ -258,9 +259,48 @@ impl PodService {
                 .ok_or_else(|| PodError::Internal(format!("container {} has no status", container.id)))?;
             let info = info.unwrap_or(Value::Null);
             refuse_chosen_criu_options(&container.id, &info)?;
-            targets.push(Arc::new(Target { status, info }));
+            let image_config = if info.get("config").is_none() {
+                self.image_config(&status).await?
+            } else {
+                None
+            };
+            targets.push(Arc::new(Target {
+                status,
+                info,
+                image_config,
+            }));
         }
         Ok(targets)
+    }
+}
+
+impl PodService {
+    /// The OCI config of the image a container runs, from the runtime's
+    /// verbose ImageStatus (`imageSpec.config`).
+    async fn image_config(&self, status: &cri::ContainerStatus) -> Result<Option<Value>, PodError> {
+        let image = if status.image_ref.is_empty() {
+            status.image.as_ref().map(|i| i.image.clone()).unwrap_or_default()
+        } else {
+            status.image_ref.clone()
+        };
+        let request = cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            verbose: true,
+        };
+        let response = ImageServiceClient::new(self.inner.channel.clone())
+            .image_status(request)
+            .await
+            .map_err(PodError::runtime(format!("ImageStatus of {image}")))?
+            .into_inner();
+        Ok(response
+            .info
+            .get("info")
+            .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
+            .map(|info| info["imageSpec"]["config"].clone())
+            .filter(Value::is_object))
     }
 }
 

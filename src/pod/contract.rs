@@ -55,20 +55,16 @@ pub fn check_image(
 }
 
 /// Every field in which `config` describes another process than the one
-/// the runtime resolved into the spec. What the config leaves to the image
-/// (no command, no working directory) is the image's, which `check_image`
-/// compares; what it sets must be what the process got.
+/// the runtime resolved into the spec, resolving the config with the image's
+/// entrypoint, cmd and environment as recorded with it. `run_as_username`
+/// resolves inside the container's own /etc/passwd and is not compared; the
+/// uid it gave is, where the config sets one.
 pub fn spec_differences(recorded: &SpecProcess, config: &cri::ContainerConfig) -> Vec<String> {
     let mut found = Vec::new();
-    let argv_matches = if !config.command.is_empty() {
-        recorded.argv.iter().eq(config.command.iter().chain(&config.args))
-    } else {
-        // The image's entrypoint comes first.
-        recorded.argv.ends_with(&config.args)
-    };
-    if !argv_matches {
+    let argv = recorded.resolve_argv(config);
+    if argv != recorded.argv {
         found.push(format!(
-            "command and args differ: checkpoint ran {:?}, config has command {:?} args {:?}",
+            "command and args differ: checkpoint ran {:?}, config resolves to {argv:?} (command {:?}, args {:?})",
             recorded.argv, config.command, config.args
         ));
     }
@@ -88,6 +84,14 @@ pub fn spec_differences(recorded: &SpecProcess, config: &cri::ContainerConfig) -
         .collect();
     if !changed.is_empty() {
         found.push(format!("envs differ (values not shown): not as in the checkpoint {changed:?}"));
+    }
+    let missing: BTreeSet<&str> = recorded
+        .config_env()
+        .into_keys()
+        .filter(|key| !config.envs.iter().any(|kv| kv.key == *key))
+        .collect();
+    if !missing.is_empty() {
+        found.push(format!("envs differ (values not shown): only in the checkpoint {missing:?}"));
     }
     let context = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
     if let Some(uid) = context.and_then(|c| c.run_as_user.as_ref()).map(|v| v.value)
@@ -311,6 +315,11 @@ mod tests {
             uid: 1000,
             gid: 1000,
             additional_gids: [1000, 5].into(),
+            image: crate::archive::record::ImageDefaults {
+                entrypoint: vec!["/entry".into()],
+                cmd: vec!["serve".into()],
+                env: vec!["PATH=/bin".into()],
+            },
         }
     }
 
@@ -322,18 +331,35 @@ mod tests {
             ..record()
         };
         // The image's entrypoint, then the config's args.
+        let token = cri::KeyValue {
+            key: "TOKEN".into(),
+            value: "secret-value".into(),
+        };
         let mut config = cri::ContainerConfig {
             args: vec!["serve".into(), "--port=80".into()],
-            envs: vec![cri::KeyValue {
-                key: "HOSTNAME".into(),
-                value: "new".into(),
-            }],
+            envs: vec![
+                cri::KeyValue {
+                    key: "HOSTNAME".into(),
+                    value: "new".into(),
+                },
+                token.clone(),
+            ],
             ..Default::default()
         };
         check_process("web", &record, &config).unwrap();
         config.command = vec!["/entry".into()];
         config.working_dir = "/srv".into();
         check_process("web", &record, &config).unwrap();
+        // Args that only end the same way are another process.
+        let mut shorter = config.clone();
+        shorter.command.clear();
+        shorter.args = vec!["--port=80".into()];
+        assert!(check_process("web", &record, &shorter).is_err());
+        // A variable the config had, left out.
+        let mut forgetful = config.clone();
+        forgetful.envs.retain(|kv| kv.key != "TOKEN");
+        let message = check_process("web", &record, &forgetful).unwrap_err().to_string();
+        assert!(message.contains(r#"only in the checkpoint {"TOKEN"}"#), "{message}");
         // The config the CLI builds from the record matches it too.
         let mut rebuilt = cri::ContainerConfig::default();
         assert!(record.apply_to(&mut rebuilt));
@@ -342,10 +368,7 @@ mod tests {
         let mut other = config.clone();
         other.args = vec!["serve".into(), "--port=81".into()];
         other.working_dir = "/tmp".into();
-        other.envs.push(cri::KeyValue {
-            key: "TOKEN".into(),
-            value: "guess".into(),
-        });
+        other.envs.iter_mut().filter(|kv| kv.key == "TOKEN").for_each(|kv| kv.value = "guess".into());
         let message = match check_process("web", &record, &other) {
             Err(PodError::InvalidArgument(message)) => message,
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
