@@ -4,14 +4,18 @@
 # checkpoint the pod, delete it, restore it into a new pod and watch the
 # counter go on from where it was.
 #
-#   contrib/demo.sh            the pod runs in runc, CRIU captures it
-#   contrib/demo.sh --gvisor   the pod runs in gVisor, runsc captures it
+#   contrib/demo.sh            the pod runs in runc under containerd, CRIU captures it
+#   contrib/demo.sh --crio     the same under the test bed's CRI-O
+#   contrib/demo.sh --gvisor   the pod runs in gVisor under containerd, runsc captures it
 set -euo pipefail
 cd "$(dirname "$0")/.."
-handler="" restore_handler=podckpt config=/dev/null
-if [ "${1:-}" = --gvisor ]; then
-    handler=gvisor restore_handler=gvisor
-fi
+handler="" restore_handler=podckpt config=/dev/null runtime=containerd
+case "${1:-}" in
+    --gvisor) handler=gvisor restore_handler=gvisor ;;
+    --crio) runtime=crio ;;
+    "") ;;
+    *) echo "usage: $0 [--crio | --gvisor]" >&2; exit 2 ;;
+esac
 bash contrib/testbed.sh up
 cargo build --release --locked --bin podckptd --bin podckpt --bin podckpt-runc --example counter_pod
 eval "$(bash contrib/testbed.sh env)"
@@ -26,8 +30,12 @@ if [ -n "$handler" ]; then
     config="$work/config.toml"
     printf '[handlers.gvisor]\nbackend = "runsc"\nruntime = "runsc"\nroot = "/run/podckpt-testbed/runsc/k8s.io"\nrestore = true\n' >"$config"
 fi
+endpoint=$PODCKPT_TEST_CONTAINERD
+# CRI-O's "podckpt" handler runs the same podckpt-runc; podckptd reads each
+# handler's runc root from the runtime it fronts.
+[ "$runtime" = crio ] && endpoint=$PODCKPT_TEST_CRIO
 ./target/release/podckptd --config "$config" --listen "$sock" --state-dir "$work/state" \
-    --runtime-endpoint "unix://$PODCKPT_TEST_CONTAINERD" --log-level warn &
+    --runtime-endpoint "unix://$endpoint" --log-level warn &
 shim=$!
 pods=()
 cleanup() {
@@ -41,7 +49,7 @@ for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.05; done
 podckpt() { ./target/release/podckpt --runtime-endpoint "unix://$sock" "$@"; }
 counter() { ./target/release/examples/counter_pod "$@"; }
 
-echo "== a counter pod, through podckptd${handler:+ (runtime handler $handler)}"
+echo "== a counter pod, through podckptd in front of $runtime${handler:+ (runtime handler $handler)}"
 read -r pod cid < <(counter run "$sock" "$PODCKPT_TEST_BUSYBOX_IMAGE" "$handler")
 pods+=("$pod")
 sleep 4

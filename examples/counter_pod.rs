@@ -57,6 +57,8 @@ async fn main() -> anyhow::Result<()> {
                 }),
                 image: Some(cri::ImageSpec {
                     image: arg.clone(),
+                    // CRI-O verifies it against its signature policy.
+                    user_specified_image: arg.clone(),
                     ..Default::default()
                 }),
                 command: vec!["/bin/sh".into(), "-c".into(), COUNTER.into()],

@@ -13,6 +13,11 @@ use crate::support::{
     self, COUNTER, Pod, Shim, checkpoint_pod, checkpoint_pod_exactly, count, eventually, raw, runc_status, testbed,
 };
 
+on_each_runtime!(
+    a_counter_pod_is_checkpointed_and_keeps_running,
+    bad_requests_get_their_status_and_change_nothing,
+);
+
 /// Nothing but `keep` in `parent`: nothing written beside the checkpoint.
 fn only_entry(parent: &Path, keep: &str) {
     assert_eq!(support::dir_names(parent), [keep], "leftovers beside the checkpoint");
@@ -24,10 +29,7 @@ fn inode_and_mode(dir: &Path) -> (u64, u32) {
     (meta.ino(), meta.permissions().mode() & 0o7777)
 }
 
-#[tokio::test]
-#[serial]
-async fn a_counter_pod_is_checkpointed_and_keeps_running() {
-    let Some(tb) = testbed() else { return };
+async fn a_counter_pod_is_checkpointed_and_keeps_running(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "ckpt").await;
@@ -137,10 +139,7 @@ async fn a_counter_pod_is_checkpointed_and_keeps_running() {
     }
 }
 
-#[tokio::test]
-#[serial]
-async fn bad_requests_get_their_status_and_change_nothing() {
-    let Some(tb) = testbed() else { return };
+async fn bad_requests_get_their_status_and_change_nothing(tb: support::Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "bad").await;

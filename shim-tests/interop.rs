@@ -1,7 +1,7 @@
 //! The pass-through as three real gRPC stacks see it: tonic, grpc-go (the
 //! kubelet's and crictl's stack) and grpc C-core (Python grpcio, with its
-//! default channel options). Each case is called through podckptd and
-//! directly against containerd, and both must give the same status code,
+//! default channel options), on containerd and on CRI-O. Each case is
+//! called through podckptd and directly against the runtime, and both must give the same status code,
 //! the same message and the same response bytes, except where a case says
 //! why not. Each side is one long-lived client, one channel, running the
 //! whole table twice: the second round is sent with the HPACK dynamic table
@@ -11,39 +11,45 @@ use std::time::Duration;
 
 use podckpt::api::cri;
 use prost::Message;
-use serial_test::serial;
 use tonic::Code;
 
 use crate::support::interop::{CallResult, Client, Stack};
-use crate::support::{Pod, Testbed, testbed};
+use crate::support::{Pod, Testbed};
 
-#[tokio::test]
-#[serial]
-async fn tonic_calls_pass_through_unchanged() {
-    same_answers_as_containerd(Stack::Tonic).await;
+on_each_runtime!(
+    tonic_calls_pass_through_unchanged,
+    grpc_go_calls_pass_through_unchanged,
+    grpcio_calls_pass_through_unchanged,
+);
+
+async fn tonic_calls_pass_through_unchanged(tb: Testbed) {
+    same_answers_as_the_runtime(Stack::Tonic, tb).await;
 }
 
-#[tokio::test]
-#[serial]
-async fn grpc_go_calls_pass_through_unchanged() {
-    same_answers_as_containerd(Stack::Go).await;
+async fn grpc_go_calls_pass_through_unchanged(tb: Testbed) {
+    same_answers_as_the_runtime(Stack::Go, tb).await;
 }
 
-#[tokio::test]
-#[serial]
-async fn grpcio_calls_pass_through_unchanged() {
-    same_answers_as_containerd(Stack::Python).await;
+async fn grpcio_calls_pass_through_unchanged(tb: Testbed) {
+    same_answers_as_the_runtime(Stack::Python, tb).await;
 }
 
-async fn same_answers_as_containerd(stack: Stack) {
-    let Some(tb) = testbed() else { return };
+async fn same_answers_as_the_runtime(stack: Stack, tb: Testbed) {
     let Some(mut direct) = Client::start(stack, &tb.socket) else {
         return;
     };
     let shim = crate::support::Shim::start(&tb);
     let mut via_shim = Client::start(stack, &shim.socket).expect("the client started once already");
     let fixture = Fixture::new(&tb).await;
-    let cases = cases(&tb, &fixture);
+    let runtime_name = tb
+        .direct()
+        .await
+        .version(cri::VersionRequest { version: "v1".into() })
+        .await
+        .expect("Version")
+        .into_inner()
+        .runtime_name;
+    let cases = cases(&tb, &fixture, &runtime_name);
 
     let mut failures = Vec::new();
     for round in 1..=2 {
@@ -57,7 +63,7 @@ async fn same_answers_as_containerd(stack: Stack) {
     }
     assert!(
         failures.is_empty(),
-        "{stack:?}: {} of {} calls through podckptd did not answer as containerd:\n{}",
+        "{stack:?}: {} of {} calls through podckptd did not answer as {runtime_name}:\n{}",
         failures.len(),
         2 * cases.len(),
         failures.join("\n")
@@ -255,9 +261,12 @@ fn sizes(result: &CallResult) -> Vec<usize> {
     result.responses.iter().map(Vec::len).collect()
 }
 
-fn cases(tb: &Testbed, f: &Fixture) -> Vec<Case> {
+/// The cases for `runtime` (its Version's name): the CRI's own, and on
+/// containerd its own API too.
+fn cases(tb: &Testbed, f: &Fixture, runtime_name: &str) -> Vec<Case> {
     let ok = Code::Ok;
-    vec![
+    let containerd = runtime_name == "containerd";
+    let mut cases = vec![
         // No deadline at all, as the stacks send when none is set.
         case(
             "Version",
@@ -266,7 +275,7 @@ fn cases(tb: &Testbed, f: &Fixture) -> Vec<Case> {
             ok,
         )
         .timeout(None)
-        .mentions("containerd"),
+        .mentions(runtime_name),
         case("Status", runtime("Status"), cri::StatusRequest { verbose: false }, ok).mentions("RuntimeReady"),
         // Filtered to the test's own pod: other pods may come and go.
         case(
@@ -332,7 +341,7 @@ fn cases(tb: &Testbed, f: &Fixture) -> Vec<Case> {
             },
             Code::NotFound,
         ),
-        // containerd 1.7 does not implement it.
+        // containerd 1.7 does not implement it; CRI-O cannot write there.
         case(
             "CheckpointContainer",
             runtime("CheckpointContainer"),
@@ -341,7 +350,7 @@ fn cases(tb: &Testbed, f: &Fixture) -> Vec<Case> {
                 location: "/nonexistent/checkpoint.tar".into(),
                 timeout: 0,
             },
-            Code::Unimplemented,
+            if containerd { Code::Unimplemented } else { Code::Unknown },
         ),
         case("an unknown method", runtime("NoSuchMethod"), (), Code::Unimplemented),
         case(
@@ -366,6 +375,19 @@ fn cases(tb: &Testbed, f: &Fixture) -> Vec<Case> {
         .streaming()
         .timeout(Some(Duration::from_millis(300)))
         .same(Same::DeadlinePassed),
+        // Metadata the runtime ignores must not change its answer.
+        case(
+            "Version with metadata of the caller",
+            runtime("Version"),
+            cri::VersionRequest { version: "v1".into() },
+            ok,
+        )
+        .metadata(&[("x-podckpt-interop", "a value"), ("x-request-id", "42")]),
+    ];
+    if !containerd {
+        return cases;
+    }
+    cases.extend([
         // containerd's own API reads its namespace from the request
         // metadata: each answer below depends on it arriving intact.
         case(
@@ -390,13 +412,6 @@ fn cases(tb: &Testbed, f: &Fixture) -> Vec<Case> {
             GetImageRequest { name: tb.image.clone() },
             Code::FailedPrecondition,
         ),
-        // Metadata the runtime ignores must not change its answer.
-        case(
-            "Version with metadata of the caller",
-            runtime("Version"),
-            cri::VersionRequest { version: "v1".into() },
-            ok,
-        )
-        .metadata(&[("x-podckpt-interop", "a value"), ("x-request-id", "42")]),
-    ]
+    ]);
+    cases
 }

@@ -1,6 +1,6 @@
 //! What the pass-through must carry unchanged: status codes and messages,
 //! deadlines, metadata, large messages, many calls at once, and paths our
-//! schema has never heard of.
+//! schema has never heard of; on containerd and on CRI-O.
 
 use std::time::{Duration, Instant};
 
@@ -9,12 +9,19 @@ use podckpt::api::cri;
 use serial_test::serial;
 use tonic::Code;
 
-use crate::support::{self, Pod, Shim, exec, raw, testbed};
+use crate::support::{self, Pod, Shim, Testbed, exec, raw, testbed};
 
-#[tokio::test]
-#[serial]
-async fn errors_match_containerd_called_directly() {
-    let Some(tb) = testbed() else { return };
+on_each_runtime!(
+    errors_match_the_runtime_called_directly,
+    callers_deadline_ends_a_slow_call,
+    large_exec_output_arrives_whole,
+    messages_of_64_mib_cross_both_ways,
+    many_concurrent_calls_are_all_answered,
+    unknown_paths_are_forwarded,
+    pod_checkpoint_paths_are_answered_by_podckpt,
+);
+
+async fn errors_match_the_runtime_called_directly(tb: Testbed) {
     let shim = Shim::start(&tb);
     let mut via_shim = shim.client().await;
     let mut direct = tb.direct().await;
@@ -41,7 +48,7 @@ async fn errors_match_containerd_called_directly() {
     let b = direct.start_container(bad_start).await.expect_err("unknown container");
     assert_eq!((a.code(), a.message()), (b.code(), b.message()));
 
-    // A request containerd itself rejects as invalid.
+    // A request the runtime itself rejects as invalid.
     let no_config = cri::RunPodSandboxRequest {
         config: None,
         runtime_handler: String::new(),
@@ -54,10 +61,7 @@ async fn errors_match_containerd_called_directly() {
     assert_eq!((a.code(), a.message()), (b.code(), b.message()));
 }
 
-#[tokio::test]
-#[serial]
-async fn callers_deadline_ends_a_slow_call() {
-    let Some(tb) = testbed() else { return };
+async fn callers_deadline_ends_a_slow_call(tb: Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "deadline").await;
@@ -93,10 +97,7 @@ async fn callers_deadline_ends_a_slow_call() {
     assert_eq!((out.as_slice(), code), (&b"after\n"[..], 0));
 }
 
-#[tokio::test]
-#[serial]
-async fn large_exec_output_arrives_whole() {
-    let Some(tb) = testbed() else { return };
+async fn large_exec_output_arrives_whole(tb: Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "bigexec").await;
@@ -112,10 +113,7 @@ async fn large_exec_output_arrives_whole() {
 }
 
 /// 64 MiB each way: up in a container annotation, back in ContainerStatus.
-#[tokio::test]
-#[serial]
-async fn messages_of_64_mib_cross_both_ways() {
-    let Some(tb) = testbed() else { return };
+async fn messages_of_64_mib_cross_both_ways(tb: Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "bigmsg").await;
@@ -145,12 +143,17 @@ async fn messages_of_64_mib_cross_both_ways() {
     assert!(back == &value, "the 64 MiB annotation changed on the way");
 }
 
-#[tokio::test]
-#[serial]
-async fn many_concurrent_calls_are_all_answered() {
-    let Some(tb) = testbed() else { return };
+async fn many_concurrent_calls_are_all_answered(tb: Testbed) {
     let shim = Shim::start(&tb);
     let client = shim.client().await;
+    let runtime_name = tb
+        .direct()
+        .await
+        .version(cri::VersionRequest { version: "v1".into() })
+        .await
+        .expect("Version")
+        .into_inner()
+        .runtime_name;
     let calls = (0..256).map(|i| {
         let mut client = client.clone();
         tokio::spawn(async move {
@@ -177,14 +180,11 @@ async fn many_concurrent_calls_are_all_answered() {
         }
     }
     assert_eq!(answers.len(), 256);
-    assert_eq!(answers.iter().filter(|a| *a == "containerd").count(), 128);
+    assert_eq!(answers.iter().filter(|a| **a == runtime_name).count(), 128);
 }
 
-/// Paths unknown to us go to containerd, so the caller gets containerd's answer.
-#[tokio::test]
-#[serial]
-async fn unknown_paths_are_forwarded() {
-    let Some(tb) = testbed() else { return };
+/// Paths unknown to us go to the runtime, so the caller gets its answer.
+async fn unknown_paths_are_forwarded(tb: Testbed) {
     let shim = Shim::start(&tb);
     let via_shim = support::channel(&shim.socket);
     let direct = support::channel(&tb.socket);
@@ -208,11 +208,8 @@ async fn unknown_paths_are_forwarded() {
     }
 }
 
-/// The pod checkpoint paths are ours; containerd would not know them.
-#[tokio::test]
-#[serial]
-async fn pod_checkpoint_paths_are_answered_by_podckpt() {
-    let Some(tb) = testbed() else { return };
+/// The pod checkpoint paths are ours; the runtime would not know them.
+async fn pod_checkpoint_paths_are_answered_by_podckpt(tb: Testbed) {
     let shim = Shim::start(&tb);
     let via_shim = support::channel(&shim.socket);
     let direct = support::channel(&tb.socket);
@@ -223,7 +220,7 @@ async fn pod_checkpoint_paths_are_answered_by_podckpt() {
     let theirs = raw::unary(direct, path, Bytes::new(), &[])
         .await
         .expect_err("CheckpointPod");
-    assert_ne!(ours.message(), theirs.message(), "CheckpointPod reached containerd");
+    assert_ne!(ours.message(), theirs.message(), "CheckpointPod reached the runtime");
     assert!(ours.message().contains("CheckpointPod"), "{ours:?}");
 }
 

@@ -10,31 +10,30 @@ use std::time::Duration;
 
 use podckpt::api::{cri, pod};
 use prost::Message;
-use serial_test::serial;
 use tonic::Code;
 
 use crate::support::interop::{CallResult, Client, Stack};
-use crate::support::{self, COUNTER, Shim, eventually, runc_status, testbed};
+use crate::support::{self, COUNTER, Shim, Testbed, eventually, runc_status};
 
 const RUNTIME: &str = "/runtime.v1.RuntimeService/";
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
-#[tokio::test]
-#[serial]
-async fn tonic_runs_the_pod_lifecycle_with_documented_codes() {
-    lifecycle(Stack::Tonic).await;
+on_each_runtime!(
+    tonic_runs_the_pod_lifecycle_with_documented_codes,
+    grpc_go_runs_the_pod_lifecycle_with_documented_codes,
+    grpcio_runs_the_pod_lifecycle_with_documented_codes,
+);
+
+async fn tonic_runs_the_pod_lifecycle_with_documented_codes(tb: Testbed) {
+    lifecycle(Stack::Tonic, tb).await;
 }
 
-#[tokio::test]
-#[serial]
-async fn grpc_go_runs_the_pod_lifecycle_with_documented_codes() {
-    lifecycle(Stack::Go).await;
+async fn grpc_go_runs_the_pod_lifecycle_with_documented_codes(tb: Testbed) {
+    lifecycle(Stack::Go, tb).await;
 }
 
-#[tokio::test]
-#[serial]
-async fn grpcio_runs_the_pod_lifecycle_with_documented_codes() {
-    lifecycle(Stack::Python).await;
+async fn grpcio_runs_the_pod_lifecycle_with_documented_codes(tb: Testbed) {
+    lifecycle(Stack::Python, tb).await;
 }
 
 /// A sandbox made through a stack; removed through containerd when the
@@ -142,8 +141,7 @@ struct Refusal {
     code: Code,
 }
 
-async fn lifecycle(stack: Stack) {
-    let Some(tb) = testbed() else { return };
+async fn lifecycle(stack: Stack, tb: Testbed) {
     let shim = Shim::start(&tb);
     let Some(client) = Client::start(stack, &shim.socket) else {
         return;
