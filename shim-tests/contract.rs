@@ -169,6 +169,20 @@ pub(crate) fn described_counter(image: &str) -> cri::ContainerConfig {
     config
 }
 
+/// A change to a config, for the contract's case tables.
+pub(crate) type Change<'a> = Box<dyn Fn(&mut cri::ContainerConfig) + 'a>;
+
+pub(crate) fn add_a_variable(config: &mut cri::ContainerConfig) {
+    config.envs.push(cri::KeyValue {
+        key: "EXTRA".into(),
+        value: "1".into(),
+    });
+}
+
+pub(crate) fn run_as_nobody(config: &mut cri::ContainerConfig) {
+    security(config).run_as_user = Some(cri::Int64Value { value: 65534 });
+}
+
 pub(crate) fn security(config: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
     config
         .linux
@@ -200,7 +214,6 @@ async fn configs_that_describe_another_process_are_refused() {
     let another_image = Tag::new(&tb, &pause_image()).await;
     let absent = format!("podckpt.local/{}:none", unique("absent"));
 
-    type Change<'a> = Box<dyn Fn(&mut cri::ContainerConfig) + 'a>;
     let cases: Vec<(&str, Change, Code, Vec<String>)> = vec![
         (
             "command",
@@ -237,18 +250,13 @@ async fn configs_that_describe_another_process_are_refused() {
         ),
         (
             "an added variable",
-            Box::new(|c| {
-                c.envs.push(cri::KeyValue {
-                    key: "EXTRA".into(),
-                    value: "1".into(),
-                })
-            }),
+            Box::new(add_a_variable),
             Code::InvalidArgument,
             vec![r#"only in the config ["EXTRA"]"#.into()],
         ),
         (
             "run_as_user",
-            Box::new(|c| security(c).run_as_user = Some(cri::Int64Value { value: 65534 })),
+            Box::new(run_as_nobody),
             Code::InvalidArgument,
             vec!["run_as_user differs: checkpoint has 0, config has 65534".into()],
         ),

@@ -124,7 +124,9 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
 #[tokio::test]
 #[serial]
 async fn configs_that_describe_another_process_are_refused_on_crio() {
-    use crate::contract::{DEADLINE, assert_refusal, described_counter, pause_image, refused, security};
+    use crate::contract::{
+        Change, DEADLINE, add_a_variable, assert_refusal, described_counter, pause_image, refused, run_as_nobody, security,
+    };
     let Some(tb) = crio_testbed() else { return };
     let shim = Shim::start(&tb);
     let (_keep, checkpoint, _) = support::checkpointed(&shim, "", described_counter(&tb.image), 2).await;
@@ -135,7 +137,6 @@ async fn configs_that_describe_another_process_are_refused_on_crio() {
     assert_eq!((spec.cwd.as_str(), spec.env_value("GREETING")), ("/tmp", Some("hello")));
     let absent = format!("podckpt.local/{}:none", support::unique("absent"));
 
-    type Change<'a> = Box<dyn Fn(&mut cri::ContainerConfig) + 'a>;
     let cases: Vec<(&str, Change, Code, Vec<String>)> = vec![
         (
             "command",
@@ -181,18 +182,13 @@ async fn configs_that_describe_another_process_are_refused_on_crio() {
         ),
         (
             "an added variable",
-            Box::new(|c| {
-                c.envs.push(cri::KeyValue {
-                    key: "EXTRA".into(),
-                    value: "1".into(),
-                })
-            }),
+            Box::new(add_a_variable),
             Code::InvalidArgument,
             vec![r#"not as in the checkpoint {"EXTRA"}"#.into()],
         ),
         (
             "run_as_user",
-            Box::new(|c| security(c).run_as_user = Some(cri::Int64Value { value: 65534 })),
+            Box::new(run_as_nobody),
             Code::InvalidArgument,
             vec!["run_as_user differs: checkpoint has 0, config has 65534".into()],
         ),

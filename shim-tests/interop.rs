@@ -41,14 +41,7 @@ async fn same_answers_as_the_runtime(stack: Stack, tb: Testbed) {
     let shim = crate::support::Shim::start(&tb);
     let mut via_shim = Client::start(stack, &shim.socket).expect("the client started once already");
     let fixture = Fixture::new(&tb).await;
-    let runtime_name = tb
-        .direct()
-        .await
-        .version(cri::VersionRequest { version: "v1".into() })
-        .await
-        .expect("Version")
-        .into_inner()
-        .runtime_name;
+    let runtime_name = tb.runtime_name().await;
     let cases = cases(&tb, &fixture, &runtime_name);
 
     let mut failures = Vec::new();

@@ -146,14 +146,7 @@ async fn messages_of_64_mib_cross_both_ways(tb: Testbed) {
 async fn many_concurrent_calls_are_all_answered(tb: Testbed) {
     let shim = Shim::start(&tb);
     let client = shim.client().await;
-    let runtime_name = tb
-        .direct()
-        .await
-        .version(cri::VersionRequest { version: "v1".into() })
-        .await
-        .expect("Version")
-        .into_inner()
-        .runtime_name;
+    let runtime_name = tb.runtime_name().await;
     let calls = (0..256).map(|i| {
         let mut client = client.clone();
         tokio::spawn(async move {

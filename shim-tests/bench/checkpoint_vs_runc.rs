@@ -1,6 +1,8 @@
 //! CheckpointPod and RestorePod against bare runc, in the same run, on the test bed.
 //!
-//!   cargo bench --bench checkpoint_vs_runc
+//!   cargo bench --bench checkpoint_vs_runc [-- --crio]
+//!
+//! With `--crio`, on the test bed's CRI-O instead of its containerd.
 //!
 //! For containers holding 64, 256 and 1024 MiB:
 //! - checkpoint: CheckpointPod through the shim (durable: synced before it
@@ -57,20 +59,16 @@ fn criu_frozen_seconds(work: &Path) -> f64 {
         / 1e6
 }
 
-fn bare_checkpoint(cid: &str, scratch: &Path) -> Bare {
+fn bare_checkpoint(root: &Path, cid: &str, scratch: &Path) -> Bare {
     let images = scratch.join("bare-images");
     let work = scratch.join("bare-work");
     std::fs::create_dir_all(&images).unwrap();
     std::fs::create_dir_all(&work).unwrap();
     let started = Instant::now();
     let status = Command::new("runc")
-        .args([
-            "--root",
-            support::RUNC_ROOT,
-            "checkpoint",
-            "--leave-running",
-            "--image-path",
-        ])
+        .arg("--root")
+        .arg(root)
+        .args(["checkpoint", "--leave-running", "--image-path"])
         .arg(&images)
         .arg("--work-path")
         .arg(&work)
@@ -105,12 +103,12 @@ fn freeze_verdict(freeze: f64, dump: f64) -> &'static str {
 }
 
 /// RestorePod + StartContainer, and the runc restore time recorded inside.
-async fn podckpt_restore(shim: &Shim, checkpoint: &Path, name: &str) -> (f64, f64) {
+async fn podckpt_restore(shim: &Shim, root: &Path, checkpoint: &Path, name: &str) -> (f64, f64) {
     let mut client = shim.client().await;
     let started = Instant::now();
     let (pod, cid) = support::restore_and_start(shim, checkpoint, name).await;
     let total = started.elapsed().as_secs_f64();
-    let record = Path::new(support::RUNC_ROOT)
+    let record = root
         .join(&cid)
         .join(podckpt::interposer::RESTORE_RECORD);
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(record).expect("restore record")).unwrap();
@@ -143,7 +141,7 @@ async fn main() {
         let out = scratch.path().join(format!("ckpt-{mib}"));
         let (mut bare, mut ours) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            bare.push(bare_checkpoint(&cid, scratch.path()));
+            bare.push(bare_checkpoint(&tb.runc_root, &cid, scratch.path()));
             ours.push(podckpt_checkpoint(&shim, &pod.id, &[], &out).await);
         }
         drop(pod);
@@ -152,11 +150,11 @@ async fn main() {
         // RestorePod hashes in full.
         let (mut sealed, mut copied) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
-            sealed.push(podckpt_restore(&shim, &out, "mem").await);
+            sealed.push(podckpt_restore(&shim, &tb.runc_root, &out, "mem").await);
             let copy = scratch.path().join(format!("copy-{mib}-{round}"));
             let status = Command::new("cp").arg("-a").arg(&out).arg(&copy).status().unwrap();
             assert!(status.success(), "copying the checkpoint");
-            copied.push(podckpt_restore(&shim, &copy, "mem").await);
+            copied.push(podckpt_restore(&shim, &tb.runc_root, &copy, "mem").await);
             std::fs::remove_dir_all(&copy).unwrap();
         }
         let dump = support::median(bare.iter().map(|b| b.dumped).collect());
@@ -211,7 +209,7 @@ async fn main() {
         let first = podckpt_checkpoint(&shim, &pod.id, &[&a], &out).await.0;
         let second = podckpt_checkpoint(&shim, &pod.id, &[&b], &out).await.0;
         alone.push(first + second);
-        let (bare_a, bare_b) = (bare_checkpoint(&a, scratch.path()), bare_checkpoint(&b, scratch.path()));
+        let (bare_a, bare_b) = (bare_checkpoint(&tb.runc_root, &a, scratch.path()), bare_checkpoint(&tb.runc_root, &b, scratch.path()));
         dumps.push(bare_a.dumped + bare_b.dumped);
         frozens.push(bare_a.frozen + bare_b.frozen);
     }

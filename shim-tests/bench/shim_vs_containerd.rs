@@ -1,6 +1,8 @@
 //! The shim against containerd called directly, in the same run, on the test bed.
 //!
-//!   cargo bench --bench shim_vs_containerd
+//!   cargo bench --bench shim_vs_containerd [-- --crio]
+//!
+//! With `--crio`, the shim in front of the test bed's CRI-O against CRI-O.
 //!
 //! Latency: p50 and p99 of Version and of ListContainers with 50 containers,
 //! measured in alternating rounds so that drift on a noisy machine hits both
@@ -117,7 +119,7 @@ async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let tb = support::testbed().expect("the benchmark needs the test bed: contrib/testbed.sh up, as root");
+    let tb = support::bench_testbed();
     let shim = Shim::start(&tb);
     let idle_rss_start = rss_kib(shim.pid());
     let direct = tb.direct().await;

@@ -156,6 +156,17 @@ pub fn testbed() -> Option<Testbed> {
     None
 }
 
+/// The runtime a benchmark runs on: the test bed's containerd, or its
+/// CRI-O when the benchmark was given `--crio`.
+pub fn bench_testbed() -> Testbed {
+    let tb = if std::env::args().any(|a| a == "--crio") {
+        crio_testbed()
+    } else {
+        testbed()
+    };
+    tb.expect("the benchmark needs the test bed: contrib/testbed.sh up, as root")
+}
+
 /// The test bed's CRI-O, as a test bed whose runtime is CRI-O.
 pub fn crio_testbed() -> Option<Testbed> {
     let socket = PathBuf::from(std::env::var("PODCKPT_TEST_CRIO").unwrap_or_else(|_| DEFAULT_CRIO.into()));
@@ -200,6 +211,17 @@ impl Testbed {
 
     pub async fn direct(&self) -> Runtime {
         runtime_client(&self.socket).await
+    }
+
+    /// The runtime's own name for itself: "containerd" or "cri-o".
+    pub async fn runtime_name(&self) -> String {
+        self.direct()
+            .await
+            .version(cri::VersionRequest { version: "v1".into() })
+            .await
+            .expect("Version")
+            .into_inner()
+            .runtime_name
     }
 }
 
@@ -940,7 +962,7 @@ pub fn bench_shim(handlers: &str) -> Option<(Testbed, Shim)> {
     if !std::env::args().any(|a| a == "--bench") {
         return None;
     }
-    let tb = testbed().expect("the benchmark needs the test bed: contrib/testbed.sh up, as root");
+    let tb = bench_testbed();
     install_interposer();
     let shim = Shim::start_with(&tb, handlers, 5);
     Some((tb, shim))

@@ -40,6 +40,9 @@ pub struct PeerCredentials {
     pub gid: u32,
 }
 
+/// How long reading a handler's runtime root from the runtime may take.
+const DISCOVERY_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A runtime handler's backend and the settings it was built from.
 struct Backend {
     config: HandlerConfig,
@@ -194,8 +197,14 @@ impl PodService {
         }
         let root = match &config.root {
             Some(root) => root.clone(),
-            None => runtime_roots::discover(self.runtime(), &self.inner.runtime_socket, handler)
-                .await
+            // Every pod call waits on this lock: a runtime that does not
+            // answer must not hold them all.
+            None => tokio::time::timeout(
+                DISCOVERY_LIMIT,
+                runtime_roots::discover(self.runtime(), &self.inner.runtime_socket, handler),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("the runtime did not answer within {DISCOVERY_LIMIT:?}")))
                 .map_err(|why| {
                     PodError::FailedPrecondition(format!(
                         "runtime handler {handler:?}: cannot find its OCI runtime's state directory: {why}; set root in [handlers.{handler:?}] of podckptd's config"
