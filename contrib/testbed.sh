@@ -6,10 +6,12 @@
 #
 #   contrib/testbed.sh install   apt packages and the interop clients (idempotent)
 #   contrib/testbed.sh images    build the OCI test images into $PODCKPT_TESTBED_DIR/images
-#   contrib/testbed.sh start     start the private containerd and import the images
-#   contrib/testbed.sh stop      remove every pod, stop containerd, leave nothing behind
+#   contrib/testbed.sh start [containerd|crio]
+#                                start the private containerd and CRI-O (or one of
+#                                them) and put the images into their stores
+#   contrib/testbed.sh stop      remove every pod, stop both runtimes, leave nothing behind
 #   contrib/testbed.sh stop-daemon  stop containerd alone; pods keep running
-#   contrib/testbed.sh up        install + images + start
+#   contrib/testbed.sh up [containerd|crio]   install + images + start
 #   contrib/testbed.sh env       print the variables the tests read
 #
 # Why a private containerd: the node's own containerd (if any) must never see
@@ -180,14 +182,25 @@ free_cgroup2_controllers() {
     done
 }
 
+# Starts what is not running yet of the runtimes asked for (both by default).
 cmd_start() {
     need_root
+    local which=${1:-both}
+    case "$which" in
+        containerd | crio | both) ;;
+        *) log "unknown runtime $which (containerd, crio, or neither for both)"; exit 2 ;;
+    esac
+    free_cgroup2_controllers
+    [ -f "$TB_DIR/images/busybox.tar" ] || cmd_images
+    if [ "$which" != crio ]; then start_containerd; fi
+    if [ "$which" != containerd ]; then start_crio; fi
+}
+
+start_containerd() {
     if pid=$(running_pid); then
         log "containerd already running (pid $pid) on $SOCK"
         return
     fi
-    free_cgroup2_controllers
-    [ -f "$TB_DIR/images/busybox.tar" ] || cmd_images
     write_config
     rm -f "$SOCK" "$SOCK.ttrpc"
     # setsid: the daemon must outlive the shell that started it and must not
@@ -206,7 +219,6 @@ cmd_start() {
         ctr -a "$SOCK" -n "$NS" images import --no-unpack=false "$TB_DIR/images/$img.tar" >/dev/null
     done
     log "containerd $(running_pid) listening on $SOCK"
-    start_crio
 }
 
 crio_pid() {
@@ -332,14 +344,14 @@ cmd_env() {
 case "${1:-}" in
     install) cmd_install ;;
     images) cmd_images ;;
-    start) cmd_start ;;
+    start) cmd_start "${2:-}" ;;
     stop) cmd_stop ;;
-    restart) cmd_stop; cmd_start ;;
+    restart) cmd_stop; cmd_start "${2:-}" ;;
     # Stops only the daemon: its shims and pods keep running, as on a node
     # whose containerd is being upgraded. `start` brings it back.
     stop-daemon) need_root; if pid=$(running_pid); then kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; fi; rm -f "$PIDFILE" ;;
-    up) cmd_install; cmd_images; cmd_start ;;
+    up) cmd_install; cmd_images; cmd_start "${2:-}" ;;
     env) cmd_env ;;
     status) if pid=$(running_pid); then echo "running pid $pid socket $SOCK"; else echo "stopped"; exit 3; fi ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac

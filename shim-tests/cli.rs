@@ -4,9 +4,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use serial_test::serial;
-
-use crate::support::{self, Pod, Shim, testbed};
+use crate::support::{self, Pod, Shim};
 
 fn podckpt(shim: &Shim, args: &[&str]) -> Output {
     support::podckpt_cli(shim, None, args)
@@ -21,10 +19,9 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
-#[tokio::test]
-#[serial]
-async fn checkpointp_inspectcp_restorep_through_the_cli() {
-    let Some(tb) = testbed() else { return };
+on_each_runtime!(checkpointp_inspectcp_restorep_through_the_cli);
+
+async fn checkpointp_inspectcp_restorep_through_the_cli(tb: support::Testbed) {
     support::install_interposer();
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;

@@ -81,11 +81,15 @@ async fn callers_deadline_ends_a_slow_call(tb: Testbed) {
     )
     .await;
     let took = started.elapsed();
-    assert_eq!(
-        reply.grpc_status.as_deref(),
-        Some("4"),
-        "expected DEADLINE_EXCEEDED, got {:?}",
-        reply.grpc_message
+    // containerd answers DEADLINE_EXCEEDED. CRI-O's grpc-go also resets the
+    // stream with CANCEL when the deadline passes, racing its own answer;
+    // the shim relays whichever comes.
+    assert!(
+        reply.grpc_status.as_deref() == Some("4") || reply.reset == Some(h2::Reason::CANCEL),
+        "expected DEADLINE_EXCEEDED or a CANCEL reset, got status {:?} ({:?}), reset {:?}",
+        reply.grpc_status,
+        reply.grpc_message,
+        reply.reset
     );
     assert!(
         took < Duration::from_millis(2500),
@@ -259,3 +263,4 @@ async fn request_metadata_reaches_the_runtime() {
         Some("application/grpc")
     );
 }
+

@@ -17,6 +17,8 @@ use crate::support::{self, COUNTER, Shim, Testbed, eventually, runc_status};
 
 const RUNTIME: &str = "/runtime.v1.RuntimeService/";
 const CALL_LIMIT: Duration = Duration::from_secs(60);
+/// StopPodSandbox's deadline, which CRI-O spends as the containers' grace period.
+const STOP_LIMIT: Duration = Duration::from_secs(15);
 
 on_each_runtime!(
     tonic_runs_the_pod_lifecycle_with_documented_codes,
@@ -115,14 +117,14 @@ impl Caller {
     }
 
     async fn remove_pod(&mut self, id: &str) {
-        let _: cri::StopPodSandboxResponse = self
-            .ok(
-                "StopPodSandbox",
-                &cri::StopPodSandboxRequest {
-                    pod_sandbox_id: id.into(),
-                },
-            )
-            .await;
+        // CRI-O gives containers that ignore SIGTERM (a shell as PID 1) the
+        // call's whole deadline before it kills them, as the kubelet's
+        // grace period; a short one keeps the test short.
+        let request = cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        };
+        let stopped = self.raw("StopPodSandbox", &request, Some(STOP_LIMIT)).await;
+        assert_eq!(stopped.code(), Code::Ok, "StopPodSandbox: {}", stopped.message);
         let _: cri::RemovePodSandboxResponse = self
             .ok(
                 "RemovePodSandbox",

@@ -64,6 +64,20 @@ pub async fn unary(
 pub struct H2Reply {
     pub grpc_status: Option<String>,
     pub grpc_message: Option<String>,
+    /// The far side reset the stream instead of answering, with this code.
+    pub reset: Option<h2::Reason>,
+}
+
+/// The RST_STREAM code inside a hyper error, if that is what it was.
+fn reset_reason(err: &hyper::Error) -> Option<h2::Reason> {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.reason();
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// One unary gRPC call over a bare HTTP/2 connection, with exactly the
@@ -88,10 +102,18 @@ pub async fn h2_unary(socket: &std::path::Path, path: &str, message: &[u8], head
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::from(framed))).unwrap())
-        .await
-        .expect("response");
+    let response = match sender.send_request(request.body(Full::new(Bytes::from(framed))).unwrap()).await {
+        Ok(response) => response,
+        Err(err) => {
+            let reset = reset_reason(&err);
+            assert!(reset.is_some(), "response: {err:?}");
+            return H2Reply {
+                grpc_status: None,
+                grpc_message: None,
+                reset,
+            };
+        }
+    };
     let (parts, body) = response.into_parts();
     let trailers = body
         .collect()
@@ -109,5 +131,6 @@ pub async fn h2_unary(socket: &std::path::Path, path: &str, message: &[u8], head
     H2Reply {
         grpc_status: find("grpc-status"),
         grpc_message: find("grpc-message"),
+        reset: None,
     }
 }

@@ -145,6 +145,9 @@ pub fn restore_held(
             "holding a restored container needs the runtime's --root and a --pid-file".into(),
         ));
     };
+    // Nothing of the bundle changes for a token that is not root's, or not
+    // for this container.
+    RestoreToken::load_trusted(token_path)?.check_issued_for(&read_spec(&bundle)?, token_path)?;
     held::prepare(&bundle)?;
     restore(runtime, inv, create, token_path)?;
     let marked = crate::backend::runc::lazy::read_pid(Path::new(pid_file))
