@@ -63,8 +63,7 @@ pub fn decide(inv: &cli::Invocation) -> Result<Action, InterposerError> {
             let Some(create) = cli::parse_create(&inv.rest) else {
                 return Ok(Action::PassThrough);
             };
-            let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| OsString::from(".")));
-            let spec = read_spec(&bundle)?;
+            let spec = read_spec(&bundle_of(&create))?;
             let Some(token) = spec["annotations"][token::ANNOTATION].as_str().map(PathBuf::from) else {
                 return Ok(Action::PassThrough);
             };
@@ -103,14 +102,37 @@ pub fn restore(
     create: &cli::Create,
     token_path: &Path,
 ) -> Result<(), InterposerError> {
+    let (token, spec) = checked_token(create, token_path)?;
+    restore_checked(runtime, inv, create, token_path, &token, &spec)
+}
+
+/// The token, if it is root's and was issued for the container of the
+/// bundle's spec; and that spec.
+fn checked_token(create: &cli::Create, token_path: &Path) -> Result<(RestoreToken, Value), InterposerError> {
     let token = RestoreToken::load_trusted(token_path)?;
-    let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| OsString::from(".")));
-    let spec = read_spec(&bundle)?;
+    let spec = read_spec(&bundle_of(create))?;
     token.check_issued_for(&spec, token_path)?;
+    Ok((token, spec))
+}
+
+fn bundle_of(create: &cli::Create) -> PathBuf {
+    PathBuf::from(create.bundle.clone().unwrap_or_else(|| OsString::from(".")))
+}
+
+fn restore_checked(
+    runtime: &Path,
+    inv: &cli::Invocation,
+    create: &cli::Create,
+    token_path: &Path,
+    token: &RestoreToken,
+    spec: &Value,
+) -> Result<(), InterposerError> {
+    let bundle = bundle_of(create);
     let rootfs = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
     let root = inv.root.as_ref().map_or_else(|| PathBuf::from(CONTAINERD_RUNC_ROOT), PathBuf::from);
     let backend = backend::for_handler(&token.backend, runtime, &root)
-    .map_err(|why| InterposerError::UntrustedToken(format!("{}: {why}", token_path.display())))?;
+        .map_err(|why| InterposerError::UntrustedToken(format!("{}: {why}", token_path.display())))?;
+    backend.check_restore(&token.checkpoint, spec)?;
     let restored = backend.restore(&RestoreRequest {
         checkpoint: &token.checkpoint,
         bundle: &bundle,
@@ -125,7 +147,7 @@ pub fn restore(
     if let Some(root) = &inv.root {
         let marker = Path::new(root).join(&create.id).join(RESTORED_MARKER);
         std::fs::write(&marker, b"").map_err(|e| InterposerError::Io(format!("{}: {e}", marker.display())))?;
-        record_restore(Path::new(root), &create.id, &token, restored.engine_seconds);
+        record_restore(Path::new(root), &create.id, token, restored.engine_seconds);
     }
     // Single use: the same token cannot restore a second container.
     let _ = std::fs::remove_file(token_path);
@@ -139,7 +161,6 @@ pub fn restore_held(
     create: &cli::Create,
     token_path: &Path,
 ) -> Result<(), InterposerError> {
-    let bundle = PathBuf::from(create.bundle.clone().unwrap_or_else(|| OsString::from(".")));
     let (Some(root), Some(pid_file)) = (&inv.root, &create.pid_file) else {
         return Err(InterposerError::Bundle(
             "holding a restored container needs the runtime's --root and a --pid-file".into(),
@@ -147,9 +168,9 @@ pub fn restore_held(
     };
     // Nothing of the bundle changes for a token that is not root's, or not
     // for this container.
-    RestoreToken::load_trusted(token_path)?.check_issued_for(&read_spec(&bundle)?, token_path)?;
-    held::prepare(&bundle)?;
-    restore(runtime, inv, create, token_path)?;
+    let (token, spec) = checked_token(create, token_path)?;
+    held::prepare(&bundle_of(create))?;
+    restore_checked(runtime, inv, create, token_path, &token, &spec)?;
     let marked = crate::backend::runc::lazy::read_pid(Path::new(pid_file))
         .map_err(InterposerError::Restore)
         .and_then(|pid| held::mark(Path::new(root), &create.id, pid));

@@ -16,8 +16,6 @@ use crate::backend::{RestoreError, RestoreRequest, Restored};
 
 impl OciRuntimeCheckpointer {
     pub(super) fn restore_container(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError> {
-        let spec = crate::interposer::read_spec(request.bundle).map_err(|e| RestoreError::Io(e.to_string()))?;
-        check_mounts(request.checkpoint, &spec)?;
         rootfs_diff::apply(
             request.rootfs,
             &request.checkpoint.join(archive::ROOTFS_DIFF),
