@@ -67,6 +67,12 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// `NAME=value` entries by name; a name given twice keeps its last value,
+/// as in the process.
+fn by_name(env: &[String]) -> BTreeMap<&str, &str> {
+    env.iter().filter_map(|kv| kv.split_once('=')).collect()
+}
+
 /// Variables the runtime sets itself whatever the image and config say.
 const RUNTIME_ENV: [&str; 3] = ["HOSTNAME", "TERM", "PATH"];
 
@@ -186,20 +192,9 @@ impl SpecProcess {
     /// The variables of the process that neither the image nor the runtime
     /// gave it, by name: the ones its config must have set.
     pub fn config_env(&self) -> BTreeMap<&str, &str> {
-        let by_name = |env: &'_ [String]| -> BTreeMap<String, String> {
-            env.iter()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        };
         let image = by_name(&self.image.env);
-        let mut own: BTreeMap<&str, &str> = BTreeMap::new();
-        for kv in &self.env {
-            if let Some((key, value)) = kv.split_once('=') {
-                own.insert(key, value);
-            }
-        }
-        own.retain(|key, value| !RUNTIME_ENV.contains(key) && image.get(*key).map(String::as_str) != Some(*value));
+        let mut own = by_name(&self.env);
+        own.retain(|key, value| !RUNTIME_ENV.contains(key) && image.get(key) != Some(value));
         own
     }
 
