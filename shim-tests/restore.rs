@@ -215,13 +215,7 @@ async fn a_two_container_pod_comes_back_whole(tb: support::Testbed) {
         .expect("RestorePod");
     assert_eq!(restored.len(), 2);
     for c in &restored {
-        client
-            .start_container(cri::StartContainerRequest {
-                container_id: c.container_id.clone(),
-            })
-            .await
-            .expect("StartContainer");
-        assert!(support::was_restored(&c.container_id), "{} was started afresh", c.name);
+        support::start_restored(&shim, &c.container_id).await;
     }
     let id_of = |name: &str| restored.iter().find(|c| c.name == name).unwrap().container_id.clone();
     assert!(
