@@ -35,15 +35,7 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
     // test ends.
     let pod = Pod::run(&mut client, &shim.socket, "crio").await;
     let pod_id = pod.id.clone();
-    let created = pod
-        .create_container(&mut client, support::container_config("counter", &tb.image, COUNTER))
-        .await;
-    client
-        .start_container(cri::StartContainerRequest {
-            container_id: created.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    let created = pod.start_container(&mut client, &tb.image, "counter", COUNTER).await;
     assert!(
         support::count_reaches(&client, &created, 3, Duration::from_secs(20)).await,
         "the counter does not count on CRI-O"
