@@ -141,19 +141,7 @@ fn reachable(socket: &Path) -> bool {
 
 /// The test bed's containerd.
 pub fn testbed() -> Option<Testbed> {
-    let socket = containerd_socket();
-    if reachable(&socket) {
-        return Some(Testbed {
-            socket,
-            image: test_image(),
-            runc_root: RUNC_ROOT.into(),
-        });
-    }
-    missing(&format!(
-        "test bed not reachable at {} (run `contrib/testbed.sh up` as root)",
-        socket.display()
-    ));
-    None
+    testbed_at(containerd_socket(), RUNC_ROOT, "the test bed's containerd")
 }
 
 /// The runtime a benchmark runs on: the test bed's containerd, or its
@@ -170,15 +158,20 @@ pub fn bench_testbed() -> Testbed {
 /// The test bed's CRI-O, as a test bed whose runtime is CRI-O.
 pub fn crio_testbed() -> Option<Testbed> {
     let socket = PathBuf::from(std::env::var("PODCKPT_TEST_CRIO").unwrap_or_else(|_| DEFAULT_CRIO.into()));
+    testbed_at(socket, CRIO_RUNC_ROOT, "the test bed's CRI-O")
+}
+
+/// The runtime at `socket` (`what`), if this process can reach it.
+fn testbed_at(socket: PathBuf, runc_root: &str, what: &str) -> Option<Testbed> {
     if reachable(&socket) {
         return Some(Testbed {
             socket,
             image: test_image(),
-            runc_root: CRIO_RUNC_ROOT.into(),
+            runc_root: runc_root.into(),
         });
     }
     missing(&format!(
-        "the test bed's CRI-O is not reachable at {} (run `contrib/testbed.sh up` as root)",
+        "{what} is not reachable at {} (run `contrib/testbed.sh up` as root)",
         socket.display()
     ));
     None
