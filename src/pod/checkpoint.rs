@@ -272,9 +272,7 @@ impl PodService {
         }
         Ok(targets)
     }
-}
 
-impl PodService {
     /// The OCI config of the image a container runs, from the runtime's
     /// verbose ImageStatus (`imageSpec.config`).
     async fn image_config(&self, status: &cri::ContainerStatus) -> Result<Option<Value>, PodError> {
