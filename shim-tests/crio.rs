@@ -15,7 +15,6 @@ use tonic::Code;
 use crate::contract;
 use crate::support::{self, COUNTER, Pod, RestoreCall, Shim, crio_testbed, eventually};
 
-
 #[tokio::test]
 #[serial]
 async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
@@ -50,7 +49,10 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
     };
     let ours = client.container_status(request.clone()).await.unwrap().into_inner();
     let theirs = direct.container_status(request).await.unwrap().into_inner();
-    assert_eq!(ours.status.as_ref().map(|s| s.state), theirs.status.as_ref().map(|s| s.state));
+    assert_eq!(
+        ours.status.as_ref().map(|s| s.state),
+        theirs.status.as_ref().map(|s| s.state)
+    );
     assert_eq!(ours.status.map(|s| s.id), Some(created.clone()));
 
     // A missing container: CRI-O's own status code and message.
@@ -70,7 +72,10 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
         .expect("CheckpointPod on CRI-O");
     let manifest = support::read_manifest(&out);
     assert_eq!(manifest.backend, "criu-runc");
-    assert!(manifest.files.keys().any(|f| f.ends_with("/checkpoint/pages-1.img")), "no page image");
+    assert!(
+        manifest.files.keys().any(|f| f.ends_with("/checkpoint/pages-1.img")),
+        "no page image"
+    );
     assert!(
         support::count_reaches(&client, &created, before + 3, Duration::from_secs(20)).await,
         "the pod did not go on after CheckpointPod"
@@ -102,13 +107,14 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
         .await
         .expect("RemovePodSandbox");
     let gone = eventually(Duration::from_secs(10), || async {
-        support::sandboxes(&mut shim.client().await).await.iter().all(|p| p.id != pod_id)
+        support::sandboxes(&mut shim.client().await)
+            .await
+            .iter()
+            .all(|p| p.id != pod_id)
     })
     .await;
     assert!(gone, "the pod outlived its removal");
 }
-
-
 
 /// The contract on CRI-O, which reports no container config, only the
 /// spec: a config is compared with the process the spec resolved, and each
@@ -117,7 +123,8 @@ async fn a_crio_pod_lives_through_the_shim_as_it_does_directly() {
 #[serial]
 async fn configs_that_describe_another_process_are_refused_on_crio() {
     use crate::contract::{
-        Change, DEADLINE, add_a_variable, assert_refusal, described_counter, pause_image, refused, run_as_nobody, security,
+        Change, DEADLINE, add_a_variable, assert_refusal, described_counter, pause_image, refused, run_as_nobody,
+        security,
     };
     let Some(tb) = crio_testbed() else { return };
     let shim = Shim::start(&tb);
@@ -153,7 +160,12 @@ async fn configs_that_describe_another_process_are_refused_on_crio() {
         ),
         (
             "a changed variable",
-            Box::new(|c| c.envs.iter_mut().filter(|kv| kv.key == "GREETING").for_each(|kv| kv.value = "bye".into())),
+            Box::new(|c| {
+                c.envs
+                    .iter_mut()
+                    .filter(|kv| kv.key == "GREETING")
+                    .for_each(|kv| kv.value = "bye".into())
+            }),
             Code::InvalidArgument,
             vec![r#"envs differ (values not shown): not as in the checkpoint {"GREETING"}"#.into()],
         ),
@@ -213,8 +225,18 @@ async fn configs_that_describe_another_process_are_refused_on_crio() {
     }
     let configs = support::checkpointed_configs(&checkpoint, &["counter"]);
     for (case, handler, code, words) in [
-        ("an unknown handler", "no-such-handler", Code::InvalidArgument, [r#""no-such-handler""#, r#""podckpt""#]),
-        ("the default handler", "", Code::FailedPrecondition, ["does not run podckpt-runc", r#""podckpt""#]),
+        (
+            "an unknown handler",
+            "no-such-handler",
+            Code::InvalidArgument,
+            [r#""no-such-handler""#, r#""podckpt""#],
+        ),
+        (
+            "the default handler",
+            "",
+            Code::FailedPrecondition,
+            ["does not run podckpt-runc", r#""podckpt""#],
+        ),
     ] {
         let status = refused(&tb, &shim, RestoreCall::new(&checkpoint, &configs, handler), DEADLINE).await;
         assert_refusal(case, &status, code, &words);
@@ -230,7 +252,9 @@ async fn configs_that_describe_another_process_are_refused_on_crio() {
 #[tokio::test]
 #[serial]
 async fn a_containerd_checkpoint_restores_on_crio() {
-    let (Some(containerd), Some(crio)) = (support::testbed(), crio_testbed()) else { return };
+    let (Some(containerd), Some(crio)) = (support::testbed(), crio_testbed()) else {
+        return;
+    };
     let source = Shim::start(&containerd);
     let counter = support::container_config("counter", &containerd.image, COUNTER);
     let (_keep, checkpoint, saved) = support::checkpointed(&source, "", counter, 5).await;
@@ -266,8 +290,10 @@ async fn a_containerd_checkpoint_restores_on_crio() {
     let cid = restored[0].container_id.clone();
     support::start_restored(&target, &cid).await;
     let mut client = target.client().await;
-    assert!(support::count(&mut client, &cid).await >= saved, "the counter started over");
+    assert!(
+        support::count(&mut client, &cid).await >= saved,
+        "the counter started over"
+    );
     assert!(support::count_reaches(&client, &cid, saved + 3, Duration::from_secs(10)).await);
     drop(pod);
 }
-

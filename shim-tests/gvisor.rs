@@ -15,7 +15,6 @@ use podckpt::interposer::gvisor::WAITER_COMMAND;
 
 use crate::support::{self, COUNTER, GVISOR_HANDLER, Pod, RUNSC_ROOT, Shim, eventually, exec, testbed};
 
-
 /// The ids runsc knows under the handler's root.
 fn runsc_ids() -> Vec<String> {
     let out = Command::new("runsc")
@@ -97,7 +96,11 @@ async fn a_gvisor_pod_runs_logs_execs_and_goes_away() {
         text.contains(" stdout F hello-from-gvisor") && text.contains(" stderr F to-stderr")
     })
     .await;
-    assert!(logged, "the CRI log lacks the container's output: {:?}", std::fs::read_to_string(&log));
+    assert!(
+        logged,
+        "the CRI log lacks the container's output: {:?}",
+        std::fs::read_to_string(&log)
+    );
 
     // A container that ends by itself is seen to end, with its own status.
     let ended = eventually(Duration::from_secs(20), || {
@@ -142,9 +145,11 @@ async fn a_gvisor_pod_runs_logs_execs_and_goes_away() {
     }
 }
 
-
 fn runsc_version() -> String {
-    let out = Command::new("runsc").arg("--version").output().expect("runsc --version");
+    let out = Command::new("runsc")
+        .arg("--version")
+        .output()
+        .expect("runsc --version");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("runsc version "))
@@ -169,8 +174,16 @@ async fn a_gvisor_pod_is_checkpointed_whole_and_keeps_running() {
         .await
         .expect_err("a subset of a gVisor pod");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
-    assert!(err.message().contains(&writer), "the message names the missing container: {}", err.message());
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "a refused checkpoint wrote something");
+    assert!(
+        err.message().contains(&writer),
+        "the message names the missing container: {}",
+        err.message()
+    );
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "a refused checkpoint wrote something"
+    );
 
     let before = support::count(&mut client, &counter).await;
     support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter.clone(), writer.clone()], &[])
@@ -181,14 +194,24 @@ async fn a_gvisor_pod_is_checkpointed_whole_and_keeps_running() {
     assert_eq!(manifest.engine_version, runsc_version());
     let image = out.join(podckpt::archive::SANDBOX_DIR).join("checkpoint.img");
     assert!(std::fs::metadata(&image).expect("the sandbox image").len() > 0);
-    assert!(manifest.files.keys().any(|f| f == "sandbox/checkpoint.img"), "the image is not in the manifest");
+    assert!(
+        manifest.files.keys().any(|f| f == "sandbox/checkpoint.img"),
+        "the image is not in the manifest"
+    );
     let inspected = support::podckpt_cli(&shim, None, &["inspectcp", out.to_str().unwrap()]);
-    assert!(inspected.status.success(), "inspectcp: {}", String::from_utf8_lossy(&inspected.stdout));
+    assert!(
+        inspected.status.success(),
+        "inspectcp: {}",
+        String::from_utf8_lossy(&inspected.stdout)
+    );
 
     // The pod goes on.
     assert!(support::count_reaches(&client, &counter, before + 3, Duration::from_secs(20)).await);
     for id in [&counter, &writer] {
-        assert_eq!(state_of(&mut client, id).await.state, cri::ContainerState::ContainerRunning as i32);
+        assert_eq!(
+            state_of(&mut client, id).await.state,
+            cri::ContainerState::ContainerRunning as i32
+        );
     }
 }
 
@@ -214,8 +237,15 @@ async fn a_gvisor_pod_comes_back_whole_in_new_sandboxes() {
     // Two replicas from one checkpoint, one after the other.
     let mut replicas = Vec::new();
     for _ in 0..2 {
-        let call = support::RestoreCall::new(&out, &support::checkpointed_configs(&out, &["counter", "writer"]), "gvisor");
-        let (restored_pod, restored) = call.send(&shim, Some(Duration::from_secs(60))).await.expect("RestorePod");
+        let call = support::RestoreCall::new(
+            &out,
+            &support::checkpointed_configs(&out, &["counter", "writer"]),
+            "gvisor",
+        );
+        let (restored_pod, restored) = call
+            .send(&shim, Some(Duration::from_secs(60)))
+            .await
+            .expect("RestorePod");
         assert_eq!(restored.len(), 2);
         let id_of = |name: &str| restored.iter().find(|c| c.name == name).unwrap().container_id.clone();
         for c in &restored {
@@ -235,12 +265,22 @@ async fn a_gvisor_pod_comes_back_whole_in_new_sandboxes() {
         }
         let (counter, writer) = (id_of("counter"), id_of("writer"));
         assert!(
-            Path::new(RUNSC_ROOT).join("podckpt-waiters").join(&counter).join(podckpt::interposer::RESTORE_RECORD).exists(),
+            Path::new(RUNSC_ROOT)
+                .join("podckpt-waiters")
+                .join(&counter)
+                .join(podckpt::interposer::RESTORE_RECORD)
+                .exists(),
             "the counter was started afresh, not restored"
         );
         let now = support::count(&mut client, &counter).await;
-        assert!(now >= before, "the restored counter started over: {now} after restore, {before} before the checkpoint");
-        assert!(support::count_reaches(&client, &counter, now + 3, Duration::from_secs(20)).await, "the restored counter does not count");
+        assert!(
+            now >= before,
+            "the restored counter started over: {now} after restore, {before} before the checkpoint"
+        );
+        assert!(
+            support::count_reaches(&client, &counter, now + 3, Duration::from_secs(20)).await,
+            "the restored counter does not count"
+        );
         let (data, _) = exec(&mut client, &writer, &["cat", "/data.txt"]).await;
         assert_eq!(data, payload, "the file written before the checkpoint is not there");
         replicas.push(restored_pod);
@@ -276,17 +316,16 @@ async fn restores_across_backends_versions_and_deadlines_are_refused_and_leave_n
     support::install_interposer();
     let shim = Shim::start_with(&tb, GVISOR_HANDLER, 5);
     let (_keep_gvisor, gvisor) = gvisor_checkpoint(&shim, &tb).await;
-    let (_keep_criu, criu, _) = support::checkpointed(
-        &shim,
-        "",
-        support::container_config("counter", &tb.image, COUNTER),
-        2,
-    )
-    .await;
+    let (_keep_criu, criu, _) =
+        support::checkpointed(&shim, "", support::container_config("counter", &tb.image, COUNTER), 2).await;
     let before = traces(&shim).await;
 
     let refused = |checkpoint: &Path, handler: &str| {
-        let call = support::RestoreCall::new(checkpoint, &support::checkpointed_configs(checkpoint, &["counter"]), handler);
+        let call = support::RestoreCall::new(
+            checkpoint,
+            &support::checkpointed_configs(checkpoint, &["counter"]),
+            handler,
+        );
         call.send(&shim, Some(Duration::from_secs(60)))
     };
     // A CRIU checkpoint through the gVisor handler, and the reverse.
@@ -312,23 +351,38 @@ async fn restores_across_backends_versions_and_deadlines_are_refused_and_leave_n
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
     let err = refused(&copy, "gvisor").await.err().expect("refused");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
-    assert!(err.message().contains("0.0~20230101.0") && err.message().contains(&runsc_version()), "{}", err.message());
+    assert!(
+        err.message().contains("0.0~20230101.0") && err.message().contains(&runsc_version()),
+        "{}",
+        err.message()
+    );
     assert_eq!(traces(&shim).await, before);
 
     // Out of time before anything could be made: nothing is.
     let call = support::RestoreCall::new(&gvisor, &support::checkpointed_configs(&gvisor, &["counter"]), "gvisor");
-    let err = call.send(&shim, Some(Duration::from_millis(1))).await.err().expect("out of time");
+    let err = call
+        .send(&shim, Some(Duration::from_millis(1)))
+        .await
+        .err()
+        .expect("out of time");
     let in_time = err.code() == tonic::Code::DeadlineExceeded
         || (err.code() == tonic::Code::Cancelled && err.message() == "Timeout expired");
     assert!(in_time, "{:?}: {}", err.code(), err.message());
     let undone = eventually(Duration::from_secs(30), || async { traces(&shim).await == before }).await;
-    assert!(undone, "a restore that ran out of time left {:?}, not {before:?}", traces(&shim).await);
+    assert!(
+        undone,
+        "a restore that ran out of time left {:?}, not {before:?}",
+        traces(&shim).await
+    );
 
     // Restored, never started, removed: the sandbox, stopped until its
     // containers are registered, still goes. (This is also what undoing a
     // RestorePod that ran out of time after the sandbox was made does.)
     let call = support::RestoreCall::new(&gvisor, &support::checkpointed_configs(&gvisor, &["counter"]), "gvisor");
-    let (pod, _) = call.send(&shim, Some(Duration::from_secs(60))).await.expect("RestorePod");
+    let (pod, _) = call
+        .send(&shim, Some(Duration::from_secs(60)))
+        .await
+        .expect("RestorePod");
     let stop = tokio::time::timeout(
         Duration::from_secs(30),
         shim.client().await.stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -336,21 +390,33 @@ async fn restores_across_backends_versions_and_deadlines_are_refused_and_leave_n
         }),
     )
     .await;
-    assert!(matches!(stop, Ok(Ok(_))), "StopPodSandbox of a restored pod never started: {stop:?}");
+    assert!(
+        matches!(stop, Ok(Ok(_))),
+        "StopPodSandbox of a restored pod never started: {stop:?}"
+    );
     drop(pod);
     // Its container's unused token goes on the next pod call.
     let scratch = tempfile::tempdir().unwrap();
     let _ = support::checkpoint_pod_exactly(&shim, "no-such-pod", scratch.path(), vec!["x".into()], &[]).await;
     let gone = eventually(Duration::from_secs(30), || async { traces(&shim).await == before }).await;
-    assert!(gone, "a restored pod removed before it started left {:?}, not {before:?}", traces(&shim).await);
+    assert!(
+        gone,
+        "a restored pod removed before it started left {:?}, not {before:?}",
+        traces(&shim).await
+    );
 
     // And the checkpoint still restores.
     let call = support::RestoreCall::new(&gvisor, &support::checkpointed_configs(&gvisor, &["counter"]), "gvisor");
-    let (_pod, restored) = call.send(&shim, Some(Duration::from_secs(60))).await.expect("RestorePod");
+    let (_pod, restored) = call
+        .send(&shim, Some(Duration::from_secs(60)))
+        .await
+        .expect("RestorePod");
     let mut client = shim.client().await;
     let cid = restored[0].container_id.clone();
     client
-        .start_container(cri::StartContainerRequest { container_id: cid.clone() })
+        .start_container(cri::StartContainerRequest {
+            container_id: cid.clone(),
+        })
         .await
         .expect("StartContainer");
     assert!(support::count_reaches(&client, &cid, 3, Duration::from_secs(20)).await);
@@ -384,7 +450,10 @@ async fn a_gvisor_pod_with_an_exited_container_restores() {
     drop(pod);
 
     let call = support::RestoreCall::new(&out, &support::checkpointed_configs(&out, &["counter"]), "gvisor");
-    let (_restored_pod, restored) = call.send(&shim, Some(Duration::from_secs(60))).await.expect("RestorePod");
+    let (_restored_pod, restored) = call
+        .send(&shim, Some(Duration::from_secs(60)))
+        .await
+        .expect("RestorePod");
     let cid = restored[0].container_id.clone();
     let started = tokio::time::timeout(
         Duration::from_secs(30),
@@ -394,5 +463,8 @@ async fn a_gvisor_pod_with_an_exited_container_restores() {
     )
     .await;
     assert!(matches!(started, Ok(Ok(_))), "StartContainer: {started:?}");
-    assert!(support::count_reaches(&client, &cid, 3, Duration::from_secs(20)).await, "the restored counter does not count");
+    assert!(
+        support::count_reaches(&client, &cid, 3, Duration::from_secs(20)).await,
+        "the restored counter does not count"
+    );
 }

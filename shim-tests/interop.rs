@@ -304,7 +304,11 @@ fn cases(tb: &Testbed, f: &Fixture, runtime_name: &str) -> Vec<Case> {
         .mentions(runtime_name),
         case("Status", runtime("Status"), cri::StatusRequest { verbose: false }, ok)
             .mentions("RuntimeReady")
-            .same(if containerd { Same::All } else { Same::Decoded(same_status) }),
+            .same(if containerd {
+                Same::All
+            } else {
+                Same::Decoded(same_status)
+            }),
         // Filtered to the test's own pod: other pods may come and go.
         case(
             "ListPodSandbox",
@@ -318,7 +322,11 @@ fn cases(tb: &Testbed, f: &Fixture, runtime_name: &str) -> Vec<Case> {
             ok,
         )
         .mentions(&f.pod.id)
-        .same(if containerd { Same::All } else { Same::Decoded(same_sandboxes) }),
+        .same(if containerd {
+            Same::All
+        } else {
+            Same::Decoded(same_sandboxes)
+        }),
         case(
             "ListContainers",
             runtime("ListContainers"),

@@ -46,7 +46,12 @@ async fn checkpointed_digest(shim: &Shim, tb: &support::Testbed) -> Checkpointed
         "the workload did not fill its memory"
     );
     let (digest, _) = exec(&mut client, &cid, &["cat", "/tmp/digest.before"]).await;
-    assert_eq!(digest.len(), 64 + 4, "a sha256sum line: {}", String::from_utf8_lossy(&digest));
+    assert_eq!(
+        digest.len(),
+        64 + 4,
+        "a sha256sum line: {}",
+        String::from_utf8_lossy(&digest)
+    );
     let (parent, dir) = support::empty_output("ckpt");
     support::checkpoint_pod(shim, &pod.id, &dir, &[], &[])
         .await
@@ -59,9 +64,16 @@ async fn checkpointed_digest(shim: &Shim, tb: &support::Testbed) -> Checkpointed
 }
 
 async fn restore_lazily(shim: &Shim, checkpoint: &Path, lazy: &str) -> (Pod, String) {
-    let mut call = RestoreCall::new(checkpoint, &support::checkpointed_configs(checkpoint, &["holder"]), "podckpt");
+    let mut call = RestoreCall::new(
+        checkpoint,
+        &support::checkpointed_configs(checkpoint, &["holder"]),
+        "podckpt",
+    );
     call.request.options.insert(LAZY_PAGES.into(), lazy.into());
-    let (pod, restored) = call.send(shim, Some(Duration::from_secs(60))).await.expect("RestorePod");
+    let (pod, restored) = call
+        .send(shim, Some(Duration::from_secs(60)))
+        .await
+        .expect("RestorePod");
     (pod, restored[0].container_id.clone())
 }
 
@@ -100,7 +112,10 @@ fn daemon_of(checkpoint: &Path) -> Option<i32> {
 }
 
 async fn none_left(checkpoint: &Path) -> bool {
-    eventually(Duration::from_secs(30), || async { lazy_processes(checkpoint).is_empty() }).await
+    eventually(Duration::from_secs(30), || async {
+        lazy_processes(checkpoint).is_empty()
+    })
+    .await
 }
 
 fn restore_record(cid: &str) -> serde_json::Value {
@@ -141,7 +156,10 @@ async fn a_lazily_restored_pod_has_every_byte_of_its_memory() {
         String::from_utf8_lossy(&source.digest),
         "the restored memory differs from the checkpointed memory"
     );
-    assert!(none_left(&source.dir).await, "the daemon did not end once every page was in");
+    assert!(
+        none_left(&source.dir).await,
+        "the daemon did not end once every page was in"
+    );
     let state = support::container_status(&mut client, &cid).await.state;
     assert_eq!(state, cri::ContainerState::ContainerRunning as i32);
 
@@ -149,7 +167,10 @@ async fn a_lazily_restored_pod_has_every_byte_of_its_memory() {
     let (_eager_pod, eager) = restore_lazily(&shim, &source.dir, "false").await;
     support::start_restored(&shim, &eager).await;
     assert_eq!(restore_record(&eager)["lazy_pages"], false);
-    assert!(lazy_processes(&source.dir).is_empty(), "an eager restore started a lazy-pages daemon");
+    assert!(
+        lazy_processes(&source.dir).is_empty(),
+        "an eager restore started a lazy-pages daemon"
+    );
     assert_eq!(digest_now(&mut client, &eager).await, source.digest);
 }
 
@@ -177,7 +198,9 @@ async fn restore_with_daemon_stopped(shim: &Shim, checkpoint: &Path) -> (Pod, St
 #[tokio::test]
 #[serial]
 async fn the_page_daemon_lives_and_dies_with_its_container() {
-    let Some(mut tb_shim) = testbed().map(|tb| (Shim::start(&tb), tb)) else { return };
+    let Some(mut tb_shim) = testbed().map(|tb| (Shim::start(&tb), tb)) else {
+        return;
+    };
     let (shim, tb) = (&mut tb_shim.0, &tb_shim.1);
     let source = checkpointed_digest(shim, tb).await;
 
@@ -231,13 +254,28 @@ async fn lazy_pages_is_refused_where_the_runtime_cannot() {
     )
     .await;
     let mut pods = support::sandboxes(&mut shim.client().await).await.len();
-    for (value, code) in [("true", tonic::Code::FailedPrecondition), ("maybe", tonic::Code::InvalidArgument)] {
-        let mut call = RestoreCall::new(&checkpoint, &support::checkpointed_configs(&checkpoint, &["counter"]), "podckpt-crun");
+    for (value, code) in [
+        ("true", tonic::Code::FailedPrecondition),
+        ("maybe", tonic::Code::InvalidArgument),
+    ] {
+        let mut call = RestoreCall::new(
+            &checkpoint,
+            &support::checkpointed_configs(&checkpoint, &["counter"]),
+            "podckpt-crun",
+        );
         call.request.options.insert(LAZY_PAGES.into(), value.into());
-        let err = call.send(&shim, Some(Duration::from_secs(60))).await.err().expect("refused");
+        let err = call
+            .send(&shim, Some(Duration::from_secs(60)))
+            .await
+            .err()
+            .expect("refused");
         assert_eq!(err.code(), code, "{value}: {}", err.message());
         assert!(err.message().contains(LAZY_PAGES), "{}", err.message());
-        assert_eq!(support::sandboxes(&mut shim.client().await).await.len(), pods, "a refused restore made a sandbox");
+        assert_eq!(
+            support::sandboxes(&mut shim.client().await).await.len(),
+            pods,
+            "a refused restore made a sandbox"
+        );
         pods = support::sandboxes(&mut shim.client().await).await.len();
     }
     // Unset, a crun handler restores eagerly.

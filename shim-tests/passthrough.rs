@@ -263,4 +263,3 @@ async fn request_metadata_reaches_the_runtime() {
         Some("application/grpc")
     );
 }
-

@@ -9,7 +9,6 @@ use podckpt::api::cri;
 use serial_test::serial;
 use tonic::Code;
 
-
 use crate::support::{self, COUNTER, Pod, RestoreCall, Shim, checkpoint_pod, count, eventually, exec, testbed};
 
 on_each_runtime!(

@@ -51,7 +51,11 @@ fn criu_frozen_seconds(work: &Path) -> f64 {
         .arg(work.join("stats-dump"))
         .output()
         .expect("running crit (python3-criu)");
-    assert!(out.status.success(), "crit decode: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "crit decode: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("crit's JSON");
     stats["entries"][0]["dump"]["frozen_time"]
         .as_f64()
@@ -108,9 +112,7 @@ async fn podckpt_restore(shim: &Shim, root: &Path, checkpoint: &Path, name: &str
     let started = Instant::now();
     let (pod, cid) = support::restore_and_start(shim, checkpoint, name).await;
     let total = started.elapsed().as_secs_f64();
-    let record = root
-        .join(&cid)
-        .join(podckpt::interposer::RESTORE_RECORD);
+    let record = root.join(&cid).join(podckpt::interposer::RESTORE_RECORD);
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(record).expect("restore record")).unwrap();
     let bare = record["runtime_restore_seconds"].as_f64().unwrap();
     assert!(
@@ -123,7 +125,9 @@ async fn podckpt_restore(shim: &Shim, root: &Path, checkpoint: &Path, name: &str
 
 #[tokio::main]
 async fn main() {
-    let Some((tb, shim)) = support::bench_shim("") else { return };
+    let Some((tb, shim)) = support::bench_shim("") else {
+        return;
+    };
     let mut client = shim.client().await;
     let scratch = tempfile::tempdir().unwrap();
 
@@ -209,12 +213,19 @@ async fn main() {
         let first = podckpt_checkpoint(&shim, &pod.id, &[&a], &out).await.0;
         let second = podckpt_checkpoint(&shim, &pod.id, &[&b], &out).await.0;
         alone.push(first + second);
-        let (bare_a, bare_b) = (bare_checkpoint(&tb.runc_root, &a, scratch.path()), bare_checkpoint(&tb.runc_root, &b, scratch.path()));
+        let (bare_a, bare_b) = (
+            bare_checkpoint(&tb.runc_root, &a, scratch.path()),
+            bare_checkpoint(&tb.runc_root, &b, scratch.path()),
+        );
         dumps.push(bare_a.dumped + bare_b.dumped);
         frozens.push(bare_a.frozen + bare_b.frozen);
     }
     let (w, s) = (support::median(whole), support::median(alone));
-    let (freeze, dump, frozen) = (support::median(freezes), support::median(dumps), support::median(frozens));
+    let (freeze, dump, frozen) = (
+        support::median(freezes),
+        support::median(dumps),
+        support::median(frozens),
+    );
     println!();
     println!("| two containers, 64 MiB each | whole pod s | each alone, summed s | ratio |");
     println!("|---|---|---|---|");

@@ -58,9 +58,16 @@ fn engine_seconds(id: &str) -> f64 {
 /// RestorePod + StartContainer, and the bare runsc restores inside it.
 async fn restore(shim: &Shim, checkpoint: &Path) -> (f64, f64) {
     let mut client = shim.client().await;
-    let call = RestoreCall::new(checkpoint, &support::checkpointed_configs(checkpoint, &["mem"]), "gvisor");
+    let call = RestoreCall::new(
+        checkpoint,
+        &support::checkpointed_configs(checkpoint, &["mem"]),
+        "gvisor",
+    );
     let started = Instant::now();
-    let (pod, restored) = call.send(shim, Some(Duration::from_secs(300))).await.expect("RestorePod");
+    let (pod, restored) = call
+        .send(shim, Some(Duration::from_secs(300)))
+        .await
+        .expect("RestorePod");
     let cid = restored[0].container_id.clone();
     client
         .start_container(cri::StartContainerRequest {
@@ -80,7 +87,9 @@ async fn restore(shim: &Shim, checkpoint: &Path) -> (f64, f64) {
 
 #[tokio::main]
 async fn main() {
-    let Some((tb, shim)) = support::bench_shim(HANDLER) else { return };
+    let Some((tb, shim)) = support::bench_shim(HANDLER) else {
+        return;
+    };
     let mut client = shim.client().await;
     let scratch = tempfile::tempdir().unwrap();
     println!(

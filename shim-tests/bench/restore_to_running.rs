@@ -66,10 +66,17 @@ struct Round {
 }
 
 async fn round(shim: &Shim, checkpoint: &Path, saved: u64, lazy: bool) -> Round {
-    let mut call = RestoreCall::new(checkpoint, &support::checkpointed_configs(checkpoint, &["mem"]), "podckpt");
+    let mut call = RestoreCall::new(
+        checkpoint,
+        &support::checkpointed_configs(checkpoint, &["mem"]),
+        "podckpt",
+    );
     call.request.options.insert(LAZY_PAGES.into(), lazy.to_string());
     let started = Instant::now();
-    let (pod, restored) = call.send(shim, Some(Duration::from_secs(300))).await.expect("RestorePod");
+    let (pod, restored) = call
+        .send(shim, Some(Duration::from_secs(300)))
+        .await
+        .expect("RestorePod");
     let restore_pod = started.elapsed().as_secs_f64();
     let cid = restored[0].container_id.clone();
     let mut client = shim.client().await;
@@ -82,11 +89,16 @@ async fn round(shim: &Shim, checkpoint: &Path, saved: u64, lazy: bool) -> Round 
         .expect("StartContainer");
     let file = count_file(&cid);
     loop {
-        let value = std::fs::read_to_string(&file).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        let value = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
         if value.is_some_and(|v| v > saved) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "the restored counter never moved");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the restored counter never moved"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     let to_running = started.elapsed().as_secs_f64();
@@ -99,10 +111,7 @@ async fn round(shim: &Shim, checkpoint: &Path, saved: u64, lazy: bool) -> Round 
     if lazy {
         // The next round must not share the disk and CPU with this one's
         // background push.
-        let done = support::eventually(Duration::from_secs(300), || async {
-            !daemon_running(checkpoint)
-        })
-        .await;
+        let done = support::eventually(Duration::from_secs(300), || async { !daemon_running(checkpoint) }).await;
         assert!(done, "the lazy-pages daemon never finished");
     }
     drop(pod);
@@ -125,7 +134,9 @@ fn daemon_running(checkpoint: &Path) -> bool {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let Some((tb, shim)) = support::bench_shim("") else { return };
+    let Some((tb, shim)) = support::bench_shim("") else {
+        return;
+    };
     let sizes: Vec<u64> = args
         .iter()
         .position(|a| a == "--sizes")

@@ -575,7 +575,8 @@ pub fn read_process_record(checkpoint: &Path, name: &str) -> podckpt::archive::P
         serde_json::from_slice(&std::fs::read(checkpoint.join(archive::POD_OPTIONS)).expect("reading pod.options"))
             .expect("parsing pod.options");
     let path = checkpoint.join(&options.containers[name]).join(archive::PROCESS_RECORD);
-    serde_json::from_slice(&std::fs::read(&path).expect("reading the process record")).expect("parsing the process record")
+    serde_json::from_slice(&std::fs::read(&path).expect("reading the process record"))
+        .expect("parsing the process record")
 }
 
 /// A RestorePod request into a new sandbox under a name of its own.

@@ -102,7 +102,10 @@ pub async fn h2_unary(socket: &std::path::Path, path: &str, message: &[u8], head
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let response = match sender.send_request(request.body(Full::new(Bytes::from(framed))).unwrap()).await {
+    let response = match sender
+        .send_request(request.body(Full::new(Bytes::from(framed))).unwrap())
+        .await
+    {
         Ok(response) => response,
         Err(err) => {
             let reset = reset_reason(&err);

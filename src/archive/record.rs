@@ -112,7 +112,10 @@ impl ProcessRecord {
         let spec_process = match (&config, spec.map(|spec| &spec["process"])) {
             (None, Some(process)) if process.is_object() => {
                 let mut recorded = SpecProcess::from_oci(process)?;
-                recorded.image = image_config.map(ImageDefaults::deserialize).transpose()?.unwrap_or_default();
+                recorded.image = image_config
+                    .map(ImageDefaults::deserialize)
+                    .transpose()?
+                    .unwrap_or_default();
                 Some(recorded)
             }
             _ => None,
@@ -185,7 +188,11 @@ impl SpecProcess {
         if !config.command.is_empty() {
             return config.command.iter().chain(&config.args).cloned().collect();
         }
-        let args = if config.args.is_empty() { &self.image.cmd } else { &config.args };
+        let args = if config.args.is_empty() {
+            &self.image.cmd
+        } else {
+            &config.args
+        };
         self.image.entrypoint.iter().chain(args).cloned().collect()
     }
 
@@ -430,14 +437,21 @@ mod tests {
 
     #[test]
     fn without_a_config_the_spec_process_is_recorded() {
-        let record = ProcessRecord::from_runtime(&status(), None, Some(&crio_spec()), Some(&json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "Entrypoint": null}))).unwrap();
+        let record = ProcessRecord::from_runtime(
+            &status(),
+            None,
+            Some(&crio_spec()),
+            Some(&json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "Entrypoint": null})),
+        )
+        .unwrap();
         assert_eq!(record.process, None);
         let spec = record.spec_process.clone().unwrap();
         assert_eq!(spec.argv, ["/bin/sh", "-c", "sleep 100"]);
         assert_eq!(spec.env_value("PATH"), Some("/bin"), "the last value wins");
         assert_eq!(spec.additional_gids, [0].into());
         // A config wins over the spec.
-        let both = ProcessRecord::from_runtime(&status(), Some(&containerd_config()), Some(&crio_spec()), None).unwrap();
+        let both =
+            ProcessRecord::from_runtime(&status(), Some(&containerd_config()), Some(&crio_spec()), None).unwrap();
         assert_eq!(both.spec_process, None);
         // The config built from it: the argv whole, no hostname.
         let mut config = cri::ContainerConfig::default();
@@ -462,7 +476,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(with_entrypoint.resolve_argv(&args), ["/entry", "serve"]);
-        assert_eq!(with_entrypoint.resolve_argv(&cri::ContainerConfig::default()), ["/entry", "default"]);
+        assert_eq!(
+            with_entrypoint.resolve_argv(&cri::ContainerConfig::default()),
+            ["/entry", "default"]
+        );
     }
 
     #[test]

@@ -98,7 +98,10 @@ pub fn apply(rootfs: &Path, diff_tar: &Path, deleted_files: &Path) -> Result<(),
         if path.components().all(|c| c == Component::CurDir) && kind.is_dir() {
             // The root itself: only its mode; it exists, and its owner is the
             // runtime's to choose.
-            let mode = entry.header().mode().map_err(|e| bad(format!("{}: {e}", diff_tar.display())))?;
+            let mode = entry
+                .header()
+                .mode()
+                .map_err(|e| bad(format!("{}: {e}", diff_tar.display())))?;
             std::fs::set_permissions(rootfs, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))
                 .map_err(ArchiveError::io(rootfs))?;
             continue;
@@ -160,7 +163,6 @@ fn remove_within(rootfs: &Path, relative: &Path) -> Result<(), ArchiveError> {
     };
     result.map_err(ArchiveError::io(&target))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -74,7 +74,8 @@ impl Checkpointer for RunscCheckpointer {
     ) -> Result<(), BackendError> {
         if *options != CaptureOptions::default() {
             return Err(BackendError::Unsupported(
-                "the podckpt.io/tcp-* and file-locks options are CRIU's; gVisor saves its own network stack and locks".into(),
+                "the podckpt.io/tcp-* and file-locks options are CRIU's; gVisor saves its own network stack and locks"
+                    .into(),
             ));
         }
         let extra = [

@@ -9,7 +9,10 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
     let args: Vec<_> = args.collect();
-    if args.first().is_some_and(|a| a == podckpt::backend::runc::lazy::SUPERVISOR_COMMAND) {
+    if args
+        .first()
+        .is_some_and(|a| a == podckpt::backend::runc::lazy::SUPERVISOR_COMMAND)
+    {
         return podckpt::backend::runc::lazy::supervise(&args[1..]);
     }
     if args.first().is_some_and(|a| a == interposer::gvisor::WAITER_COMMAND) {
@@ -43,9 +46,7 @@ fn main() -> ExitCode {
             let _ = std::fs::remove_file(marker);
             ExitCode::SUCCESS
         }
-        Action::Restore { create, token } => {
-            report(&create, interposer::restore(&runtime, &inv, &create, &token))
-        }
+        Action::Restore { create, token } => report(&create, interposer::restore(&runtime, &inv, &create, &token)),
         Action::RestoreHeld { create, token } => {
             report(&create, interposer::restore_held(&runtime, &inv, &create, &token))
         }

@@ -47,7 +47,10 @@ pub(super) fn run(format: Format, dir: &Path) -> Result<(), CliError> {
             println!("Checkpoint:   {}", dir.display());
             println!("Pod:          {}", manifest.pod_sandbox_id);
             println!("Created:      {}", manifest.created);
-            println!("Backend:      {} (version {})", manifest.backend, manifest.engine_version);
+            println!(
+                "Backend:      {} (version {})",
+                manifest.backend, manifest.engine_version
+            );
             if let Some(ms) = manifest.freeze_ms {
                 println!("Pod frozen:   {ms} ms");
             }

@@ -109,7 +109,12 @@ fn with_default_flags(global: &[OsString]) -> Vec<OsString> {
 /// runc's wording for a container that is already gone, which the shim
 /// maps to NotFound, for runsc's wordings of the same.
 fn as_runc_not_running(stderr: &str) -> Option<String> {
-    let gone = ["is not running", "sandbox is not running", "stopped", "in state created"];
+    let gone = [
+        "is not running",
+        "sandbox is not running",
+        "stopped",
+        "in state created",
+    ];
     gone.iter()
         .any(|phrase| stderr.contains(phrase))
         .then(|| format!("container not running ({})", stderr.trim()))
@@ -144,7 +149,11 @@ impl Runsc {
         let spec = super::read_spec(&bundle).map_err(|e| e.to_string())?;
         let sub_container = CriRuntime::of(&spec) != CriRuntime::Unknown && !SpecIdentity::of(&spec).is_sandbox;
         // Pod annotations reach every container too, so each kind has its key.
-        let key = if sub_container { token::ANNOTATION } else { token::SANDBOX_ANNOTATION };
+        let key = if sub_container {
+            token::ANNOTATION
+        } else {
+            token::SANDBOX_ANNOTATION
+        };
         let token = spec["annotations"][key].as_str().map(PathBuf::from);
         match (sub_container, token) {
             (false, None) => Err(self.exec("create", rest)),
@@ -172,10 +181,20 @@ impl Runsc {
     /// Brings the sandbox or a container back from the image the trusted
     /// token names, through the token's backend, and marks it so that the
     /// `start` that follows starts nothing.
-    fn restore(&self, token_path: &Path, spec: &serde_json::Value, create: &cli::Create, bundle: &Path) -> Result<(), String> {
+    fn restore(
+        &self,
+        token_path: &Path,
+        spec: &serde_json::Value,
+        create: &cli::Create,
+        bundle: &Path,
+    ) -> Result<(), String> {
         let token = RestoreToken::load_trusted(token_path).map_err(|e| e.to_string())?;
         token.check_issued_for(spec, token_path).map_err(|e| e.to_string())?;
-        let backend = backend::for_handler(&token.backend, &self.binary, self.root.as_deref().unwrap_or(Path::new("")))?;
+        let backend = backend::for_handler(
+            &token.backend,
+            &self.binary,
+            self.root.as_deref().unwrap_or(Path::new("")),
+        )?;
         let dir = self
             .waiter_dir(&create.id)
             .ok_or("runsc's --root is needed to keep a restored container's state")?;
@@ -227,7 +246,10 @@ impl Runsc {
             .arg(WAITER_COMMAND)
             .arg(&fifo)
             .arg(&self.binary)
-            .args(["--root".as_ref(), self.root.as_deref().unwrap_or(Path::new("")).as_os_str()])
+            .args([
+                "--root".as_ref(),
+                self.root.as_deref().unwrap_or(Path::new("")).as_os_str(),
+            ])
             .arg(&create.id)
             .process_group(0);
         if tty {
@@ -337,7 +359,10 @@ impl Runsc {
             .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
             .and_then(|state| state["pid"].as_i64());
         if let Some(pid) = pid.filter(|pid| *pid > 1) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 
@@ -416,7 +441,11 @@ pub fn wait(args: &[OsString]) -> ExitCode {
     }
     // The sandbox holds the container's stdio now; the shim must see EOF on
     // it when the container ends, not when we do.
-    for (fd, flags) in [(0, nix::fcntl::OFlag::O_RDONLY), (1, nix::fcntl::OFlag::O_WRONLY), (2, nix::fcntl::OFlag::O_WRONLY)] {
+    for (fd, flags) in [
+        (0, nix::fcntl::OFlag::O_RDONLY),
+        (1, nix::fcntl::OFlag::O_WRONLY),
+        (2, nix::fcntl::OFlag::O_WRONLY),
+    ] {
         if let Ok(null) = nix::fcntl::open("/dev/null", flags, nix::sys::stat::Mode::empty()) {
             let mut target = unsafe_fd(fd);
             let _ = nix::unistd::dup2(&null, &mut target);
@@ -459,10 +488,21 @@ mod tests {
         let flags = with_default_flags(&os(&["--root", "/r", "--log-format", "json"]));
         assert_eq!(
             flags,
-            os(&["--network=none", "--overlay2=root:memory", "--root", "/r", "--log-format", "json"])
+            os(&[
+                "--network=none",
+                "--overlay2=root:memory",
+                "--root",
+                "/r",
+                "--log-format",
+                "json"
+            ])
         );
         let flags = with_default_flags(&os(&["--network=host", "--overlay2", "none"]));
-        assert_eq!(flags, os(&["--network=host", "--overlay2", "none"]), "an operator's choice wins");
+        assert_eq!(
+            flags,
+            os(&["--network=host", "--overlay2", "none"]),
+            "an operator's choice wins"
+        );
     }
 
     #[test]

@@ -66,7 +66,9 @@ pub fn prepare(bundle: &Path) -> Result<(), InterposerError> {
 pub fn mark(root: &Path, id: &OsStr, init: i32) -> Result<(), InterposerError> {
     let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default();
     // The state follows the parenthesised command name.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     if state != Some("T") {
         return Err(InterposerError::Io(format!(
             "the restored process {init} is not stopped (state {state:?}); CRIU did not apply leave-stopped, so the container cannot be held until start"
@@ -129,7 +131,12 @@ fn state(runtime: &Path, inv: &cli::Invocation) -> Result<(), String> {
 
 /// Continues every process of the container.
 fn continue_all(runtime: &Path, inv: &cli::Invocation) -> Result<(), String> {
-    run(runtime, inv, &["kill".as_ref(), "--all".as_ref(), id(inv)?, "CONT".as_ref()]).map(drop)
+    run(
+        runtime,
+        inv,
+        &["kill".as_ref(), "--all".as_ref(), id(inv)?, "CONT".as_ref()],
+    )
+    .map(drop)
 }
 
 /// The signal as asked, then a continue: a stopped process would keep a
@@ -169,7 +176,8 @@ mod tests {
     #[test]
     fn a_pods_criu_config_is_replaced_by_ours() {
         let bundle = tempfile::tempdir().unwrap();
-        let spec = serde_json::json!({"annotations": {"org.criu.config": "/pod/chose/this"}, "root": {"path": "rootfs"}});
+        let spec =
+            serde_json::json!({"annotations": {"org.criu.config": "/pod/chose/this"}, "root": {"path": "rootfs"}});
         std::fs::write(bundle.path().join("config.json"), spec.to_string()).unwrap();
         prepare(bundle.path()).unwrap();
         let spec = super::super::read_spec(bundle.path()).unwrap();

@@ -34,7 +34,10 @@ const CRIO_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
 impl CriRuntime {
     pub fn of(spec: &Value) -> Self {
         let annotations = &spec["annotations"];
-        match (annotations.get(CONTAINERD_TYPE).is_some(), annotations.get(CRIO_TYPE).is_some()) {
+        match (
+            annotations.get(CONTAINERD_TYPE).is_some(),
+            annotations.get(CRIO_TYPE).is_some(),
+        ) {
             (true, false) => Self::Containerd,
             (false, true) => Self::CriO,
             _ => Self::Unknown,
@@ -92,7 +95,10 @@ mod tests {
         }});
         assert_eq!(CriRuntime::of(&spec), CriRuntime::Containerd);
         let id = SpecIdentity::of(&spec);
-        assert_eq!((id.sandbox_id.as_str(), id.container_name.as_str(), id.is_sandbox), ("sb", "counter", false));
+        assert_eq!(
+            (id.sandbox_id.as_str(), id.container_name.as_str(), id.is_sandbox),
+            ("sb", "counter", false)
+        );
     }
 
     #[test]
@@ -106,14 +112,20 @@ mod tests {
         }});
         assert_eq!(CriRuntime::of(&container), CriRuntime::CriO);
         let id = SpecIdentity::of(&container);
-        assert_eq!((id.sandbox_id.as_str(), id.container_name.as_str(), id.is_sandbox), ("sb", "counter", false));
+        assert_eq!(
+            (id.sandbox_id.as_str(), id.container_name.as_str(), id.is_sandbox),
+            ("sb", "counter", false)
+        );
         let sandbox = json!({"annotations": {
             "io.kubernetes.cri-o.ContainerType": "sandbox",
             "io.kubernetes.cri-o.ContainerID": "sb",
             "io.kubernetes.cri-o.Metadata": "{\"name\":\"pod\",\"uid\":\"u-1\",\"namespace\":\"ns\"}",
         }});
         let id = SpecIdentity::of(&sandbox);
-        assert_eq!((id.sandbox_id.as_str(), id.pod_uid.as_str(), id.is_sandbox), ("sb", "u-1", true));
+        assert_eq!(
+            (id.sandbox_id.as_str(), id.pod_uid.as_str(), id.is_sandbox),
+            ("sb", "u-1", true)
+        );
     }
 
     #[test]

@@ -129,7 +129,10 @@ fn restore_checked(
 ) -> Result<(), InterposerError> {
     let bundle = bundle_of(create);
     let rootfs = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
-    let root = inv.root.as_ref().map_or_else(|| PathBuf::from(CONTAINERD_RUNC_ROOT), PathBuf::from);
+    let root = inv
+        .root
+        .as_ref()
+        .map_or_else(|| PathBuf::from(CONTAINERD_RUNC_ROOT), PathBuf::from);
     let backend = backend::for_handler(&token.backend, runtime, &root)
         .map_err(|why| InterposerError::UntrustedToken(format!("{}: {why}", token_path.display())))?;
     backend.check_restore(&token.checkpoint, spec)?;

@@ -218,7 +218,11 @@ impl Capture {
         if Instant::now() >= self.deadline {
             return Err(self.deadline_exceeded());
         }
-        info!(pod = pod_id, dump_ms = started.elapsed().as_millis() as u64, "sandbox captured");
+        info!(
+            pod = pod_id,
+            dump_ms = started.elapsed().as_millis() as u64,
+            "sandbox captured"
+        );
         Ok(hash_folder(folder, archive::SANDBOX_DIR.to_owned()))
     }
 }

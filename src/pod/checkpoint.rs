@@ -48,7 +48,8 @@ impl PodService {
                 Ok(backend.checkpointer.engine_version().await?)
             })?;
         if backend.checkpointer.captures_sandbox() {
-            self.require_whole_pod(pod_id, &targets, backend.checkpointer.name()).await?;
+            self.require_whole_pod(pod_id, &targets, backend.checkpointer.name())
+                .await?;
         }
 
         let _busy = self.claim(pod_id)?;

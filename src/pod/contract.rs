@@ -83,7 +83,9 @@ pub fn spec_differences(recorded: &SpecProcess, config: &cri::ContainerConfig) -
         .map(|kv| kv.key.as_str())
         .collect();
     if !changed.is_empty() {
-        found.push(format!("envs differ (values not shown): not as in the checkpoint {changed:?}"));
+        found.push(format!(
+            "envs differ (values not shown): not as in the checkpoint {changed:?}"
+        ));
     }
     let missing: BTreeSet<&str> = recorded
         .config_env()
@@ -91,21 +93,35 @@ pub fn spec_differences(recorded: &SpecProcess, config: &cri::ContainerConfig) -
         .filter(|key| !config.envs.iter().any(|kv| kv.key == *key))
         .collect();
     if !missing.is_empty() {
-        found.push(format!("envs differ (values not shown): only in the checkpoint {missing:?}"));
+        found.push(format!(
+            "envs differ (values not shown): only in the checkpoint {missing:?}"
+        ));
     }
     let context = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
     if let Some(uid) = context.and_then(|c| c.run_as_user.as_ref()).map(|v| v.value)
         && uid != recorded.uid
     {
-        found.push(format!("run_as_user differs: checkpoint has {}, config has {uid}", recorded.uid));
+        found.push(format!(
+            "run_as_user differs: checkpoint has {}, config has {uid}",
+            recorded.uid
+        ));
     }
     if let Some(gid) = context.and_then(|c| c.run_as_group.as_ref()).map(|v| v.value)
         && gid != recorded.gid
     {
-        found.push(format!("run_as_group differs: checkpoint has {}, config has {gid}", recorded.gid));
+        found.push(format!(
+            "run_as_group differs: checkpoint has {}, config has {gid}",
+            recorded.gid
+        ));
     }
     let missing: Vec<i64> = context
-        .map(|c| c.supplemental_groups.iter().copied().filter(|g| !recorded.additional_gids.contains(g)).collect())
+        .map(|c| {
+            c.supplemental_groups
+                .iter()
+                .copied()
+                .filter(|g| !recorded.additional_gids.contains(g))
+                .collect()
+        })
         .unwrap_or_default();
     if !missing.is_empty() {
         found.push(format!(
@@ -368,15 +384,25 @@ mod tests {
         let mut other = config.clone();
         other.args = vec!["serve".into(), "--port=81".into()];
         other.working_dir = "/tmp".into();
-        other.envs.iter_mut().filter(|kv| kv.key == "TOKEN").for_each(|kv| kv.value = "guess".into());
+        other
+            .envs
+            .iter_mut()
+            .filter(|kv| kv.key == "TOKEN")
+            .for_each(|kv| kv.value = "guess".into());
         let message = match check_process("web", &record, &other) {
             Err(PodError::InvalidArgument(message)) => message,
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         };
         assert!(message.contains("command and args differ"), "{message}");
         assert!(message.contains("working_dir differs"), "{message}");
-        assert!(message.contains(r#"envs differ (values not shown): not as in the checkpoint {"TOKEN"}"#), "{message}");
-        assert!(!message.contains("secret-value") && !message.contains("guess"), "{message}");
+        assert!(
+            message.contains(r#"envs differ (values not shown): not as in the checkpoint {"TOKEN"}"#),
+            "{message}"
+        );
+        assert!(
+            !message.contains("secret-value") && !message.contains("guess"),
+            "{message}"
+        );
 
         let mut stranger = rebuilt;
         security(&mut stranger).run_as_user = Some(cri::Int64Value { value: 0 });

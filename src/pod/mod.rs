@@ -27,8 +27,8 @@ use crate::api::pod::{
     runtime_service_server::RuntimeService,
 };
 use crate::archive::Seals;
-use crate::backend::Checkpointer;
 use crate::backend;
+use crate::backend::Checkpointer;
 use crate::config::{AccessPolicy, DaemonConfig, HandlerConfig};
 use error::PodError;
 use journal::Journal;

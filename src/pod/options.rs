@@ -108,13 +108,23 @@ mod tests {
         let err = parse(&map(&[("leave-running", "true")])).unwrap_err();
         assert!(matches!(err, PodError::InvalidArgument(ref m) if m.contains("leave-running")));
         assert!(parse(&map(&[(FILE_LOCKS, "yes")])).is_err());
-        assert!(parse(&map(&[(LAZY_PAGES, "true")])).is_err(), "a restore option is not a checkpoint option");
+        assert!(
+            parse(&map(&[(LAZY_PAGES, "true")])).is_err(),
+            "a restore option is not a checkpoint option"
+        );
     }
 
     #[test]
     fn restore_options() {
-        assert_eq!(parse_restore(&map(&[])).unwrap().lazy_pages, None, "unset: the handler decides");
-        assert_eq!(parse_restore(&map(&[(LAZY_PAGES, "false")])).unwrap().lazy_pages, Some(false));
+        assert_eq!(
+            parse_restore(&map(&[])).unwrap().lazy_pages,
+            None,
+            "unset: the handler decides"
+        );
+        assert_eq!(
+            parse_restore(&map(&[(LAZY_PAGES, "false")])).unwrap().lazy_pages,
+            Some(false)
+        );
         assert!(parse_restore(&map(&[(LAZY_PAGES, "1")])).is_err());
         assert!(parse_restore(&map(&[(DURABLE, "true")])).is_err());
     }

@@ -3,9 +3,9 @@
 //! and the containers from the caller's own configs, each marked for
 //! podckpt-runc to restore; undo everything if any step fails.
 
+use crate::config::HandlerConfig;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use crate::config::HandlerConfig;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,8 +18,8 @@ use super::{Backend, PodService, contract, options};
 use crate::api::cri;
 use crate::api::cri::image_service_client::ImageServiceClient;
 use crate::api::pod::{
-    ContainerConfigAnnotations, CreateContainerRequestBytes, PodSandboxConfigAnnotations, RestorePodRequest, RestorePodResponse, RestoredContainer,
-    RunPodSandboxRequestBytes,
+    ContainerConfigAnnotations, CreateContainerRequestBytes, PodSandboxConfigAnnotations, RestorePodRequest,
+    RestorePodResponse, RestoredContainer, RunPodSandboxRequestBytes,
 };
 use crate::archive::{self, Manifest, PodOptions, ProcessRecord, Seals};
 use crate::interposer::token::{self, RestoreToken};
@@ -87,7 +87,10 @@ impl PodService {
             ));
         }
         let handler = self
-            .backend(&request.runtime_handler, self.restore_backend(&request.runtime_handler)?)
+            .backend(
+                &request.runtime_handler,
+                self.restore_backend(&request.runtime_handler)?,
+            )
             .await?;
         let lazy_pages = lazy_pages(&handler, &request)?;
         // Hashing a large checkpoint takes a while; off the thread that relays
@@ -190,9 +193,10 @@ impl PodService {
             runtime_handler: request.runtime_handler.clone(),
         };
         let service = self.clone();
-        let pending = created
-            .pending_sandbox
-            .insert(tokio::spawn(async move { service.raw_call("RunPodSandbox", run).await }));
+        let pending =
+            created.pending_sandbox.insert(tokio::spawn(
+                async move { service.raw_call("RunPodSandbox", run).await },
+            ));
         let sandbox = pending.await.map_err(PodError::task("RunPodSandbox"));
         created.pending_sandbox = None;
         let sandbox_id = sandbox??.pod_sandbox_id;
@@ -224,14 +228,20 @@ impl PodService {
                 sandbox_config: request.config.clone(),
             };
             let response: cri::CreateContainerResponse =
-                self.raw_call("CreateContainer", create).await.map_err(|err| match err {
-                    // The wrapper found the new container unfit for the
-                    // checkpoint: the caller's configs, not the runtime, are at fault.
-                    PodError::Runtime { status, .. } if status.message().contains(crate::backend::MISMATCH) => {
-                        PodError::FailedPrecondition(format!("container {:?}: {}", container.name, status.message().trim()))
-                    }
-                    other => other,
-                })?;
+                self.raw_call("CreateContainer", create)
+                    .await
+                    .map_err(|err| match err {
+                        // The wrapper found the new container unfit for the
+                        // checkpoint: the caller's configs, not the runtime, are at fault.
+                        PodError::Runtime { status, .. } if status.message().contains(crate::backend::MISMATCH) => {
+                            PodError::FailedPrecondition(format!(
+                                "container {:?}: {}",
+                                container.name,
+                                status.message().trim()
+                            ))
+                        }
+                        other => other,
+                    })?;
             restored.push(RestoredContainer {
                 name: container.name.clone(),
                 container_id: response.container_id,

@@ -67,7 +67,10 @@ fn crio_root(config: &toml::Table, handler: &str) -> Result<PathBuf, String> {
         .and_then(|c| c.get("runtime"))
         .ok_or("the runtime's /config has no [crio.runtime]")?;
     let name = if handler.is_empty() {
-        runtime.get("default_runtime").and_then(|v| v.as_str()).unwrap_or("runc")
+        runtime
+            .get("default_runtime")
+            .and_then(|v| v.as_str())
+            .unwrap_or("runc")
     } else {
         handler
     };
@@ -118,8 +121,14 @@ mod tests {
                 "gvisor": {"options": {"BinaryName": "podckpt-runsc", "Root": "/run/x/runsc"}},
             }
         }});
-        assert_eq!(containerd_root(&config, "").unwrap(), Path::new("/run/containerd/runc/k8s.io"));
-        assert_eq!(containerd_root(&config, "gvisor").unwrap(), Path::new("/run/x/runsc/k8s.io"));
+        assert_eq!(
+            containerd_root(&config, "").unwrap(),
+            Path::new("/run/containerd/runc/k8s.io")
+        );
+        assert_eq!(
+            containerd_root(&config, "gvisor").unwrap(),
+            Path::new("/run/x/runsc/k8s.io")
+        );
         assert!(containerd_root(&config, "nope").unwrap_err().contains("\"nope\""));
     }
 

@@ -26,7 +26,9 @@ fn crio_annotation<'a>(info: &'a Value, key: &str) -> Option<&'a str> {
 pub fn handler(pod: &cri::PodSandboxStatusResponse) -> String {
     match pod.status.as_ref().map(|s| s.runtime_handler.as_str()) {
         Some(handler) if !handler.is_empty() => handler.to_owned(),
-        _ => crio_annotation(&info(pod), "RuntimeHandler").unwrap_or_default().to_owned(),
+        _ => crio_annotation(&info(pod), "RuntimeHandler")
+            .unwrap_or_default()
+            .to_owned(),
     }
 }
 
@@ -138,7 +140,8 @@ mod tests {
     fn containerds_own_config_and_handler_win() {
         let mut pod = crio_pod();
         pod.status.as_mut().unwrap().runtime_handler = "runc".into();
-        pod.info.insert("info".into(), json!({"config": {"hostname": "kept"}}).to_string());
+        pod.info
+            .insert("info".into(), json!({"config": {"hostname": "kept"}}).to_string());
         assert_eq!(handler(&pod), "runc");
         assert_eq!(config(&pod).unwrap()["hostname"], "kept");
         pod.info.clear();

@@ -119,13 +119,18 @@ impl Supervisor {
         let to = child.stdin.take().expect("piped stdin");
         let from = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
-        BufReader::new(from).read_line(&mut line).map_err(io("reading its answer"))?;
+        BufReader::new(from)
+            .read_line(&mut line)
+            .map_err(io("reading its answer"))?;
         let supervisor = Self { child, to };
         if line.trim_end() == "ready" {
             return Ok(supervisor);
         }
         supervisor.abort();
-        let why = line.trim_end().strip_prefix("error: ").unwrap_or("it exited without an answer");
+        let why = line
+            .trim_end()
+            .strip_prefix("error: ")
+            .unwrap_or("it exited without an answer");
         Err(RestoreError::Io(format!(
             "the lazy-pages daemon did not start: {why} (see {})",
             plan.work.join(DAEMON_LOG).display()
@@ -378,7 +383,9 @@ fn describe(status: ExitStatus) -> String {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(signal)) => format!(
             "was killed by {}",
-            Signal::try_from(signal).map(|s| s.as_str().to_owned()).unwrap_or_else(|_| signal.to_string())
+            Signal::try_from(signal)
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|_| signal.to_string())
         ),
         _ => "ended".into(),
     }
@@ -386,8 +393,8 @@ fn describe(status: ExitStatus) -> String {
 
 /// The init pid `runc restore --pid-file` wrote.
 pub fn read_pid(pid_file: &Path) -> Result<i32, RestoreError> {
-    let text = std::fs::read_to_string(pid_file)
-        .map_err(|e| RestoreError::Io(format!("{}: {e}", pid_file.display())))?;
+    let text =
+        std::fs::read_to_string(pid_file).map_err(|e| RestoreError::Io(format!("{}: {e}", pid_file.display())))?;
     text.trim()
         .parse()
         .map_err(|e| RestoreError::Io(format!("{}: {e}", pid_file.display())))

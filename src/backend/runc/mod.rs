@@ -7,8 +7,10 @@ mod restore;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-
-use super::{command, BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, RestoreError, RestoreRequest, Restored};
+use super::{
+    BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, RestoreError, RestoreRequest, Restored,
+    command,
+};
 
 /// The state directory containerd's runc shim uses for CRI containers.
 /// Inside the bundle: CRIU's work directory for a restore (its log, the
@@ -51,7 +53,6 @@ impl OciRuntimeCheckpointer {
         command::run(&self.binary, &self.root, action, &container.id, extra).await
     }
 }
-
 
 #[tonic::async_trait]
 impl Checkpointer for OciRuntimeCheckpointer {

@@ -13,7 +13,6 @@ use super::lazy;
 use crate::archive::{self, rootfs_diff};
 use crate::backend::{RestoreError, RestoreRequest, Restored};
 
-
 impl OciRuntimeCheckpointer {
     pub(super) fn restore_container(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError> {
         rootfs_diff::apply(
@@ -126,7 +125,8 @@ pub(super) fn check_mounts(checkpoint: &Path, spec: &Value) -> Result<(), Restor
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(()); // verified already; a backend without a spec has nothing to check
     };
-    let old: Value = serde_json::from_slice(&bytes).map_err(|e| RestoreError::Io(format!("{}: {e}", path.display())))?;
+    let old: Value =
+        serde_json::from_slice(&bytes).map_err(|e| RestoreError::Io(format!("{}: {e}", path.display())))?;
     let binds = |spec: &Value| -> Vec<String> {
         spec["mounts"]
             .as_array()
@@ -232,7 +232,10 @@ mod tests {
                 "--criu",
             )
         };
-        assert_eq!(request(&["--criu".into(), "/opt/criu".into()]), Some("/opt/criu".into()));
+        assert_eq!(
+            request(&["--criu".into(), "/opt/criu".into()]),
+            Some("/opt/criu".into())
+        );
         assert_eq!(request(&["--root=/r".into(), "--criu=/c".into()]), Some("/c".into()));
         assert_eq!(request(&["--root".into(), "/r".into()]), None);
     }
