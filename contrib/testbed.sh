@@ -1,52 +1,92 @@
 #!/usr/bin/env bash
-# The podckpt test bed: a private containerd and a private CRI-O (each with its
-# own root, state, socket and CNI bridge) with runc, crun, runsc and CRIU from
-# Debian trixie, CRI-O built from upstream (../shared/bin), and locally built
-# images.
+# The podckpt test bed: node A, a private containerd and a private CRI-O, and
+# node B, a second containerd beside them, to restore on what node A
+# checkpointed (each with its own root, state, sockets, runc root and CNI
+# bridge); runc, crun, runsc and CRIU from Debian trixie, CRI-O built from
+# upstream (../shared/bin), and locally built images.
 #
 #   contrib/testbed.sh install   apt packages and the interop clients (idempotent)
 #   contrib/testbed.sh images    build the OCI test images into $PODCKPT_TESTBED_DIR/images
 #   contrib/testbed.sh start [containerd|crio]
-#                                start the private containerd and CRI-O (or one of
-#                                them) and put the images into their stores
-#   contrib/testbed.sh stop      remove every pod, stop both runtimes, leave nothing behind
-#   contrib/testbed.sh stop-daemon  stop containerd alone; pods keep running
+#                                start node A's containerd and node B's, and CRI-O (or
+#                                the containerds alone, or CRI-O alone), images loaded
+#   contrib/testbed.sh stop      remove every pod, stop every runtime of both nodes,
+#                                leave nothing behind
+#   contrib/testbed.sh stop-daemon  stop node A's containerd alone; pods keep running
 #   contrib/testbed.sh up [containerd|crio]   install + images + start
 #   contrib/testbed.sh env       print the variables the tests read
+#   PODCKPT_TESTBED_NODE=b contrib/testbed.sh start|stop|stop-daemon|restart|status
+#                                the same for node B's containerd alone
 #
 # Why a private containerd: the node's own containerd (if any) must never see
 # our test pods, and the tests must be able to stop and start it at will.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-TB_DIR=${PODCKPT_TESTBED_DIR:-/var/lib/podckpt-testbed}
-TB_RUN=${PODCKPT_TESTBED_RUN:-/run/podckpt-testbed}
-SOCK="$TB_RUN/containerd.sock"
-PIDFILE="$TB_RUN/containerd.pid"
-LOG="$TB_DIR/containerd.log"
 BUSYBOX_IMAGE=podckpt.local/busybox:latest
 PAUSE_IMAGE=podckpt.local/pause:latest
 NS=k8s.io
+# Node A: the test bed's first containerd, and its CRI-O.
+TB_DIR_A=${PODCKPT_TESTBED_DIR:-/var/lib/podckpt-testbed}
+TB_RUN_A=${PODCKPT_TESTBED_RUN:-/run/podckpt-testbed}
+# Node B: a second, independent containerd (no CRI-O), in sibling
+# directories, never inside node A's.
+TB_DIR_B=${PODCKPT_TESTBED_DIR_B:-$TB_DIR_A-b}
+TB_RUN_B=${PODCKPT_TESTBED_RUN_B:-$TB_RUN_A-b}
+# Shared by both nodes: the images (built once) and the podckpt binaries
+# (podckpt-runc, podckpt-crun, podckpt-runsc, which the tests install there).
+IMAGES_DIR="$TB_DIR_A/images"
+BIN_DIR="$TB_RUN_A/bin"
+
+# Sets the variables of node $1 (a or b) that the containerd functions use.
+use_node() {
+    NODE=$1
+    case "$NODE" in
+        a)
+            TB_DIR=$TB_DIR_A TB_RUN=$TB_RUN_A
+            BRIDGE=podckpt0 SUBNET=10.244.77.0/24 NETWORK=podckpt-testbed
+            # Node A's runc handlers name no Root: runc keeps CRI containers'
+            # state under the shim's default, whatever containerd's state
+            # dir is (see shared/notes/runtime-facts.md).
+            RUNC_STATE=/run/containerd/runc
+            ;;
+        b)
+            TB_DIR=$TB_DIR_B TB_RUN=$TB_RUN_B
+            # 10.244.78.0/24 and podckpt1 are CRI-O's (testbed/20-podckpt-crio.conflist).
+            BRIDGE=podckpt2 SUBNET=10.244.79.0/24 NETWORK=podckpt-testbed-b
+            # The Root of node B's runc handlers (containerd-config.toml).
+            RUNC_STATE=$TB_RUN_B/runc
+            ;;
+        *) log "unknown node $NODE (PODCKPT_TESTBED_NODE: a or b)"; exit 2 ;;
+    esac
+    SOCK="$TB_RUN/containerd.sock"
+    PIDFILE="$TB_RUN/containerd.pid"
+    LOG="$TB_DIR/containerd.log"
+    # The shim adds the namespace to its runc root.
+    RUNC_ROOT=$RUNC_STATE/$NS
+}
+
+log() { printf 'testbed: %s\n' "$*" >&2; }
+
+# The node the per-node commands (start, stop, stop-daemon, status) act on:
+# node A by default, which also starts and stops node B with it.
+use_node "${PODCKPT_TESTBED_NODE:-a}"
+SELECTED_NODE=$NODE
 # CRI-O: no registry packages it; the team keeps an upstream build beside the
-# repository (see ../shared/bin/README.md).
+# repository (see ../shared/bin/README.md). It runs on node A only.
 SHARED_BIN=${PODCKPT_SHARED_BIN:-$HERE/../../shared/bin}
-CRIO_SOCK="$TB_RUN/crio.sock"
-CRIO_PIDFILE="$TB_RUN/crio.pid"
-CRIO_LOG="$TB_DIR/crio.log"
-CRIO_RUNC_ROOT="$TB_RUN/crio/runc"
-# runc keeps CRI containers' state here whatever containerd's state dir is
-# (see shared/notes/runtime-facts.md).
-RUNC_ROOT=/run/containerd/runc/$NS
+CRIO_SOCK="$TB_RUN_A/crio.sock"
+CRIO_PIDFILE="$TB_RUN_A/crio.pid"
+CRIO_LOG="$TB_DIR_A/crio.log"
+CRIO_RUNC_ROOT="$TB_RUN_A/crio/runc"
 # The grpc-go and grpcio clients of the interop tests (contrib/interop/).
-INTEROP_DIR="$TB_DIR/interop"
+INTEROP_DIR="$TB_DIR_A/interop"
 INTEROP_GO="$INTEROP_DIR/go/podckpt-interop"
 INTEROP_VENV="$INTEROP_DIR/venv"
 GO=/usr/lib/go-1.24/bin/go
 # Named by version: installing from trixie makes /usr/bin/python3 Debian's
 # 3.13, and grpcio's wheels are built for one CPython version.
 INTEROP_PYTHON_BASE=/usr/bin/python3.11
-
-log() { printf 'testbed: %s\n' "$*" >&2; }
 
 need_root() {
     [ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
@@ -141,19 +181,28 @@ install_interop_python() {
 }
 
 cmd_images() {
-    mkdir -p "$TB_DIR/images"
+    mkdir -p "$IMAGES_DIR"
     python3 "$HERE/images/build-oci.py" --busybox "$(command -v busybox)" \
-        --out "$TB_DIR/images/busybox.tar" --name "$BUSYBOX_IMAGE" --cmd /bin/sh
+        --out "$IMAGES_DIR/busybox.tar" --name "$BUSYBOX_IMAGE" --cmd /bin/sh
     # The pause container only has to sleep forever and die on a signal.
     python3 "$HERE/images/build-oci.py" --busybox "$(command -v busybox)" \
-        --out "$TB_DIR/images/pause.tar" --name "$PAUSE_IMAGE" --pause --cmd /pause
+        --out "$IMAGES_DIR/pause.tar" --name "$PAUSE_IMAGE" --pause --cmd /pause
 }
 
+# The current node's containerd config and CNI network, from the templates.
 write_config() {
     mkdir -p "$TB_DIR/containerd" "$TB_DIR/cni/net.d" "$TB_RUN/containerd" "$TB_DIR/cni/networks"
-    sed -e "s|@TB_DIR@|$TB_DIR|g" -e "s|@TB_RUN@|$TB_RUN|g" -e "s|@PAUSE_IMAGE@|$PAUSE_IMAGE|g" \
+    # Lines marked @NODE_B_ONLY@ are node B's alone.
+    local only_b='/@NODE_B_ONLY@/d'
+    if [ "$NODE" = b ]; then
+        only_b='s|@NODE_B_ONLY@||'
+        mkdir -p "$RUNC_STATE"
+    fi
+    sed -e "$only_b" -e "s|@TB_DIR@|$TB_DIR|g" -e "s|@TB_RUN@|$TB_RUN|g" -e "s|@BIN_DIR@|$BIN_DIR|g" \
+        -e "s|@PAUSE_IMAGE@|$PAUSE_IMAGE|g" \
         "$HERE/testbed/containerd-config.toml" >"$TB_DIR/containerd-config.toml"
-    sed -e "s|@TB_DIR@|$TB_DIR|g" "$HERE/testbed/10-podckpt.conflist" \
+    sed -e "s|@TB_DIR@|$TB_DIR|g" -e "s|@NETWORK@|$NETWORK|g" -e "s|@BRIDGE@|$BRIDGE|g" \
+        -e "s|@SUBNET@|$SUBNET|g" "$HERE/testbed/10-podckpt.conflist" \
         >"$TB_DIR/cni/net.d/10-podckpt.conflist"
 }
 
@@ -182,7 +231,10 @@ free_cgroup2_controllers() {
     done
 }
 
-# Starts what is not running yet of the runtimes asked for (both by default).
+# Starts what is not running yet of the runtimes asked for: by default node
+# A's containerd, node B's containerd and CRI-O; "containerd" both
+# containerds; "crio" CRI-O alone. With PODCKPT_TESTBED_NODE=b, node B's
+# containerd alone.
 cmd_start() {
     need_root
     local which=${1:-both}
@@ -190,15 +242,23 @@ cmd_start() {
         containerd | crio | both) ;;
         *) log "unknown runtime $which (containerd, crio, or neither for both)"; exit 2 ;;
     esac
+    if [ "$SELECTED_NODE" = b ] && [ "$which" = crio ]; then
+        log "node B has no CRI-O"
+        exit 2
+    fi
     free_cgroup2_controllers
-    [ -f "$TB_DIR/images/busybox.tar" ] || cmd_images
-    if [ "$which" != crio ]; then start_containerd; fi
-    if [ "$which" != containerd ]; then start_crio; fi
+    [ -f "$IMAGES_DIR/busybox.tar" ] || cmd_images
+    if [ "$which" != crio ]; then
+        start_containerd
+        if [ "$SELECTED_NODE" = a ]; then (use_node b && start_containerd); fi
+    fi
+    if [ "$which" != containerd ] && [ "$SELECTED_NODE" = a ]; then start_crio; fi
 }
 
+# Starts the current node's containerd, unless it runs already.
 start_containerd() {
     if pid=$(running_pid); then
-        log "containerd already running (pid $pid) on $SOCK"
+        log "node $NODE: containerd already running (pid $pid) on $SOCK"
         return
     fi
     write_config
@@ -216,9 +276,9 @@ start_containerd() {
     ctr -a "$SOCK" version >/dev/null 2>&1 || { log "containerd did not answer; see $LOG"; exit 1; }
     local img
     for img in busybox pause; do
-        ctr -a "$SOCK" -n "$NS" images import --no-unpack=false "$TB_DIR/images/$img.tar" >/dev/null
+        ctr -a "$SOCK" -n "$NS" images import --no-unpack=false "$IMAGES_DIR/$img.tar" >/dev/null
     done
-    log "containerd $(running_pid) listening on $SOCK"
+    log "node $NODE: containerd $(running_pid) listening on $SOCK"
 }
 
 crio_pid() {
@@ -232,6 +292,8 @@ start_crio() {
         log "CRI-O already running (pid $pid) on $CRIO_SOCK"
         return
     fi
+    # CRI-O belongs to node A.
+    local TB_DIR=$TB_DIR_A TB_RUN=$TB_RUN_A
     mkdir -p "$TB_DIR/crio/net.d" "$TB_DIR/crio/cni-networks" "$TB_RUN/crio" "$TB_RUN/bin"
     sed -e "s|@TB_DIR@|$TB_DIR|g" -e "s|@TB_RUN@|$TB_RUN|g" -e "s|@PAUSE_IMAGE@|$PAUSE_IMAGE|g" \
         "$HERE/testbed/crio.conf" >"$TB_DIR/crio/crio.conf"
@@ -242,7 +304,7 @@ start_crio() {
     install -m 0755 "$SHARED_BIN/pinns" "$TB_RUN/bin/pinns"
     local img
     for img in busybox pause; do
-        skopeo --policy "$TB_DIR/crio/policy.json" copy -q "oci-archive:$TB_DIR/images/$img.tar" \
+        skopeo --policy "$TB_DIR/crio/policy.json" copy -q "oci-archive:$IMAGES_DIR/$img.tar" \
             "containers-storage:[overlay@$TB_DIR/crio/storage+$TB_RUN/crio/storage]podckpt.local/$img:latest"
     done
     rm -f "$CRIO_SOCK"
@@ -272,18 +334,25 @@ stop_crio() {
     fi
     rm -f "$CRIO_PIDFILE" "$CRIO_SOCK"
     local m
-    for m in $(pgrep -f -- "conmon .*$TB_RUN/crio" || true); do kill -KILL "$m" 2>/dev/null || true; done
+    for m in $(pgrep -f -- "conmon .*$TB_RUN_A/crio/" || true); do kill -KILL "$m" 2>/dev/null || true; done
     ip link delete podckpt1 2>/dev/null || true
 }
 
-# Removes every task and container the private containerd knows, then stops it
-# and cleans up what the CRI plugin leaves behind when it is killed: network
-# namespaces, shm mounts and sandbox rootfs mounts under our own root.
+# Stops both nodes (node B first) and what they leave behind; with
+# PODCKPT_TESTBED_NODE=b, node B alone.
 cmd_stop() {
     need_root
-    local pid
+    if [ "$SELECTED_NODE" = a ]; then (use_node b && stop_containerd); fi
+    stop_containerd
+}
+
+# Removes every task and container the current node's containerd knows, then
+# stops it and cleans up what the CRI plugin leaves behind when it is killed:
+# network namespaces, shm mounts and sandbox rootfs mounts under the node's
+# own directories. Node A's CRI-O goes with node A.
+stop_containerd() {
+    local pid c
     if pid=$(running_pid); then
-        local c
         for c in $(ctr -a "$SOCK" -n "$NS" containers ls -q 2>/dev/null); do
             ctr -a "$SOCK" -n "$NS" tasks kill -s SIGKILL "$c" >/dev/null 2>&1 || true
         done
@@ -300,10 +369,11 @@ cmd_stop() {
         kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$PIDFILE"
-    stop_crio
-    # Shims outlive a killed containerd; ours are the ones whose address is under TB_RUN.
+    if [ "$NODE" = a ]; then stop_crio; fi
+    # Shims outlive a killed containerd; ours are the ones whose address is
+    # this node's socket.
     local shim
-    for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $SOCK" || true); do
+    for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $SOCK( |\$)" || true); do
         kill -KILL "$shim" 2>/dev/null || true
     done
     # gVisor sandboxes and gofers of our runsc root outlive a killed shim.
@@ -311,30 +381,57 @@ cmd_stop() {
     for r in $(pgrep -f -- "--root[= ]$TB_RUN/runsc/" || true); do
         kill -KILL "$r" 2>/dev/null || true
     done
+    # Node B's runc root is its own: whatever a killed shim left in it goes
+    # (node A's is the shim's default, which other containerds may share).
+    if [ "$NODE" = b ] && [ -d "$RUNC_ROOT" ]; then
+        for c in $(ls "$RUNC_ROOT"); do
+            runc --root "$RUNC_ROOT" delete --force "$c" >/dev/null 2>&1 ||
+                crun --root "$RUNC_ROOT" delete --force "$c" >/dev/null 2>&1 || true
+        done
+    fi
+    # Mounts under this node's directories: the directory itself or below it,
+    # never the other node's (node B's directories are node A's plus "-b").
     local m
     while read -r m; do umount -l "$m" 2>/dev/null || true; done < <(
-        awk -v a="$TB_DIR" -v b="$TB_RUN" '$5 ~ "^"a || $5 ~ "^"b {print $5}' /proc/self/mountinfo | sort -r)
-    # Network namespaces the CRI plugin made for our pods (named cni-*).
-    local ns
-    for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do
-        ip netns delete "$ns" 2>/dev/null || true
-    done
-    ip link delete podckpt0 2>/dev/null || true
-    # CRI-O's storage goes whole; `start` puts the images back.
-    rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd" "$TB_RUN/runsc" "$TB_RUN/crio" "$TB_RUN/seccomp" "$TB_DIR/crio"
+        awk -v a="$TB_DIR" -v b="$TB_RUN" \
+            '$5 == a || $5 == b || index($5, a "/") == 1 || index($5, b "/") == 1 {print $5}' \
+            /proc/self/mountinfo | sort -r)
+    if [ "$NODE" = a ]; then
+        # Network namespaces the CRI plugin made for node A's pods (named cni-*).
+        # Node B keeps its own under its state dir: unmounted above.
+        local ns
+        for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do
+            ip netns delete "$ns" 2>/dev/null || true
+        done
+    fi
+    ip link delete "$BRIDGE" 2>/dev/null || true
+    if [ "$NODE" = a ]; then
+        # CRI-O's storage goes whole; `start` puts the images back.
+        rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd" "$TB_RUN/runsc" "$TB_RUN/crio" "$TB_RUN/seccomp" "$TB_DIR/crio"
+    else
+        rm -rf "$TB_DIR/cni/networks"/* "$TB_RUN/containerd" "$TB_RUN/runsc" "$RUNC_STATE"
+    fi
     rm -f "$SOCK" "$SOCK.ttrpc"
-    log "stopped"
+    log "node $NODE stopped"
 }
 
+# The same whichever node PODCKPT_TESTBED_NODE selects: node A's parts,
+# and node B's with the suffix _B.
 cmd_env() {
-    echo "PODCKPT_TEST_CONTAINERD=$SOCK"
-    echo "PODCKPT_TEST_CRIO=$CRIO_SOCK"
-    echo "PODCKPT_TEST_CRIO_RUNC_ROOT=$CRIO_RUNC_ROOT"
-    echo "PODCKPT_TEST_BUSYBOX_IMAGE=$BUSYBOX_IMAGE"
-    echo "PODCKPT_TEST_RUNC_ROOT=$RUNC_ROOT"
+    (
+        use_node a
+        echo "PODCKPT_TEST_CONTAINERD=$SOCK"
+        echo "PODCKPT_TEST_CRIO=$CRIO_SOCK"
+        echo "PODCKPT_TEST_CRIO_RUNC_ROOT=$CRIO_RUNC_ROOT"
+        echo "PODCKPT_TEST_BUSYBOX_IMAGE=$BUSYBOX_IMAGE"
+        echo "PODCKPT_TEST_RUNC_ROOT=$RUNC_ROOT"
+        use_node b
+        echo "PODCKPT_TEST_CONTAINERD_B=$SOCK"
+        echo "PODCKPT_TEST_RUNC_ROOT_B=$RUNC_ROOT"
+    )
     echo "PODCKPT_TESTBED=$HERE/testbed.sh"
-    # Where the test bed's "podckpt" runtime handler finds podckpt-runc.
-    echo "PODCKPT_TESTBED_INTERPOSER=$TB_RUN/bin/podckpt-runc"
+    # Where both nodes' "podckpt" runtime handler finds podckpt-runc.
+    echo "PODCKPT_TESTBED_INTERPOSER=$BIN_DIR/podckpt-runc"
     # The interop tests' grpc-go client, and the interpreter (with grpcio)
     # that runs contrib/interop/python/podckpt_interop.py.
     echo "PODCKPT_INTEROP_GO=$INTEROP_GO"
@@ -353,5 +450,5 @@ case "${1:-}" in
     up) cmd_install; cmd_images; cmd_start "${2:-}" ;;
     env) cmd_env ;;
     status) if pid=$(running_pid); then echo "running pid $pid socket $SOCK"; else echo "stopped"; exit 3; fi ;;
-    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
 esac
