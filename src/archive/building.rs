@@ -18,7 +18,7 @@ use super::{ArchiveError, DIR_MODE, FILE_MODE, MANIFEST, durable};
 
 /// The manifest is written here first, inside the checkpoint, and renamed
 /// only once complete, so `MANIFEST` is never seen half-written.
-const MANIFEST_PARTIAL: &str = ".manifest.json.partial";
+pub(super) const MANIFEST_PARTIAL: &str = ".manifest.json.partial";
 
 pub struct Building {
     dir: PathBuf,

@@ -92,6 +92,13 @@ impl Manifest {
     /// Checks that `root` holds exactly the files listed, with their sizes
     /// and hashes. Sizes and names are compared before any byte is read.
     pub fn verify(&self, root: &Path) -> Result<(), ArchiveError> {
+        let listed = self.listing(root)?;
+        self.compare_hashes(&listed)
+    }
+
+    /// The files under `root`, in the manifest's order, if they are exactly
+    /// those listed, with the sizes listed; no byte is read.
+    pub fn listing(&self, root: &Path) -> Result<Vec<Listed>, ArchiveError> {
         self.check_chunk_size()?;
         let listed = listed_without_manifest(root)?;
         if let Some(extra) = listed.iter().find(|f| !self.files.contains_key(&f.name)) {
@@ -111,7 +118,49 @@ impl Manifest {
                 return Err(mismatch(&file.name));
             }
         }
-        self.compare_hashes(&listed)
+        Ok(listed)
+    }
+
+    /// Checks a manifest that came from elsewhere before anything is made
+    /// from it: its format, its chunk size, one digest per chunk, and names
+    /// that stay inside the checkpoint (relative, no `.` or `..`, no empty
+    /// part, none both a file and a directory).
+    pub fn check_untrusted(&self) -> Result<(), ArchiveError> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(ArchiveError::Invalid(format!(
+                "manifest format version {} is not {FORMAT_VERSION}, the one this podckpt reads; take the checkpoint again with this version",
+                self.format_version
+            )));
+        }
+        self.check_chunk_size()?;
+        let mut directories = std::collections::BTreeSet::new();
+        for (name, entry) in &self.files {
+            check_name(name)?;
+            if entry.sha256.len() != digest::chunk_count(entry.size, self.chunk_size)
+                || !entry.sha256.iter().all(|d| is_sha256_hex(d))
+            {
+                return Err(ArchiveError::Invalid(format!(
+                    "{name}: the manifest does not give one SHA-256 per {} bytes",
+                    self.chunk_size
+                )));
+            }
+            let mut parent = name.as_str();
+            while let Some((dir, _)) = parent.rsplit_once('/') {
+                directories.insert(dir);
+                parent = dir;
+            }
+        }
+        if let Some(both) = directories.iter().find(|d| self.files.contains_key(**d)) {
+            return Err(ArchiveError::Invalid(format!(
+                "{both} is listed both as a file and as a directory"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bytes the files listed hold in all.
+    pub fn total_size(&self) -> u64 {
+        self.files.values().map(|f| f.size).sum()
     }
 
     /// Hashes only `names` under `root` and compares them with the manifest:
@@ -157,6 +206,39 @@ impl Manifest {
 
 fn mismatch(name: &str) -> ArchiveError {
     ArchiveError::Invalid(format!("{name} does not match its size and SHA-256 in the manifest"))
+}
+
+/// Longer names than Linux takes for a path or one of its parts.
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4095;
+
+fn check_name(name: &str) -> Result<(), ArchiveError> {
+    let refuse = |why: &str| Err(ArchiveError::Invalid(format!("{name:?} in the manifest {why}")));
+    if name.is_empty() || name.len() > PATH_MAX {
+        return refuse("is not a path this node can hold");
+    }
+    if name.starts_with('/') {
+        return refuse("is absolute");
+    }
+    if name.contains('\0') {
+        return refuse("holds a NUL byte");
+    }
+    if name == MANIFEST || name == super::building::MANIFEST_PARTIAL {
+        return refuse("is the manifest's own name");
+    }
+    for part in name.split('/') {
+        match part {
+            "" => return refuse("has an empty part"),
+            "." | ".." => return refuse("leaves its directory"),
+            p if p.len() > NAME_MAX => return refuse("has a part longer than 255 bytes"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_sha256_hex(digest: &str) -> bool {
+    digest.len() == 64 && digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn listed_without_manifest(root: &Path) -> Result<Vec<Listed>, ArchiveError> {
