@@ -237,6 +237,17 @@ impl DaemonConfig {
     }
 }
 
+/// The state directory of the node's podckptd, as its config file (if
+/// any) sets it: where tools beside the daemon find its seals.
+pub fn daemon_state_dir(config: &Path) -> Result<PathBuf, ConfigError> {
+    let file = if config.exists() {
+        load_file(config)?
+    } else {
+        FileConfig::default()
+    };
+    Ok(file.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()))
+}
+
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.into(),
