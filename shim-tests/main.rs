@@ -42,3 +42,4 @@ mod passthrough;
 mod pod_interop;
 mod resilience;
 mod restore;
+mod transfer;

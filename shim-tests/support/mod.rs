@@ -29,6 +29,10 @@ pub type Images = ImageServiceClient<Channel>;
 pub type PodClient = podckpt::api::pod::runtime_service_client::RuntimeServiceClient<Channel>;
 
 pub const RUNC_ROOT: &str = "/run/containerd/runc/k8s.io";
+/// The test bed's second containerd, "node B": its socket, and runc's root
+/// for its handlers (their `Root`, plus the namespace).
+pub const DEFAULT_CONTAINERD_B: &str = "/run/podckpt-testbed-b/containerd.sock";
+pub const NODE_B_RUNC_ROOT: &str = "/run/podckpt-testbed-b/runc/k8s.io";
 /// runsc's state root for the test bed's "gvisor" handler (its `Root` under
 /// the test bed's run directory, plus the namespace).
 pub const RUNSC_ROOT: &str = "/run/podckpt-testbed/runsc/k8s.io";
@@ -142,6 +146,13 @@ fn reachable(socket: &Path) -> bool {
 /// The test bed's containerd.
 pub fn testbed() -> Option<Testbed> {
     testbed_at(containerd_socket(), RUNC_ROOT, "the test bed's containerd")
+}
+
+/// The test bed's second containerd, node B: another node to restore on.
+pub fn node_b_testbed() -> Option<Testbed> {
+    let socket =
+        PathBuf::from(std::env::var("PODCKPT_TEST_CONTAINERD_B").unwrap_or_else(|_| DEFAULT_CONTAINERD_B.into()));
+    testbed_at(socket, NODE_B_RUNC_ROOT, "the test bed's node B")
 }
 
 /// The runtime a benchmark runs on: the test bed's containerd, or its
@@ -690,7 +701,7 @@ pub async fn start_restored(shim: &Shim, cid: &str) {
 /// Whether podckpt-runc restored the container (rather than the runtime
 /// starting its config's command): it leaves a record in the runtime's state.
 pub fn was_restored(container_id: &str) -> bool {
-    [RUNC_ROOT, CRIO_RUNC_ROOT].iter().any(|root| {
+    [RUNC_ROOT, CRIO_RUNC_ROOT, NODE_B_RUNC_ROOT].iter().any(|root| {
         Path::new(root)
             .join(container_id)
             .join(podckpt::interposer::RESTORE_RECORD)

@@ -90,6 +90,8 @@ pub(super) fn import(
     identity: Option<&Path>,
     state_dir: Option<PathBuf>,
 ) -> Result<(), CliError> {
+    // podckptd finds a seal by the checkpoint's absolute path.
+    let dir = &std::path::absolute(dir).map_err(CliError::io(dir))?;
     let identities = identity.map(Identities::from_file).transpose()?;
     let seals = open_seals(state_dir);
     let options = ImportOptions {
