@@ -138,6 +138,14 @@ fn open_seals(state_dir: Option<PathBuf>) -> Option<Seals> {
             .map_err(|e| eprintln!("podckpt: {e}; not sealing the import"))
             .ok()?,
     };
+    // Made by podckptd, with the modes its socket's users need: never here.
+    if !state_dir.is_dir() {
+        eprintln!(
+            "podckpt: not sealing the import: {} does not exist (podckptd has not run here); the first restore will verify it in full",
+            state_dir.display()
+        );
+        return None;
+    }
     Seals::open(&state_dir)
         .map_err(|e| {
             eprintln!("podckpt: not sealing the import ({e}); the first restore will verify it in full");

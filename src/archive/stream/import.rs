@@ -53,6 +53,14 @@ pub fn import<R: Read>(input: R, dir: &Path, options: &ImportOptions<'_>) -> Res
     check_trailer(archive.into_inner())?;
 
     durable::sync_tree(dir)?;
+    if target.created {
+        // The directory's own name, in its parent, must survive a power cut too.
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        durable::sync_dir(parent)?;
+    }
     target
         .building
         .take()

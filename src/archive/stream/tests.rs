@@ -587,8 +587,13 @@ fn fixture() -> &'static Fixture {
 }
 
 proptest! {
-    // Counted in docs/BENCHMARKS.md; `PROPTEST_CASES` runs more.
-    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+    // 1000 cases each in every test run; `PROPTEST_CASES=N` runs more
+    // (the runs are counted in docs/BENCHMARKS.md).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(1000),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Whatever is done to a stream, the import either gives back exactly
     /// the checkpoint or refuses it with a message, and leaves nothing.
