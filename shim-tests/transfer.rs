@@ -142,3 +142,77 @@ async fn a_pod_moves_to_another_node_and_counts_on_while_the_original_runs() {
 
     drop((replica, moved, pod));
 }
+
+/// A small committed checkpoint, as podckptd writes one.
+fn small_checkpoint(dir: &Path) {
+    use podckpt::archive::{Building, Manifest};
+    let building = Building::begin(dir);
+    std::fs::create_dir_all(dir.join("0123-app/checkpoint")).unwrap();
+    std::fs::write(dir.join("0123-app/checkpoint/pages-1.img"), vec![b'p'; 3 << 20]).unwrap();
+    std::fs::write(dir.join("pod.options"), b"{\"version\":1}").unwrap();
+    let manifest = Manifest::build(dir, "criu-runc", "4.1", "pod").unwrap();
+    building.commit(&serde_json::to_vec(&manifest).unwrap(), true).unwrap();
+}
+
+fn run_sh(script: &str) -> std::process::Output {
+    let out = Command::new("bash").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The stream is standard on every layer: the reference age (Go), zstd and
+/// GNU tar read what export writes, age's own keys work with podckpt, and
+/// podckpt's keys with age.
+#[test]
+fn exports_are_read_by_the_reference_age_zstd_and_tar() {
+    if ["age", "age-keygen", "zstd"]
+        .iter()
+        .any(|tool| Command::new(tool).arg("--version").output().is_err())
+    {
+        support::missing("age, age-keygen or zstd is not installed (contrib/testbed.sh install)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().display().to_string();
+    let checkpoint = work.path().join("ckpt");
+    std::fs::create_dir(&checkpoint).unwrap();
+    small_checkpoint(&checkpoint);
+    let podckpt = env!("CARGO_BIN_EXE_podckpt");
+
+    // A key of age's own, a stream of ours: age, zstd and tar list it, manifest first.
+    run_sh(&format!("age-keygen -o {w}/theirs.key 2>/dev/null"));
+    let recipient = String::from_utf8(run_sh(&format!("age-keygen -y {w}/theirs.key")).stdout).unwrap();
+    run_sh(&format!(
+        "{podckpt} export {w}/ckpt -o {w}/s1 --recipient {} 2>/dev/null",
+        recipient.trim()
+    ));
+    let listing = run_sh(&format!("age -d -i {w}/theirs.key {w}/s1 | zstd -d | tar -t"));
+    assert_eq!(
+        String::from_utf8(listing.stdout).unwrap(),
+        "manifest.json\n0123-app/checkpoint/pages-1.img\npod.options\n"
+    );
+    run_sh(&format!(
+        "{podckpt} import {w}/s1 {w}/in1 --identity {w}/theirs.key --state-dir {w}/none"
+    ));
+    assert_eq!(
+        std::fs::read(work.path().join("in1/0123-app/checkpoint/pages-1.img")).unwrap(),
+        vec![b'p'; 3 << 20]
+    );
+
+    // A key of ours, a stream age encrypted: both ways round.
+    let ours = run_sh(&format!("{podckpt} keygen -o {w}/ours.key"));
+    let recipient = String::from_utf8(ours.stdout).unwrap();
+    run_sh(&format!(
+        "{podckpt} export {w}/ckpt 2>/dev/null | age -r {} > {w}/s2",
+        recipient.trim()
+    ));
+    run_sh(&format!("age -d -i {w}/ours.key {w}/s2 | zstd -t -q"));
+    run_sh(&format!(
+        "{podckpt} import {w}/s2 {w}/in2 --identity {w}/ours.key --state-dir {w}/none"
+    ));
+    assert!(work.path().join("in2/manifest.json").is_file());
+}
