@@ -7,14 +7,18 @@
 #   contrib/demo.sh            the pod runs in runc under containerd, CRIU captures it
 #   contrib/demo.sh --crio     the same under the test bed's CRI-O
 #   contrib/demo.sh --gvisor   the pod runs in gVisor under containerd, runsc captures it
+#   contrib/demo.sh --move     the pod moves to the test bed's node B (its own containerd and
+#                              podckptd): exported encrypted to node B's key, imported, restored
+#                              there, while node A's pod keeps running
 set -euo pipefail
 cd "$(dirname "$0")/.."
-handler="" restore_handler=podckpt config=/dev/null runtime=containerd
+handler="" restore_handler=podckpt config=/dev/null runtime=containerd move=""
 case "${1:-}" in
     --gvisor) handler=gvisor restore_handler=gvisor ;;
     --crio) runtime=crio ;;
+    --move) move=1 ;;
     "") ;;
-    *) echo "usage: $0 [--crio | --gvisor]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--crio | --gvisor | --move]" >&2; exit 2 ;;
 esac
 bash contrib/testbed.sh up
 cargo build --release --locked --bin podckptd --bin podckpt --bin podckpt-runc --example counter_pod
@@ -37,16 +41,26 @@ endpoint=$PODCKPT_TEST_CONTAINERD
 ./target/release/podckptd --config "$config" --listen "$sock" --state-dir "$work/state" \
     --runtime-endpoint "unix://$endpoint" --log-level warn &
 shim=$!
-pods=()
+pods=() pods_b=() shim_b=""
+sock_b="$work/node-b.sock"
 cleanup() {
     for p in "${pods[@]}"; do ./target/release/examples/counter_pod rmp "$sock" "$p" 2>/dev/null || true; done
+    for p in "${pods_b[@]}"; do ./target/release/examples/counter_pod rmp "$sock_b" "$p" 2>/dev/null || true; done
     kill -TERM "$shim" 2>/dev/null && wait "$shim" || true
+    if [ -n "$shim_b" ]; then kill -TERM "$shim_b" 2>/dev/null && wait "$shim_b" || true; fi
     # The demo's pods live in their own namespace, and so do their log dirs.
     rm -rf "$work" /var/log/pods/podckpt-demo_*
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.05; done
+if [ -n "$move" ]; then
+    # Node B: the test bed's second containerd, with a podckptd of its own.
+    ./target/release/podckptd --config /dev/null --listen "$sock_b" --state-dir "$work/state-b" \
+        --runtime-endpoint "unix://$PODCKPT_TEST_CONTAINERD_B" --log-level warn &
+    shim_b=$!
+fi
+for _ in $(seq 1 100); do [ -S "$sock" ] && { [ -z "$move" ] || [ -S "$sock_b" ]; } && break; sleep 0.05; done
 podckpt() { ./target/release/podckpt --runtime-endpoint "unix://$sock" "$@"; }
+podckpt_b() { ./target/release/podckpt --runtime-endpoint "unix://$sock_b" "$@"; }
 counter() { ./target/release/examples/counter_pod "$@"; }
 
 echo "== a counter pod, through podckptd in front of $runtime${handler:+ (runtime handler $handler)}"
@@ -59,6 +73,24 @@ echo "== podckpt checkpointp"
 podckpt checkpointp "$pod" -o "$work/checkpoint"
 echo "counter = $(counter count "$sock" "$cid")  (the pod kept running)"
 podckpt inspectcp "$work/checkpoint"
+
+if [ -n "$move" ]; then
+    echo "== podckpt keygen on node B; podckpt export | podckpt import, encrypted to its key"
+    recipient=$(podckpt_b keygen -o "$work/node-b.key")
+    podckpt export "$work/checkpoint" --recipient "$recipient" |
+        podckpt_b import - "$work/on-node-b" --identity "$work/node-b.key" --state-dir "$work/state-b"
+    echo "== podckpt restorep --start on node B"
+    restored=$(podckpt_b --output json restorep "$work/on-node-b" --name counter-moved --start)
+    moved_pod=$(echo "$restored" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pod_sandbox_id"])')
+    moved_cid=$(echo "$restored" | python3 -c 'import json,sys; print(json.load(sys.stdin)["containers"][0]["container_id"])')
+    pods_b+=("$moved_pod")
+    echo "restored pod $moved_pod on node B"
+    for _ in 1 2 3; do
+        echo "node B counter = $(counter count "$sock_b" "$moved_cid")  node A counter = $(counter count "$sock" "$cid")"
+        sleep 1
+    done
+    exit 0
+fi
 
 echo "== the pod is deleted"
 before=$(counter count "$sock" "$cid")

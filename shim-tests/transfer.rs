@@ -94,6 +94,16 @@ async fn a_pod_moves_to_another_node_and_counts_on_while_the_original_runs() {
     );
     assert_eq!(imported["sealed"], true, "{imported}");
     assert_eq!(mode(&landed), 0o700);
+    // The seal is one node B's podckptd finds: its first restore hashes
+    // nothing but what was written in the seal's last instants.
+    let seals = podckpt::archive::Seals::open(&state_b).unwrap();
+    let snapshot = seals.snapshot(&landed).unwrap().expect("a local file system");
+    let manifest_b = std::fs::read(landed.join("manifest.json")).unwrap();
+    assert_eq!(manifest_b, manifest, "the manifest's very bytes travel");
+    assert!(
+        seals.unchanged(&snapshot, &manifest_b).is_some(),
+        "not sealed for podckptd"
+    );
 
     let (moved, moved_cid) = support::restore_and_start(&shim_b, &landed, "counter").await;
     assert!(
