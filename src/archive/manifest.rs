@@ -107,9 +107,14 @@ impl Manifest {
                 extra.name
             )));
         }
-        if let Some(missing) = self.files.keys().find(|name| !listed.iter().any(|f| &f.name == *name)) {
+        // Every name on disk is in the manifest and names are unique, so the
+        // counts differ exactly when one listed is missing.
+        if listed.len() != self.files.len() {
+            let on_disk: std::collections::BTreeSet<&str> = listed.iter().map(|f| f.name.as_str()).collect();
+            let missing = self.files.keys().find(|name| !on_disk.contains(name.as_str()));
             return Err(ArchiveError::Invalid(format!(
-                "{missing} is listed in the manifest but missing"
+                "{} is listed in the manifest but missing",
+                missing.map_or("a file", String::as_str)
             )));
         }
         for file in &listed {
@@ -158,9 +163,10 @@ impl Manifest {
         Ok(())
     }
 
-    /// The bytes the files listed hold in all.
+    /// The bytes the files listed hold in all. A manifest from elsewhere
+    /// may claim sizes whose sum does not fit: that is "more than any disk".
     pub fn total_size(&self) -> u64 {
-        self.files.values().map(|f| f.size).sum()
+        self.files.values().map(|f| f.size).fold(0, u64::saturating_add)
     }
 
     /// Hashes only `names` under `root` and compares them with the manifest:
@@ -211,6 +217,9 @@ fn mismatch(name: &str) -> ArchiveError {
 /// Longer names than Linux takes for a path or one of its parts.
 const NAME_MAX: usize = 255;
 const PATH_MAX: usize = 4095;
+/// A checkpoint is four levels deep (`ID-NAME/checkpoint/...`); far deeper
+/// names only serve to exhaust whoever removes them again.
+const DEPTH_MAX: usize = 16;
 
 fn check_name(name: &str) -> Result<(), ArchiveError> {
     let refuse = |why: &str| Err(ArchiveError::Invalid(format!("{name:?} in the manifest {why}")));
@@ -223,8 +232,12 @@ fn check_name(name: &str) -> Result<(), ArchiveError> {
     if name.contains('\0') {
         return refuse("holds a NUL byte");
     }
-    if name == MANIFEST || name == super::building::MANIFEST_PARTIAL {
-        return refuse("is the manifest's own name");
+    let first = name.split('/').next().unwrap_or_default();
+    if first == MANIFEST || first == super::building::MANIFEST_PARTIAL {
+        return refuse("takes the manifest's own name");
+    }
+    if name.split('/').count() > DEPTH_MAX {
+        return refuse("is deeper than any checkpoint");
     }
     for part in name.split('/') {
         match part {
