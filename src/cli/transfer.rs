@@ -70,11 +70,7 @@ fn export_to_file(dir: &Path, path: &Path, options: &ExportOptions) -> Result<st
         let summary = stream::export(dir, &mut out, options)?;
         let file = out.into_inner().map_err(|e| CliError::io(path)(e.into_error()))?;
         file.sync_all().map_err(CliError::io(path))?;
-        durable::sync_dir(
-            path.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )?;
+        durable::sync_dir(parent_of(path))?;
         Ok(summary)
     })();
     if result.is_err() {
@@ -90,8 +86,6 @@ pub(super) fn import(
     identity: Option<&Path>,
     state_dir: Option<PathBuf>,
 ) -> Result<(), CliError> {
-    // podckptd finds a seal by the checkpoint's absolute path.
-    let dir = &std::path::absolute(dir).map_err(CliError::io(dir))?;
     let identities = identity.map(Identities::from_file).transpose()?;
     let seals = open_seals(state_dir);
     let options = ImportOptions {
@@ -113,16 +107,16 @@ pub(super) fn import(
             stream::import(stdin.lock(), dir, &options)?
         }
     };
+    let dir = imported.dir.display().to_string();
     match format {
         Format::Json => println!(
             "{}",
             json!({"checkpoint": dir, "files": imported.files, "bytes": imported.bytes, "sealed": imported.sealed})
         ),
         Format::Table => println!(
-            "imported {} files, {} into {}: verified{}",
+            "imported {} files, {} into {dir}: verified{}",
             imported.files,
             human(imported.bytes),
-            dir.display(),
             if imported.sealed { " and sealed" } else { "" }
         ),
     }
@@ -156,11 +150,20 @@ fn open_seals(state_dir: Option<PathBuf>) -> Option<Seals> {
 pub(super) fn keygen(format: Format, output: &Path) -> Result<(), CliError> {
     let (identity, recipient) = stream::generate_identity();
     let mut file = create_private(output)?;
-    file.write_all(identity.as_bytes())
+    let written = file
+        .write_all(identity.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(CliError::io(output))?;
+        .map_err(CliError::io(output))
+        .and_then(|()| Ok(durable::sync_dir(parent_of(output))?));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(output);
+        return Err(e);
+    }
     match format {
-        Format::Json => println!("{}", json!({"identity_file": output, "recipient": recipient})),
+        Format::Json => println!(
+            "{}",
+            json!({"identity_file": output.display().to_string(), "recipient": recipient})
+        ),
         Format::Table => {
             progress(
                 format,
@@ -170,4 +173,11 @@ pub(super) fn keygen(format: Format, output: &Path) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The directory that names `path`.
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }

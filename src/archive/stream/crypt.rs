@@ -24,7 +24,7 @@ impl Recipients {
     /// Adds one key, as `age1...`, or every key of a file that holds one
     /// per line (`#` comments and blank lines are skipped), as `age -R`.
     pub fn add(&mut self, key_or_file: &str) -> Result<(), StreamError> {
-        if key_or_file.starts_with("age1") {
+        if key_or_file.starts_with("age1") && !Path::new(key_or_file).exists() {
             let key = age::x25519::Recipient::from_str(key_or_file)
                 .map_err(|e| StreamError::Encryption(format!("recipient {key_or_file}: {e}")))?;
             self.0.push(key);
@@ -98,13 +98,20 @@ impl Identities {
         Ok(Self { keys, file })
     }
 
-    fn decrypt<R: BufRead>(&self, input: R) -> Result<age::stream::StreamReader<R>, StreamError> {
+    fn decrypt<R: BufRead>(&self, input: R) -> Result<age::stream::StreamReader<Budget<R>>, StreamError> {
+        let input = Budget::new(input, HEADER_LIMIT);
+        let left = input.left.clone();
         let decryptor = age::Decryptor::new_buffered(input).map_err(|e| match e {
+            _ if left.get() == 0 => StreamError::Encryption(format!(
+                "the encryption header is larger than {} KiB; no stream of ours has one so large",
+                HEADER_LIMIT >> 10
+            )),
             age::DecryptError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 StreamError::Truncated(format!("in the encryption header: {e}"))
             }
             e => StreamError::Encryption(format!("not a valid age stream: {e}")),
         })?;
+        left.set(u64::MAX);
         if decryptor.is_scrypt() {
             return Err(StreamError::Encryption(
                 "the stream is encrypted with a passphrase; podckpt takes X25519 keys only".into(),
@@ -119,6 +126,49 @@ impl Identities {
                 )),
                 e => StreamError::Encryption(format!("the encryption header does not hold: {e}")),
             })
+    }
+}
+
+/// Room for an age header with a few hundred recipients. age parses a
+/// header again after each of its lines, so one of unbounded length would
+/// cost time quadratic in its length before any key is tried.
+const HEADER_LIMIT: u64 = 64 << 10;
+
+/// A reader that gives at most `left` bytes, until `left` is raised.
+pub(super) struct Budget<R> {
+    inner: R,
+    left: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R> Budget<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        Self {
+            inner,
+            left: std::rc::Rc::new(std::cell::Cell::new(limit)),
+        }
+    }
+}
+
+impl<R: BufRead> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Budget<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        let left = self.left.get();
+        let buf = self.inner.fill_buf()?;
+        Ok(&buf[..buf.len().min(usize::try_from(left).unwrap_or(usize::MAX))])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.inner.consume(amt);
+        self.left.set(self.left.get().saturating_sub(amt as u64));
     }
 }
 
@@ -147,6 +197,11 @@ pub(super) fn plaintext<'a, R: BufRead + 'a>(
     let head = input.fill_buf().map_err(StreamError::io("reading the stream"))?;
     if head.is_empty() {
         return Err(StreamError::Truncated("the stream is empty".into()));
+    }
+    if head.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----") {
+        return Err(StreamError::Encryption(
+            "the stream is armored (text) age; podckpt takes binary age streams only: `age -d` it first, or export again".into(),
+        ));
     }
     let encrypted = head.starts_with(&AGE_MAGIC[..head.len().min(AGE_MAGIC.len())]);
     match (encrypted, identities) {

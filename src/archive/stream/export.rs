@@ -46,7 +46,7 @@ pub struct Exported {
 /// and hashing twice would put the export behind plain `tar | zstd`.
 pub fn export<W: Write>(dir: &Path, output: W, options: &ExportOptions) -> Result<Exported, StreamError> {
     if !is_committed(dir) {
-        return Err(StreamError::Destination(format!(
+        return Err(StreamError::Source(format!(
             "{} holds no whole checkpoint (no {MANIFEST})",
             dir.display()
         )));
@@ -99,7 +99,7 @@ fn write_tar<W: Write>(
     let mut tar = tar::Builder::new(BufWriter::with_capacity(COPY_BUFFER, zstd));
     append(&mut tar, MANIFEST, manifest.len() as u64, manifest)?;
     for file in listed {
-        let handle = std::fs::File::open(&file.path).map_err(StreamError::io(file.path.display().to_string()))?;
+        let handle = open_listed(file)?;
         let exactly = Exactly {
             inner: BufReader::with_capacity(COPY_BUFFER, handle).take(file.size),
             left: file.size,
@@ -117,6 +117,27 @@ fn write_tar<W: Write>(
         })?;
     zstd.finish().map_err(StreamError::io("ending the zstd stream"))?;
     Ok(())
+}
+
+/// A listed file, if it is still the regular file of the listed size: a
+/// link put in its place since the listing is not followed out of the
+/// checkpoint.
+fn open_listed(file: &Listed) -> Result<std::fs::File, StreamError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = file.path.display().to_string();
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&file.path)
+        .map_err(StreamError::io(path.clone()))?;
+    let meta = handle.metadata().map_err(StreamError::io(path))?;
+    if !meta.is_file() || meta.len() != file.size {
+        return Err(StreamError::Source(format!(
+            "{} changed since it was listed",
+            file.name
+        )));
+    }
+    Ok(handle)
 }
 
 fn append<W: Write>(tar: &mut tar::Builder<W>, name: &str, size: u64, data: impl Read) -> Result<(), StreamError> {

@@ -6,6 +6,11 @@
 //! gives the SHA-256 of every 16 MiB chunk, so a changed byte is refused at
 //! the end of its chunk, with no second pass over what was written and no
 //! copy of the whole stream anywhere.
+//!
+//! The tar stream is read raw: the tar crate would otherwise read a GNU
+//! long name or a pax header whole into memory, whatever size it claims,
+//! before any check of ours could see it. Export writes GNU long names only,
+//! and those are read here, bounded.
 
 use std::collections::BTreeSet;
 use std::io::{BufReader, Read, Write};
@@ -16,13 +21,16 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
+use super::destination::Destination;
 use super::{Identities, MANIFEST_LIMIT, StreamError, TRAILER_LIMIT, crypt};
-use crate::archive::{Building, FILE_MODE, FileEntry, MANIFEST, Manifest, Seals, durable};
+use crate::archive::{FILE_MODE, FileEntry, MANIFEST, Manifest, Seals};
 
 /// The blocks handed from the reader to the writer.
 const BLOCK: usize = 1 << 20;
 /// Blocks in flight between the two: enough to ride out a slow write.
 const IN_FLIGHT: usize = 8;
+/// A GNU long name: a path Linux can hold, and its NUL.
+const LONG_NAME_LIMIT: u64 = 4096;
 
 pub struct ImportOptions<'a> {
     /// Open an encrypted stream with these; a plain stream is then refused.
@@ -34,6 +42,8 @@ pub struct ImportOptions<'a> {
 
 #[derive(Debug)]
 pub struct Imported {
+    /// The checkpoint's canonical path, the one its seal is found by.
+    pub dir: PathBuf,
     pub files: usize,
     /// The checkpoint's bytes, manifest included.
     pub bytes: u64,
@@ -41,39 +51,26 @@ pub struct Imported {
 }
 
 /// Unpacks the stream `input` into `dir`, which must be empty or absent
-/// (it is then created, 0700). On any error `dir` is left as it was found.
+/// (it is then created, 0700). On a refusal `dir` is left as it was found.
 pub fn import<R: Read>(input: R, dir: &Path, options: &ImportOptions<'_>) -> Result<Imported, StreamError> {
     // A wrong key, or a stream that is not an export, is refused before
     // anything is made.
     let plain = crypt::plaintext(BufReader::with_capacity(BLOCK, input), options.identities)?;
     let zstd = zstd::Decoder::new(compressed(plain)?).map_err(StreamError::io("starting zstd"))?;
-    let mut target = Target::prepare(dir)?;
+    let destination = Destination::prepare(dir)?;
     let mut archive = tar::Archive::new(zstd);
-    let (manifest_bytes, manifest) = unpack(&mut archive, dir)?;
+    let (manifest_bytes, manifest) = unpack(&mut archive, &destination.dir)?;
     check_trailer(archive.into_inner())?;
+    let dir = destination.commit(&manifest_bytes)?;
 
-    durable::sync_tree(dir)?;
-    if target.created {
-        // The directory's own name, in its parent, must survive a power cut too.
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        durable::sync_dir(parent)?;
-    }
-    target
-        .building
-        .take()
-        .expect("building until committed")
-        .commit(&manifest_bytes, true)?;
-    target.committed = true;
-    let sealed = options.seals.is_some_and(|seals| seal(seals, dir, &manifest_bytes));
+    let sealed = options.seals.is_some_and(|seals| seal(seals, &dir, &manifest_bytes));
     let imported = Imported {
         files: manifest.files.len() + 1,
-        bytes: manifest_bytes.len() as u64 + manifest.total_size(),
+        bytes: (manifest_bytes.len() as u64).saturating_add(manifest.total_size()),
         sealed,
+        dir,
     };
-    debug!(dir = %dir.display(), files = imported.files, bytes = imported.bytes, sealed, "imported");
+    debug!(dir = %imported.dir.display(), files = imported.files, bytes = imported.bytes, sealed, "imported");
     Ok(imported)
 }
 
@@ -93,97 +90,88 @@ fn compressed<R: Read>(mut plain: R) -> Result<impl Read, StreamError> {
     Ok(std::io::Cursor::new(magic).chain(plain))
 }
 
-/// The destination while the import is under way: emptied again, or
-/// removed if the import made it, unless the import commits.
-struct Target {
-    dir: PathBuf,
-    building: Option<Building>,
-    created: bool,
-    committed: bool,
-}
-
-impl Target {
-    fn prepare(dir: &Path) -> Result<Self, StreamError> {
-        let created = match std::fs::symlink_metadata(dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::archive::create_private_dir(dir)?;
-                true
-            }
-            Err(e) => return Err(StreamError::io(dir.display().to_string())(e)),
-            Ok(meta) if !meta.is_dir() => {
-                return Err(StreamError::Destination(format!(
-                    "{} is not a directory",
-                    dir.display()
-                )));
-            }
-            Ok(_) => {
-                let mut entries = std::fs::read_dir(dir).map_err(StreamError::io(dir.display().to_string()))?;
-                if entries.next().is_some() {
-                    return Err(StreamError::Destination(format!(
-                        "{} is not empty: a checkpoint is imported into an empty directory",
-                        dir.display()
-                    )));
-                }
-                false
-            }
-        };
-        Ok(Self {
-            dir: dir.to_owned(),
-            building: Some(Building::begin(dir)),
-            created,
-            committed: false,
-        })
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        // Building's own drop empties the directory.
-        drop(self.building.take());
-        if self.created
-            && !self.committed
-            && let Err(error) = std::fs::remove_dir(&self.dir)
-        {
-            warn!(path = %self.dir.display(), %error, "could not remove an unfinished import");
-        }
-    }
-}
-
 /// Reads the manifest, then every file, handing the files' blocks to the
 /// writer. Returns the manifest as it came, and parsed.
 fn unpack<R: Read>(archive: &mut tar::Archive<R>, dir: &Path) -> Result<(Vec<u8>, Manifest), StreamError> {
-    let mut entries = archive
-        .entries()
-        .map_err(StreamError::reading("reading the tar stream"))?;
-    let (manifest_bytes, manifest) = match entries.next() {
-        None => return Err(StreamError::Truncated("no manifest".into())),
-        Some(entry) => read_manifest(entry.map_err(StreamError::reading("reading the manifest"))?)?,
+    let mut entries = Entries {
+        inner: archive
+            .entries()
+            .map_err(StreamError::reading("reading the tar stream"))?
+            .raw(true),
     };
-    check_space(dir, manifest.total_size())?;
+    let (manifest_bytes, manifest) = match entries.next()? {
+        None => return Err(StreamError::Truncated("no manifest".into())),
+        Some((name, entry)) => read_manifest(name, entry)?,
+    };
+    check_space(dir, &manifest)?;
 
-    let (work, inbox) = sync_channel::<Work>(IN_FLIGHT);
+    let (work, inbox) = sync_channel::<Work<'_>>(IN_FLIGHT);
     let (spare, spares) = sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
     let chunk_size = manifest.chunk_size;
-    let writer = std::thread::Builder::new()
-        .name("import-writer".into())
-        .spawn(move || write_files(inbox, spare, chunk_size))
-        .map_err(StreamError::io("starting the writer"))?;
-    let read = read_files(&mut entries, dir, &manifest, &work, &spares);
-    drop(work);
-    let written = writer
-        .join()
-        .unwrap_or_else(|_| Err(StreamError::Destination("the writer thread panicked".into())));
+    // Scoped: the writer is joined on every way out, a panic included, so
+    // nothing is written after the destination is cleaned up.
+    let (read, written) = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || write_files(inbox, spare, chunk_size));
+        let read = read_files(&mut entries, dir, &manifest, &work, &spares);
+        drop(work);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(StreamError::Handover("the writer thread panicked".into())));
+        (read, written)
+    });
     // The writer's error explains a failed hand-over better than the
     // hand-over itself; otherwise the reader's comes first.
     match (read, written) {
-        (Err(StreamError::Destination(_)), Err(e)) | (Ok(()), Err(e)) => Err(e),
+        (Err(StreamError::Handover(_)), Err(e)) | (Ok(()), Err(e)) => Err(e),
         (Err(e), _) => Err(e),
         (Ok(()), Ok(())) => Ok((manifest_bytes, manifest)),
     }
 }
 
-fn read_manifest<R: Read>(mut entry: tar::Entry<'_, R>) -> Result<(Vec<u8>, Manifest), StreamError> {
-    let name = entry_name(&entry);
+/// The tar stream's entries, with GNU long names applied: each entry comes
+/// with its full name.
+struct Entries<'a, R: Read> {
+    inner: tar::Entries<'a, R>,
+}
+
+impl<'a, R: Read> Entries<'a, R> {
+    fn next(&mut self) -> Result<Option<(String, tar::Entry<'a, R>)>, StreamError> {
+        let mut long_name: Option<Vec<u8>> = None;
+        loop {
+            let Some(entry) = self.inner.next() else {
+                return match long_name {
+                    Some(_) => Err(StreamError::Truncated("a long name names no entry".into())),
+                    None => Ok(None),
+                };
+            };
+            let mut entry = entry.map_err(StreamError::reading("reading the tar stream"))?;
+            if entry.header().entry_type().is_gnu_longname() {
+                if long_name.is_some() || entry.size() > LONG_NAME_LIMIT {
+                    return Err(StreamError::refused("(a GNU long name)", "is not a name export writes"));
+                }
+                let mut bytes = Vec::with_capacity(entry.size() as usize);
+                entry
+                    .read_to_end(&mut bytes)
+                    .map_err(StreamError::reading("a long name"))?;
+                while bytes.last() == Some(&0) {
+                    bytes.pop();
+                }
+                long_name = Some(bytes);
+                continue;
+            }
+            let bytes = long_name.take().unwrap_or_else(|| entry.path_bytes().into_owned());
+            let name = String::from_utf8(bytes).map_err(|e| {
+                StreamError::refused(
+                    String::from_utf8_lossy(e.as_bytes()),
+                    "is not UTF-8, as every name in a checkpoint is",
+                )
+            })?;
+            return Ok(Some((name, entry)));
+        }
+    }
+}
+
+fn read_manifest<R: Read>(name: String, mut entry: tar::Entry<'_, R>) -> Result<(Vec<u8>, Manifest), StreamError> {
     check_kind(&entry, &name)?;
     if name != MANIFEST {
         return Err(StreamError::refused(
@@ -210,9 +198,11 @@ fn read_manifest<R: Read>(mut entry: tar::Entry<'_, R>) -> Result<(Vec<u8>, Mani
     Ok((bytes, manifest))
 }
 
-fn check_space(dir: &Path, needed: u64) -> Result<(), StreamError> {
+/// Room for the manifest's bytes and files, before anything is written.
+fn check_space(dir: &Path, manifest: &Manifest) -> Result<(), StreamError> {
     let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| StreamError::io(dir.display().to_string())(e.into()))?;
-    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    let free = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+    let needed = manifest.total_size();
     if free < needed {
         return Err(StreamError::Destination(format!(
             "{} has {} MiB free; the checkpoint needs {} MiB",
@@ -221,38 +211,45 @@ fn check_space(dir: &Path, needed: u64) -> Result<(), StreamError> {
             needed.div_ceil(1 << 20)
         )));
     }
+    // A file system that counts inodes (not all do) must have one per file.
+    let inodes = stat.files_available() as u64;
+    if stat.files() > 0 && inodes < manifest.files.len() as u64 {
+        return Err(StreamError::Destination(format!(
+            "{} has {inodes} inodes free; the checkpoint has {} files",
+            dir.display(),
+            manifest.files.len()
+        )));
+    }
     Ok(())
 }
 
 /// What the reader hands the writer.
-enum Work {
+enum Work<'m> {
     Open {
-        name: String,
+        name: &'m str,
         path: PathBuf,
-        entry: FileEntry,
+        entry: &'m FileEntry,
     },
     /// A block, and how many of its bytes are data.
     Data(Vec<u8>, usize),
     Close,
 }
 
-fn read_files<R: Read>(
-    entries: &mut tar::Entries<'_, R>,
+fn read_files<'m, R: Read>(
+    entries: &mut Entries<'_, R>,
     dir: &Path,
-    manifest: &Manifest,
-    work: &SyncSender<Work>,
+    manifest: &'m Manifest,
+    work: &SyncSender<Work<'m>>,
     spares: &Receiver<Vec<u8>>,
 ) -> Result<(), StreamError> {
-    let handed_over = |_| StreamError::Destination("the writer stopped".into());
+    let handed_over = |_| StreamError::Handover("the writer stopped".into());
     let mut seen = BTreeSet::new();
-    for entry in entries {
-        let mut entry = entry.map_err(StreamError::reading("reading the tar stream"))?;
-        let name = entry_name(&entry);
+    while let Some((name, mut entry)) = entries.next()? {
         check_kind(&entry, &name)?;
-        let Some(listed) = manifest.files.get(&name) else {
-            return Err(not_listed(name));
+        let Some((listed_name, listed)) = manifest.files.get_key_value(&name) else {
+            return Err(StreamError::refused(name, "is not in the manifest"));
         };
-        if !seen.insert(name.clone()) {
+        if !seen.insert(listed_name.as_str()) {
             return Err(StreamError::refused(name, "comes twice in the stream"));
         }
         if entry.size() != listed.size {
@@ -265,7 +262,9 @@ fn read_files<R: Read>(
                 ),
             ));
         }
-        let path = dir.join(&name);
+        // The names are the manifest's, checked to stay inside; the
+        // directories are ours, made here, 0700.
+        let path = dir.join(listed_name);
         if let Some(parent) = path.parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -274,9 +273,9 @@ fn read_files<R: Read>(
                 .map_err(StreamError::io(parent.display().to_string()))?;
         }
         work.send(Work::Open {
-            name: name.clone(),
+            name: listed_name,
             path,
-            entry: listed.clone(),
+            entry: listed,
         })
         .map_err(handed_over)?;
         let mut left = listed.size;
@@ -302,17 +301,14 @@ fn read_files<R: Read>(
         }
         work.send(Work::Close).map_err(handed_over)?;
     }
-    if let Some(missing) = manifest.files.keys().find(|name| !seen.contains(*name)) {
-        return Err(StreamError::Truncated(format!(
-            "{missing} and {} other files of the manifest never came",
-            manifest.files.len() - seen.len() - 1
-        )));
+    let missing: Vec<&String> = manifest.files.keys().filter(|n| !seen.contains(n.as_str())).collect();
+    if let Some(first) = missing.first() {
+        return Err(StreamError::Truncated(match missing.len() {
+            1 => format!("{first}, listed in the manifest, never came"),
+            n => format!("{first} and {} more files listed in the manifest never came", n - 1),
+        }));
     }
     Ok(())
-}
-
-fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> String {
-    String::from_utf8_lossy(&entry.path_bytes()).into_owned()
 }
 
 /// Only regular files, at names that stay inside the directory.
@@ -326,7 +322,8 @@ fn check_kind<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<(), Stre
         T::Fifo => Some("a FIFO"),
         T::Directory => Some("a directory entry"),
         other => Some(match other.as_byte() {
-            b'x' | b'g' => "a pax header of a kind export never writes",
+            b'x' | b'g' => "a pax header, which export never writes",
+            b'K' => "a GNU long link name, which export never writes",
             b'S' => "a sparse file",
             _ => "an entry of an unknown kind",
         }),
@@ -337,20 +334,17 @@ fn check_kind<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<(), Stre
             format!("is {kind}; a checkpoint holds regular files only"),
         ));
     }
+    // The manifest lookup is what keeps names inside; this only says why.
     if name.starts_with('/') || name.split('/').any(|part| part == "..") {
         return Err(StreamError::refused(name, "leaves the directory"));
     }
     Ok(())
 }
 
-fn not_listed(name: String) -> StreamError {
-    StreamError::refused(name, "is not in the manifest")
-}
-
 /// The writer: each block hashed into its chunk's digest, compared at the
 /// end of each chunk, and written.
-fn write_files(inbox: Receiver<Work>, spare: SyncSender<Vec<u8>>, chunk_size: u64) -> Result<(), StreamError> {
-    let mut open: Option<Writing> = None;
+fn write_files(inbox: Receiver<Work<'_>>, spare: SyncSender<Vec<u8>>, chunk_size: u64) -> Result<(), StreamError> {
+    let mut open: Option<Writing<'_>> = None;
     for work in inbox {
         match work {
             Work::Open { name, path, entry } => {
@@ -363,7 +357,7 @@ fn write_files(inbox: Receiver<Work>, spare: SyncSender<Vec<u8>>, chunk_size: u6
                     .map_err(StreamError::io(path.display().to_string()))?;
                 open = Some(Writing {
                     name,
-                    file: std::io::BufWriter::with_capacity(BLOCK, file),
+                    file,
                     entry,
                     hasher: Sha256::new(),
                     chunk: 0,
@@ -382,19 +376,19 @@ fn write_files(inbox: Receiver<Work>, spare: SyncSender<Vec<u8>>, chunk_size: u6
     Ok(())
 }
 
-struct Writing {
-    name: String,
-    file: std::io::BufWriter<std::fs::File>,
-    entry: FileEntry,
+struct Writing<'m> {
+    name: &'m str,
+    file: std::fs::File,
+    entry: &'m FileEntry,
     hasher: Sha256,
     chunk: usize,
     in_chunk: u64,
     chunk_size: u64,
 }
 
-impl Writing {
+impl Writing<'_> {
     fn take(&mut self, mut data: &[u8]) -> Result<(), StreamError> {
-        self.file.write_all(data).map_err(StreamError::io(self.name.clone()))?;
+        self.file.write_all(data).map_err(StreamError::io(self.name))?;
         while !data.is_empty() {
             let room = (self.chunk_size - self.in_chunk).min(data.len() as u64) as usize;
             self.hasher.update(&data[..room]);
@@ -410,12 +404,12 @@ impl Writing {
     fn end_chunk(&mut self) -> Result<(), StreamError> {
         let actual = format!("{:x}", std::mem::take(&mut self.hasher).finalize());
         if self.entry.sha256.get(self.chunk) != Some(&actual) {
+            let start = self.chunk as u64 * self.chunk_size;
             return Err(StreamError::refused(
-                self.name.clone(),
+                self.name,
                 format!(
-                    "bytes {}..{} do not match their SHA-256 in the manifest",
-                    self.chunk as u64 * self.chunk_size,
-                    self.chunk as u64 * self.chunk_size + self.in_chunk
+                    "bytes {start}..{} do not match their SHA-256 in the manifest",
+                    start + self.in_chunk
                 ),
             ));
         }
@@ -430,7 +424,7 @@ impl Writing {
         if self.in_chunk > 0 || self.chunk == 0 {
             self.end_chunk()?;
         }
-        self.file.flush().map_err(StreamError::io(self.name.clone()))
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@
 //! manifest is written, last, as podckptd writes its own (see `Building`).
 
 mod crypt;
+mod destination;
 mod export;
 mod import;
 
@@ -51,8 +52,15 @@ pub enum StreamError {
     Truncated(String),
     #[error("{0}")]
     Encryption(String),
+    /// Where the import was to write.
     #[error("{0}")]
     Destination(String),
+    /// What export was given to read.
+    #[error("{0}")]
+    Source(String),
+    /// The import's writer stopped; its own error says why.
+    #[error("{0}")]
+    Handover(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error(transparent)]

@@ -440,7 +440,7 @@ fn hostile_streams_are_refused_naming_the_entry_and_leave_nothing() {
             zstd_of(&tar_of(&changed(&|e| {
                 e.pop();
             }))),
-            "pod.options and 0 other files of the manifest never came",
+            "pod.options, listed in the manifest, never came",
         ),
         (
             "a file cut short",
@@ -501,6 +501,183 @@ fn a_destination_without_room_is_refused_before_anything_is_written() {
         .to_string();
     assert!(err.contains("MiB free; the checkpoint needs"), "{err}");
     landing.assert_untouched();
+}
+
+/// A stream of `entries`, each given as its raw header and data.
+fn headers_of(entries: &[(tar::Header, Vec<u8>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (header, data) in entries {
+        builder.append(header, &data[..]).unwrap();
+    }
+    zstd_of(&builder.into_inner().unwrap())
+}
+
+fn header(kind: tar::EntryType, name: &[u8], size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(0o600);
+    header.set_cksum();
+    header
+}
+
+#[test]
+fn extension_headers_cannot_make_import_read_without_bound() {
+    use tar::EntryType as T;
+    let source = tempfile::tempdir().unwrap();
+    checkpoint(source.path());
+    let manifest = std::fs::read(source.path().join(MANIFEST)).unwrap();
+    let first = |kind, size| {
+        headers_of(&[
+            (header(kind, b"././@LongLink", size), Vec::new()),
+            (
+                header(T::Regular, MANIFEST.as_bytes(), manifest.len() as u64),
+                manifest.clone(),
+            ),
+        ])
+    };
+    let cases = [
+        (
+            "a long name claiming 1 TiB",
+            first(T::GNULongName, 1 << 40),
+            "is not a name export writes",
+        ),
+        (
+            "a pax header claiming 1 TiB",
+            first(T::XHeader, 1 << 40),
+            "a pax header",
+        ),
+        ("a global pax header", first(T::XGlobalHeader, 10), "a pax header"),
+        ("a long link name", first(T::GNULongLink, 10), "long link"),
+        ("a sparse file", first(T::GNUSparse, 10), "a sparse file"),
+        (
+            "a name that is not UTF-8",
+            headers_of(&[(header(T::Regular, b"pod\xff", 1), b"x".to_vec())]),
+            "is not UTF-8",
+        ),
+    ];
+    for (case, stream, words) in cases {
+        let landing = Landing::new();
+        let err = landing.import(&stream, None).expect_err(case).to_string();
+        assert!(err.contains(words), "{case}: {err}");
+        landing.assert_untouched();
+    }
+
+    // A name longer than a tar header holds, as export writes it.
+    let long = format!("{}/pages-1.img", "d".repeat(150));
+    let dir = tempfile::tempdir().unwrap();
+    let building = Building::begin(dir.path());
+    std::fs::create_dir(dir.path().join("d".repeat(150))).unwrap();
+    std::fs::write(dir.path().join(&long), b"pages").unwrap();
+    let built = manifest_of(dir.path());
+    building.commit(&serde_json::to_vec(&built).unwrap(), false).unwrap();
+    let landing = Landing::new();
+    landing.import(&exported(dir.path(), &plain()), None).unwrap();
+    assert_eq!(std::fs::read(landing.dir().join(&long)).unwrap(), b"pages");
+}
+
+#[test]
+fn manifests_that_would_exhaust_the_cleanup_or_shadow_the_manifest_are_refused() {
+    let source = tempfile::tempdir().unwrap();
+    checkpoint(source.path());
+    let good = manifest_of(source.path());
+    let entry = good.files["pod.dump"].clone();
+    for (name, words) in [
+        (format!("{}f", "a/".repeat(20)), "deeper than any checkpoint"),
+        ("manifest.json/x".to_owned(), "the manifest's own name"),
+        (".manifest.json.partial/x".to_owned(), "the manifest's own name"),
+    ] {
+        let mut manifest = good.clone();
+        manifest.files.insert(name.clone(), entry.clone());
+        let mut entries = entries_of(source.path());
+        entries[0].data = serde_json::to_vec(&manifest).unwrap();
+        let landing = Landing::new();
+        let err = landing
+            .import(&zstd_of(&tar_of(&entries)), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(words), "{name}: {err}");
+        landing.assert_untouched();
+    }
+}
+
+#[test]
+fn an_age_header_without_end_is_refused_early() {
+    let keys = tempfile::tempdir().unwrap();
+    let (identity, _) = generate_identity();
+    std::fs::write(keys.path().join("key"), identity).unwrap();
+    let identities = Identities::from_file(&keys.path().join("key")).unwrap();
+    let mut stream = b"age-encryption.org/v1\n-> X25519 AAAA\n".to_vec();
+    for _ in 0..2000 {
+        stream.extend_from_slice(&[b'A'; 64]);
+        stream.push(b'\n');
+    }
+    let landing = Landing::new();
+    let err = landing.import(&stream, Some(&identities)).unwrap_err().to_string();
+    assert!(err.contains("larger than 64 KiB"), "{err}");
+    landing.assert_untouched();
+
+    let armored = b"-----BEGIN AGE ENCRYPTED FILE-----\nYWdl\n".to_vec();
+    let err = landing.import(&armored, Some(&identities)).unwrap_err().to_string();
+    assert!(err.contains("armored"), "{err}");
+}
+
+/// Import runs as root with names the sender chose: a directory another
+/// user could change is refused, whoever owns the stream.
+#[test]
+fn a_destination_others_could_change_is_refused() {
+    let source = tempfile::tempdir().unwrap();
+    checkpoint(source.path());
+    let stream = exported(source.path(), &plain());
+    let landing = Landing::new();
+    std::fs::create_dir(landing.dir()).unwrap();
+    std::fs::set_permissions(landing.dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = landing.import(&stream, None).unwrap_err().to_string();
+    assert!(err.contains("another user could redirect"), "{err}");
+    std::fs::set_permissions(landing.parent.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::remove_dir(landing.dir()).unwrap();
+    let err = landing.import(&stream, None).unwrap_err().to_string();
+    assert!(
+        err.contains("another user could redirect"),
+        "a parent others may rename in: {err}"
+    );
+    landing.assert_untouched();
+    // Sticky, as /tmp is: others cannot rename what is not theirs.
+    std::fs::set_permissions(landing.parent.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    landing.import(&stream, None).unwrap();
+
+    // A private directory, but another user's.
+    if nix::unistd::geteuid().is_root() {
+        let landing = Landing::new();
+        std::fs::create_dir(landing.dir()).unwrap();
+        std::os::unix::fs::chown(landing.dir(), Some(65534), Some(65534)).unwrap();
+        let err = landing.import(&stream, None).unwrap_err().to_string();
+        assert!(err.contains("owned by uid 65534"), "{err}");
+        assert_eq!(std::fs::read_dir(landing.dir()).unwrap().count(), 0);
+    }
+}
+
+#[test]
+fn the_seal_is_found_by_the_canonical_path_whatever_path_was_given() {
+    let source = tempfile::tempdir().unwrap();
+    checkpoint(source.path());
+    let stream = exported(source.path(), &plain());
+    let state = tempfile::tempdir().unwrap();
+    let seals = Seals::open(state.path()).unwrap();
+    let landing = Landing::new();
+    std::fs::create_dir(landing.dir()).unwrap();
+    let given = PathBuf::from(format!("{}/../in/", landing.dir().display()));
+    let options = ImportOptions {
+        identities: None,
+        seals: Some(&seals),
+    };
+    let imported = import(&stream[..], &given, &options).unwrap();
+    let canonical = std::fs::canonicalize(landing.dir()).unwrap();
+    assert_eq!(imported.dir, canonical);
+    let manifest = std::fs::read(canonical.join(MANIFEST)).unwrap();
+    let snapshot = seals.snapshot(&canonical).unwrap().unwrap();
+    assert!(seals.unchanged(&snapshot, &manifest).is_some());
 }
 
 /// How a stream is spoilt.

@@ -1,0 +1,138 @@
+//! Where an import writes: a directory that nobody but this user can
+//! change while root writes into it, emptied again (or removed, if the
+//! import made it) unless the import commits.
+//!
+//! Why the whole path is checked: import runs as root, and the stream's
+//! names are the sender's. If another user could write the directory, or
+//! rename any directory above it, they could swap a part of the path for a
+//! symbolic link mid-import and have root write, or on failure delete,
+//! wherever it points. So every directory from `/` down must belong to root
+//! or to this user and be writable by no one else, unless it is sticky (as
+//! `/tmp` is), where others may not rename what is not theirs.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use super::StreamError;
+use crate::archive::{Building, create_private_dir, durable};
+
+pub(super) struct Destination {
+    /// The directory, by its canonical path: the one podckptd's seals and
+    /// `podckpt restorep` look it up by.
+    pub dir: PathBuf,
+    building: Option<Building>,
+    created: bool,
+}
+
+impl Destination {
+    /// An empty directory at `dir`, made (0700) if there is none.
+    pub fn prepare(dir: &Path) -> Result<Self, StreamError> {
+        let (dir, created) = match std::fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let name = dir
+                    .file_name()
+                    .ok_or_else(|| StreamError::Destination(format!("{} names no directory to make", dir.display())))?;
+                let parent = match dir.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+                let parent = canonical(parent)?;
+                // Others may make names beside ours in a sticky parent, but
+                // never rename or remove ours.
+                check_path(&parent, Sticky::Allowed)?;
+                let dir = parent.join(name);
+                create_private_dir(&dir)?;
+                (dir, true)
+            }
+            Err(e) => return Err(StreamError::io(dir.display().to_string())(e)),
+            Ok(meta) if !meta.is_dir() => {
+                return Err(StreamError::Destination(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )));
+            }
+            Ok(_) => {
+                let dir = canonical(dir)?;
+                // Not even sticky: another user could plant a link at a
+                // name the import is about to make.
+                check_path(&dir, Sticky::Refused)?;
+                let mut entries = std::fs::read_dir(&dir).map_err(StreamError::io(dir.display().to_string()))?;
+                if entries.next().is_some() {
+                    return Err(StreamError::Destination(format!(
+                        "{} is not empty: a checkpoint is imported into an empty directory",
+                        dir.display()
+                    )));
+                }
+                (dir, false)
+            }
+        };
+        Ok(Self {
+            building: Some(Building::begin(&dir)),
+            dir,
+            created,
+        })
+    }
+
+    /// Syncs what was written, and the directory's own name if the import
+    /// made it, then commits `manifest` last.
+    pub fn commit(mut self, manifest: &[u8]) -> Result<PathBuf, StreamError> {
+        durable::sync_tree(&self.dir)?;
+        if self.created {
+            durable::sync_dir(self.dir.parent().expect("a canonical path below /"))?;
+        }
+        let building = self.building.take().expect("building until committed");
+        building.commit(manifest, true)?;
+        Ok(std::mem::take(&mut self.dir))
+    }
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        let Some(building) = self.building.take() else {
+            return;
+        };
+        // Building's own drop empties the directory.
+        drop(building);
+        if self.created
+            && let Err(error) = std::fs::remove_dir(&self.dir)
+        {
+            warn!(path = %self.dir.display(), %error, "could not remove an unfinished import");
+        }
+    }
+}
+
+fn canonical(path: &Path) -> Result<PathBuf, StreamError> {
+    std::fs::canonicalize(path).map_err(StreamError::io(path.display().to_string()))
+}
+
+#[derive(PartialEq)]
+enum Sticky {
+    Allowed,
+    Refused,
+}
+
+/// Refuses `dir` (canonical) if anyone but root and this user could change
+/// it or any directory above it; `sticky` says whether `dir` itself may be
+/// writable by others with the sticky bit.
+fn check_path(dir: &Path, sticky_dir: Sticky) -> Result<(), StreamError> {
+    let me = nix::unistd::geteuid().as_raw();
+    for at in dir.ancestors() {
+        let meta = std::fs::metadata(at).map_err(StreamError::io(at.display().to_string()))?;
+        let owner_ok = meta.uid() == 0 || meta.uid() == me;
+        let others_write = meta.mode() & 0o022 != 0;
+        let sticky = meta.mode() & 0o1000 != 0;
+        let sticky_ok = sticky && (at != dir || sticky_dir == Sticky::Allowed);
+        let safe = owner_ok && (!others_write || sticky_ok);
+        if !safe {
+            return Err(StreamError::Destination(format!(
+                "{} is owned by uid {} with mode {:o}: another user could redirect what is written under it; import into a directory that only root can change",
+                at.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
