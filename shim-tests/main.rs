@@ -38,6 +38,7 @@ mod gvisor;
 mod interop;
 mod lazy;
 mod lifecycle;
+mod operability;
 mod passthrough;
 mod pod_interop;
 mod resilience;

@@ -245,6 +245,9 @@ pub struct Shim {
     child: Option<Child>,
     config: PathBuf,
     grace_seconds: u64,
+    /// `--log-level`; with `log_file`, the daemon logs JSON lines there.
+    log_level: &'static str,
+    log_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -258,6 +261,16 @@ impl Shim {
     /// A daemon reading `toml` as its config file, which gives its calls
     /// `grace_seconds` to finish when it is told to stop.
     pub fn start_with(tb: &Testbed, toml: &str, grace_seconds: u64) -> Self {
+        Self::launch(tb, toml, grace_seconds, None)
+    }
+
+    /// A daemon with the default config that logs at `level`, as JSON lines,
+    /// into a file the test reads with `log_lines`.
+    pub fn start_logging(tb: &Testbed, level: &'static str) -> Self {
+        Self::launch(tb, "", 5, Some(level))
+    }
+
+    fn launch(tb: &Testbed, toml: &str, grace_seconds: u64, logging: Option<&'static str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("podckpt.sock");
         // The node's own /etc/podckpt/config.toml stays out of the tests.
@@ -268,10 +281,22 @@ impl Shim {
             child: None,
             config,
             grace_seconds,
+            log_level: logging.unwrap_or("warn"),
+            log_file: logging.map(|_| dir.path().join("podckptd.log")),
             _dir: dir,
         };
         shim.spawn(&tb.endpoint());
         shim
+    }
+
+    /// The JSON lines the daemon has logged so far (see `start_logging`).
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        let path = self.log_file.as_ref().expect("a shim started with start_logging");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     fn spawn(&mut self, endpoint: &str) {
@@ -288,10 +313,16 @@ impl Shim {
             // Each daemon keeps its own paused-container journal.
             .arg("--state-dir")
             .arg(self.state_dir())
-            // Quiet unless RUST_LOG asks for more.
+            // Quiet unless RUST_LOG (or the test) asks for more.
             .arg("--log-level")
-            .arg("warn")
+            .arg(self.log_level)
             .stdin(Stdio::null());
+        if let Some(log) = &self.log_file {
+            command
+                .args(["--log-format", "json"])
+                .env_remove("RUST_LOG")
+                .stderr(std::fs::File::create(log).expect("the daemon's log file"));
+        }
         // A test harness killed outright must not leave a daemon behind that
         // still holds streams open on containerd.
         unsafe {

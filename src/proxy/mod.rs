@@ -6,6 +6,7 @@ pub mod authority;
 mod client_io;
 mod h2_settings;
 pub mod listener;
+mod outcome;
 mod relay;
 mod router;
 mod server;

@@ -21,9 +21,10 @@ use http_body_util::BodyExt;
 /// message then crosses in one write with its headers.
 const UNRESERVED_FIRST_CHUNK: usize = 65_535;
 
-/// Copies data and trailers from `recv` to `send`. A reset or error on
-/// either side resets the other, so a cancelled call is cancelled end to end.
-pub async fn pump(mut recv: RecvStream, mut send: SendStream<Bytes>) -> Result<(), h2::Error> {
+/// Copies data and trailers from `recv` to `send`, and returns the gRPC
+/// status the trailers carried. A reset or error on either side resets the
+/// other, so a cancelled call is cancelled end to end.
+pub async fn pump(mut recv: RecvStream, mut send: SendStream<Bytes>) -> Result<Option<tonic::Status>, h2::Error> {
     let result = async {
         let mut first = true;
         while let Some(chunk) = recv.data().await {
@@ -39,7 +40,7 @@ pub async fn pump(mut recv: RecvStream, mut send: SendStream<Bytes>) -> Result<(
             first = false;
             recv.flow_control().release_capacity(len)?;
             if end {
-                return Ok(());
+                return Ok(None);
             }
         }
         finish(&mut send, recv.trailers().await?)
@@ -51,8 +52,9 @@ pub async fn pump(mut recv: RecvStream, mut send: SendStream<Bytes>) -> Result<(
     result
 }
 
-/// Writes an `http_body::Body` (one of our own responses) to `send`.
-pub async fn pump_body<B>(body: B, mut send: SendStream<Bytes>) -> Result<(), h2::Error>
+/// Writes an `http_body::Body` (one of our own responses) to `send`, and
+/// returns the gRPC status its trailers carried.
+pub async fn pump_body<B>(body: B, mut send: SendStream<Bytes>) -> Result<Option<tonic::Status>, h2::Error>
 where
     B: Body<Data = Bytes>,
 {
@@ -74,10 +76,14 @@ where
     finish(&mut send, None)
 }
 
-fn finish(send: &mut SendStream<Bytes>, trailers: Option<HeaderMap>) -> Result<(), h2::Error> {
+fn finish(send: &mut SendStream<Bytes>, trailers: Option<HeaderMap>) -> Result<Option<tonic::Status>, h2::Error> {
     match trailers {
-        Some(trailers) => send.send_trailers(trailers),
-        None => send.send_data(Bytes::new(), true),
+        Some(trailers) => {
+            let status = tonic::Status::from_header_map(&trailers);
+            send.send_trailers(trailers)?;
+            Ok(status)
+        }
+        None => send.send_data(Bytes::new(), true).map(|()| None),
     }
 }
 

@@ -12,8 +12,9 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body::Body as _;
 use tower::ServiceExt;
-use tracing::{debug, warn};
+use tracing::warn;
 
+use super::outcome;
 use super::relay::{self, RecvBody};
 use super::upstream::Upstream;
 use crate::api::{self, pod::runtime_service_server::RuntimeServiceServer};
@@ -50,15 +51,13 @@ impl Router {
     ) {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
-        let result = if api::is_own_path(&path) {
+        let own = api::is_own_path(&path);
+        let result = if own {
             self.serve_own(request, respond, peer).await
         } else {
             self.forward(request, respond).await
         };
-        match result {
-            Ok(()) => debug!(method = %path, elapsed_us = started.elapsed().as_micros() as u64, "call"),
-            Err(error) => debug!(method = %path, %error, "call ended abnormally"),
-        }
+        outcome::log(&path, own, &result, started.elapsed());
     }
 
     async fn serve_own(
@@ -66,7 +65,7 @@ impl Router {
         request: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
         peer: Option<PeerCredentials>,
-    ) -> Result<(), h2::Error> {
+    ) -> Result<Option<tonic::Status>, h2::Error> {
         let mut request = request.map(RecvBody::new);
         if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
@@ -82,14 +81,22 @@ impl Router {
         // trailers, and report a stream ended by an empty DATA frame as
         // INTERNAL or UNKNOWN, whatever the real code was.
         let trailers_only = body.is_end_stream() || parts.headers.contains_key(tonic::Status::GRPC_STATUS);
+        let status = trailers_only
+            .then(|| tonic::Status::from_header_map(&parts.headers))
+            .flatten();
         let send = respond.send_response(Response::from_parts(parts, ()), trailers_only)?;
         if trailers_only {
-            return Ok(());
+            return Ok(status);
         }
         relay::pump_body(body, send).await
     }
 
-    async fn forward(&self, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) -> Result<(), h2::Error> {
+    /// Relays the call to the runtime; returns the status the caller got.
+    async fn forward(
+        &self,
+        request: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+    ) -> Result<Option<tonic::Status>, h2::Error> {
         let deadline = grpc_timeout(request.headers());
         let (mut parts, recv) = request.into_parts();
         parts.uri = upstream_uri(parts.uri);
@@ -156,18 +163,27 @@ impl Router {
             };
             let (parts, recv) = answer.into_parts();
             let done = recv.is_end_stream();
+            // A trailers-only answer (every error) carries its status here.
+            let status = done.then(|| tonic::Status::from_header_map(&parts.headers)).flatten();
             let send = respond.send_response(Response::from_parts(parts, ()), done)?;
-            if done { Ok(()) } else { relay::pump(recv, send).await }
+            if done {
+                Ok(status)
+            } else {
+                relay::pump(recv, send).await
+            }
         };
         let (_, answered) = tokio::join!(upload, download);
         answered
     }
 }
 
-/// A trailers-only gRPC answer carrying `status`.
-fn send_status(respond: &mut SendResponse<Bytes>, status: tonic::Status) -> Result<(), h2::Error> {
+/// A trailers-only gRPC answer carrying `status`; returns it, as sent.
+fn send_status(respond: &mut SendResponse<Bytes>, status: tonic::Status) -> Result<Option<tonic::Status>, h2::Error> {
+    let sent = tonic::Status::new(status.code(), status.message());
     let (parts, _) = status.into_http::<()>().into_parts();
-    respond.send_response(Response::from_parts(parts, ()), true).map(drop)
+    respond
+        .send_response(Response::from_parts(parts, ()), true)
+        .map(|_| Some(sent))
 }
 
 /// HTTP/2 needs a scheme and authority on every request; keep the caller's
