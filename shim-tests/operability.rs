@@ -76,3 +76,78 @@ async fn every_call_is_logged_with_its_status(tb: Testbed) {
         "the status message is logged: {failed}"
     );
 }
+
+/// A podckptd started by hand, killed if the test ends early.
+struct Daemon(Option<std::process::Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The next datagram on systemd's notify socket, within `limit`.
+fn notified(socket: &std::os::unix::net::UnixDatagram, limit: Duration) -> Option<String> {
+    socket.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    socket
+        .recv(&mut buf)
+        .ok()
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// systemd itself need not run: the test is the notify socket's listener.
+#[tokio::test]
+#[serial_test::serial]
+async fn systemd_hears_ready_only_once_the_runtime_answers_and_stopping_on_sigterm() {
+    let Some(tb) = support::testbed() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify")).unwrap();
+    // The runtime's socket is not there yet.
+    let runtime = dir.path().join("runtime.sock");
+    let socket = dir.path().join("podckpt.sock");
+    std::fs::write(dir.path().join("config.toml"), "").unwrap();
+    let mut daemon = Daemon(Some(
+        std::process::Command::new(env!("CARGO_BIN_EXE_podckptd"))
+            .arg("--listen")
+            .arg(&socket)
+            .arg("--runtime-endpoint")
+            .arg(format!("unix://{}", runtime.display()))
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--log-level", "warn"])
+            .env("NOTIFY_SOCKET", dir.path().join("notify"))
+            .spawn()
+            .expect("starting podckptd"),
+    ));
+    let bound = eventually(Duration::from_secs(10), || async {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .await;
+    assert!(bound, "podckptd did not bind its socket");
+    if let Some(early) = notified(&notify, Duration::from_millis(1500)) {
+        panic!("systemd was told {early:?} before the runtime answered");
+    }
+
+    std::os::unix::fs::symlink(&tb.socket, &runtime).unwrap();
+    let ready = notified(&notify, Duration::from_secs(10)).expect("no READY once the runtime is there");
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("STATUS=serving, in front of containerd"), "{ready:?}");
+
+    let child = daemon.0.as_mut().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopping = notified(&notify, Duration::from_secs(5)).expect("no STOPPING on SIGTERM");
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert!(daemon.0.take().unwrap().wait().unwrap().success());
+}

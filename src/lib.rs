@@ -15,4 +15,5 @@ pub mod endpoint;
 pub mod interposer;
 pub mod pod;
 pub mod proxy;
+pub mod readiness;
 pub mod telemetry;

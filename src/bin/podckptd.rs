@@ -8,7 +8,7 @@ use tracing::info;
 use podckpt::config::{DaemonArgs, DaemonConfig};
 use podckpt::pod::PodService;
 use podckpt::proxy::{self, Router, Upstream};
-use podckpt::telemetry;
+use podckpt::{readiness, telemetry};
 
 fn main() -> anyhow::Result<()> {
     let args = DaemonArgs::parse();
@@ -36,9 +36,21 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         runtime_endpoint = %config.runtime_endpoint,
         "podckptd serving"
     );
-    let shutdown = shutdown_signal()?;
+    // Ready for systemd once the socket is bound (above) and the runtime
+    // has answered; the calls are served meanwhile, as they come.
+    let ready = tokio::spawn(readiness::notify_when_runtime_answers(
+        config.runtime_endpoint.path().to_owned(),
+    ));
+    let watchdog = tokio::spawn(readiness::watchdog());
+    let signal = shutdown_signal()?;
+    let shutdown = async {
+        signal.await;
+        readiness::stopping();
+    };
     proxy::serve(listener, &config.listen, router, shutdown, config.shutdown_grace).await;
+    ready.abort();
     pods.drain().await;
+    watchdog.abort();
     info!("podckptd stopped");
     Ok(())
 }
