@@ -4,8 +4,42 @@
 
 use std::time::Duration;
 
+use http::HeaderMap;
 use tonic::Code;
 use tracing::{debug, info, warn};
+
+/// How a call ended for its caller: the gRPC code it got, and the message
+/// where one is at hand without cost (the shim's own answers).
+pub struct Ended {
+    pub code: Code,
+    pub message: Option<String>,
+}
+
+impl Ended {
+    pub fn code(code: Code) -> Self {
+        Self { code, message: None }
+    }
+
+    /// The status of a trailers-only answer, with its message decoded.
+    pub fn with_message(headers: &HeaderMap) -> Option<Self> {
+        let status = tonic::Status::from_header_map(headers)?;
+        Some(Self {
+            code: status.code(),
+            message: Some(status.message().to_owned()),
+        })
+    }
+}
+
+/// The code in `grpc-status`, read without decoding anything else: this
+/// runs on every call the shim passes through.
+pub fn code_of(headers: &HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?;
+    std::str::from_utf8(value.as_bytes())
+        .ok()?
+        .parse::<i32>()
+        .ok()
+        .map(Code::from_i32)
+}
 
 /// gRPC's canonical name of a status code, as grpc-go and the kubelet log
 /// it.
@@ -43,15 +77,15 @@ fn is_server_fault(code: Code) -> bool {
 /// failed pod call (`own`) also at info, or at warn when the node is at
 /// fault, with its message. A stream that ended without a status (reset,
 /// or cut) is logged with what ended it.
-pub fn log(method: &str, own: bool, result: &Result<Option<tonic::Status>, h2::Error>, elapsed: Duration) {
+pub fn log(method: &str, own: bool, result: &Result<Option<Ended>, h2::Error>, elapsed: Duration) {
     let elapsed_us = elapsed.as_micros() as u64;
     match result {
-        Ok(Some(status)) => {
-            let code = code_name(status.code());
+        Ok(Some(ended)) => {
+            let code = code_name(ended.code);
             debug!(method, code, elapsed_us, "call");
-            if own && status.code() != Code::Ok {
-                let grpc_message = status.message();
-                if is_server_fault(status.code()) {
+            if own && ended.code != Code::Ok {
+                let grpc_message = ended.message.as_deref().unwrap_or_default();
+                if is_server_fault(ended.code) {
                     warn!(method, code, grpc_message, elapsed_us, "pod call failed");
                 } else {
                     info!(method, code, grpc_message, elapsed_us, "pod call failed");
@@ -76,5 +110,18 @@ mod tests {
         }
         assert_eq!(code_name(Code::from_i32(5)), "NOT_FOUND");
         assert_eq!(code_name(Code::from_i32(9)), "FAILED_PRECONDITION");
+    }
+
+    #[test]
+    fn the_code_is_read_from_grpc_status_alone() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(code_of(&headers), None);
+        headers.insert("grpc-status", "5".parse().unwrap());
+        headers.insert("grpc-message", "no%20such%20container".parse().unwrap());
+        assert_eq!(code_of(&headers), Some(Code::NotFound));
+        let ended = Ended::with_message(&headers).unwrap();
+        assert_eq!(ended.message.as_deref(), Some("no such container"));
+        headers.insert("grpc-status", "x".parse().unwrap());
+        assert_eq!(code_of(&headers), None);
     }
 }

@@ -13,6 +13,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
+use tonic::Code;
 
 /// Up to this many bytes open a body without waiting for flow-control
 /// capacity: every HTTP/2 stream starts with a 64 KiB window, and a stream
@@ -22,9 +23,9 @@ use http_body_util::BodyExt;
 const UNRESERVED_FIRST_CHUNK: usize = 65_535;
 
 /// Copies data and trailers from `recv` to `send`, and returns the gRPC
-/// status the trailers carried. A reset or error on either side resets the
+/// status code the trailers carried. A reset or error on either side resets the
 /// other, so a cancelled call is cancelled end to end.
-pub async fn pump(mut recv: RecvStream, mut send: SendStream<Bytes>) -> Result<Option<tonic::Status>, h2::Error> {
+pub async fn pump(mut recv: RecvStream, mut send: SendStream<Bytes>) -> Result<Option<Code>, h2::Error> {
     let result = async {
         let mut first = true;
         while let Some(chunk) = recv.data().await {
@@ -53,8 +54,8 @@ pub async fn pump(mut recv: RecvStream, mut send: SendStream<Bytes>) -> Result<O
 }
 
 /// Writes an `http_body::Body` (one of our own responses) to `send`, and
-/// returns the gRPC status its trailers carried.
-pub async fn pump_body<B>(body: B, mut send: SendStream<Bytes>) -> Result<Option<tonic::Status>, h2::Error>
+/// returns the gRPC status code its trailers carried.
+pub async fn pump_body<B>(body: B, mut send: SendStream<Bytes>) -> Result<Option<Code>, h2::Error>
 where
     B: Body<Data = Bytes>,
 {
@@ -76,12 +77,12 @@ where
     finish(&mut send, None)
 }
 
-fn finish(send: &mut SendStream<Bytes>, trailers: Option<HeaderMap>) -> Result<Option<tonic::Status>, h2::Error> {
+fn finish(send: &mut SendStream<Bytes>, trailers: Option<HeaderMap>) -> Result<Option<Code>, h2::Error> {
     match trailers {
         Some(trailers) => {
-            let status = tonic::Status::from_header_map(&trailers);
+            let code = super::outcome::code_of(&trailers);
             send.send_trailers(trailers)?;
-            Ok(status)
+            Ok(code)
         }
         None => send.send_data(Bytes::new(), true).map(|()| None),
     }

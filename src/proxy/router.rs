@@ -14,7 +14,7 @@ use http_body::Body as _;
 use tower::ServiceExt;
 use tracing::warn;
 
-use super::outcome;
+use super::outcome::{self, Ended};
 use super::relay::{self, RecvBody};
 use super::upstream::Upstream;
 use crate::api::{self, pod::runtime_service_server::RuntimeServiceServer};
@@ -65,7 +65,7 @@ impl Router {
         request: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
         peer: Option<PeerCredentials>,
-    ) -> Result<Option<tonic::Status>, h2::Error> {
+    ) -> Result<Option<Ended>, h2::Error> {
         let mut request = request.map(RecvBody::new);
         if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
@@ -81,14 +81,13 @@ impl Router {
         // trailers, and report a stream ended by an empty DATA frame as
         // INTERNAL or UNKNOWN, whatever the real code was.
         let trailers_only = body.is_end_stream() || parts.headers.contains_key(tonic::Status::GRPC_STATUS);
-        let status = trailers_only
-            .then(|| tonic::Status::from_header_map(&parts.headers))
-            .flatten();
+        // Our own errors are rare: their message is read for the log.
+        let ended = trailers_only.then(|| Ended::with_message(&parts.headers)).flatten();
         let send = respond.send_response(Response::from_parts(parts, ()), trailers_only)?;
         if trailers_only {
-            return Ok(status);
+            return Ok(ended);
         }
-        relay::pump_body(body, send).await
+        Ok(relay::pump_body(body, send).await?.map(Ended::code))
     }
 
     /// Relays the call to the runtime; returns the status the caller got.
@@ -96,7 +95,7 @@ impl Router {
         &self,
         request: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
-    ) -> Result<Option<tonic::Status>, h2::Error> {
+    ) -> Result<Option<Ended>, h2::Error> {
         let deadline = grpc_timeout(request.headers());
         let (mut parts, recv) = request.into_parts();
         parts.uri = upstream_uri(parts.uri);
@@ -164,22 +163,22 @@ impl Router {
             let (parts, recv) = answer.into_parts();
             let done = recv.is_end_stream();
             // A trailers-only answer (every error) carries its status here.
-            let status = done.then(|| tonic::Status::from_header_map(&parts.headers)).flatten();
+            let code = done.then(|| outcome::code_of(&parts.headers)).flatten();
             let send = respond.send_response(Response::from_parts(parts, ()), done)?;
-            if done {
-                Ok(status)
-            } else {
-                relay::pump(recv, send).await
-            }
+            let code = if done { code } else { relay::pump(recv, send).await? };
+            Ok(code.map(Ended::code))
         };
         let (_, answered) = tokio::join!(upload, download);
         answered
     }
 }
 
-/// A trailers-only gRPC answer carrying `status`; returns it, as sent.
-fn send_status(respond: &mut SendResponse<Bytes>, status: tonic::Status) -> Result<Option<tonic::Status>, h2::Error> {
-    let sent = tonic::Status::new(status.code(), status.message());
+/// A trailers-only gRPC answer carrying `status`; returns what was sent.
+fn send_status(respond: &mut SendResponse<Bytes>, status: tonic::Status) -> Result<Option<Ended>, h2::Error> {
+    let sent = Ended {
+        code: status.code(),
+        message: Some(status.message().to_owned()),
+    };
     let (parts, _) = status.into_http::<()>().into_parts();
     respond
         .send_response(Response::from_parts(parts, ()), true)
