@@ -43,6 +43,7 @@ async fn same_answers_as_the_runtime(stack: Stack, tb: Testbed) {
     let fixture = Fixture::new(&tb).await;
     let runtime_name = tb.runtime_name().await;
     let cases = cases(&tb, &fixture, &runtime_name);
+    crate::support::drain_container_events(&tb).await;
 
     let mut failures = Vec::new();
     for round in 1..=2 {

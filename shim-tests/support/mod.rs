@@ -188,6 +188,33 @@ fn testbed_at(socket: PathBuf, runc_root: &str, what: &str) -> Option<Testbed> {
     None
 }
 
+/// Takes every event containerd 1.7 has queued for GetContainerEvents. Its
+/// CRI keeps one queue for all callers, filled whether anyone listens or
+/// not, so the events of earlier tests (a 64 MiB annotation among them)
+/// would otherwise go to the next test that asks, and break a client with
+/// gRPC's default 4 or 16 MiB message limit.
+///
+/// containerd 1.7 never ends that stream itself, and tonic bounds only the
+/// wait for its headers, so each round is cut short here, after 300 ms.
+pub async fn drain_container_events(tb: &Testbed) {
+    let mut client = tb.direct().await;
+    loop {
+        let mut taken = 0;
+        let round = async {
+            if let Ok(answer) = client.get_container_events(cri::GetEventsRequest {}).await {
+                let mut events = answer.into_inner();
+                while let Ok(Some(_)) = events.message().await {
+                    taken += 1;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(300), round).await;
+        if taken == 0 {
+            return;
+        }
+    }
+}
+
 /// Reports a part of the test bed this machine lacks: a skip, or a failure
 /// under PODCKPT_REQUIRE_TESTBED=1.
 pub fn missing(why: &str) {
