@@ -1,5 +1,5 @@
 //! What an operator sees of podckptd on a node: every call's status in its
-//! log.
+//! log and in its metrics, and systemd's readiness protocol.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use tonic::Code;
 
 use crate::support::{self, Shim, Testbed, checkpoint_pod_exactly, eventually};
 
-on_each_runtime!(every_call_is_logged_with_its_status);
+on_each_runtime!(every_call_is_logged_with_its_status, metrics_count_what_was_done);
 
 /// The first line logged with these fields, if any.
 fn line_with(shim: &Shim, fields: &[(&str, &str)]) -> Option<Value> {
@@ -150,4 +150,64 @@ async fn systemd_hears_ready_only_once_the_runtime_answers_and_stopping_on_sigte
     let stopping = notified(&notify, Duration::from_secs(5)).expect("no STOPPING on SIGTERM");
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
     assert!(daemon.0.take().unwrap().wait().unwrap().success());
+}
+
+/// `GET /metrics` on the metrics socket: the status and the body.
+async fn scrape(socket: &std::path::Path) -> (http::StatusCode, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("the metrics socket");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("HTTP/1 handshake");
+    tokio::spawn(connection);
+    let request = http::Request::get("/metrics")
+        .header(http::header::HOST, "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.expect("GET /metrics");
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn metrics_count_what_was_done(tb: Testbed) {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.sock");
+    let shim = Shim::start_with(&tb, &format!("metrics_listen = \"unix://{}\"\n", metrics.display()), 5);
+    let mut client = shim.client().await;
+    for _ in 0..3 {
+        client.version(cri::VersionRequest::default()).await.expect("Version");
+    }
+    for _ in 0..2 {
+        let status = client
+            .container_status(cri::ContainerStatusRequest {
+                container_id: "no-such-container".into(),
+                verbose: false,
+            })
+            .await
+            .expect_err("an unknown container");
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    let (_parent, out) = support::empty_output("ckpt");
+    let refused = checkpoint_pod_exactly(&shim, "no-such-pod", &out, vec![], &[])
+        .await
+        .expect_err("an empty container list");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    let (status, text) = scrape(&metrics).await;
+    assert_eq!(status, http::StatusCode::OK);
+    for line in [
+        r#"podckpt_passthrough_calls_total{method="/runtime.v1.RuntimeService/Version",code="OK"} 3"#,
+        r#"podckpt_passthrough_calls_total{method="/runtime.v1.RuntimeService/ContainerStatus",code="NOT_FOUND"} 2"#,
+        r#"podckpt_pod_calls_total{method="/runtime.v1.RuntimeService/CheckpointPod",code="INVALID_ARGUMENT"} 1"#,
+        r#"podckpt_passthrough_call_duration_seconds_count{method="/runtime.v1.RuntimeService/Version"} 3"#,
+        r#"podckpt_pod_call_duration_seconds_count{method="/runtime.v1.RuntimeService/CheckpointPod"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} is not in the metrics:\n{text}");
+    }
+    // Nothing else was called.
+    assert_eq!(text.matches("_calls_total{").count(), 3, "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
 }

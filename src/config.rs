@@ -54,6 +54,9 @@ pub struct DaemonArgs {
     /// Where podckptd keeps the record of containers it has paused [default: /run/podckpt]
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on this loopback IP:PORT or unix:///PATH [default: off]
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// How containers of one runtime handler are checkpointed.
@@ -127,6 +130,8 @@ pub struct FileConfig {
     pub shutdown_grace_seconds: Option<u64>,
     pub connect_timeout_seconds: Option<u64>,
     pub state_dir: Option<PathBuf>,
+    /// Prometheus metrics: a loopback IP:PORT or unix:///PATH; unset, off.
+    pub metrics_listen: Option<String>,
     /// Extra uids allowed to call CheckpointPod and RestorePod.
     #[serde(default)]
     pub allowed_uids: Vec<u32>,
@@ -151,6 +156,8 @@ pub enum ConfigError {
     Endpoint(#[from] EndpointError),
     #[error("listen path {0} must be absolute")]
     RelativeListen(PathBuf),
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// The settings the daemon runs with, after flags, file and defaults are merged.
@@ -163,6 +170,8 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     pub connect_timeout: Duration,
     pub state_dir: PathBuf,
+    /// Where metrics are served; `None`, they are not kept at all.
+    pub metrics_listen: Option<crate::metrics::server::Address>,
     pub access: AccessPolicy,
     /// Always has an entry for the default handler "".
     pub handlers: std::collections::BTreeMap<String, HandlerConfig>,
@@ -204,7 +213,14 @@ impl DaemonConfig {
             restore: true,
             ..Default::default()
         });
+        let metrics_listen = args
+            .metrics_listen
+            .clone()
+            .or(file.metrics_listen)
+            .map(|text| text.parse().map_err(ConfigError::Metrics))
+            .transpose()?;
         Ok(Self {
+            metrics_listen,
             state_dir: args
                 .state_dir
                 .clone()

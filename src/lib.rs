@@ -13,6 +13,7 @@ pub mod cri_client;
 pub mod deadline;
 pub mod endpoint;
 pub mod interposer;
+pub mod metrics;
 pub mod pod;
 pub mod proxy;
 pub mod readiness;

@@ -1,8 +1,9 @@
 //! The shim against containerd called directly, in the same run, on the test bed.
 //!
-//!   cargo bench --bench shim_vs_containerd [-- --crio]
+//!   cargo bench --bench shim_vs_containerd [-- [--crio] [--metrics]]
 //!
 //! With `--crio`, the shim in front of the test bed's CRI-O against CRI-O.
+//! With `--metrics`, podckptd keeps its Prometheus metrics.
 //!
 //! Latency: p50 and p99 of Version and of ListContainers with 50 containers,
 //! measured in alternating rounds so that drift on a noisy machine hits both
@@ -120,7 +121,18 @@ async fn main() {
         return;
     }
     let tb = support::bench_testbed();
-    let shim = Shim::start(&tb);
+    // With `--metrics`, podckptd counts every call for Prometheus (served
+    // on a socket nobody scrapes here): what the metrics cost.
+    let metrics = tempfile::tempdir().unwrap();
+    let shim = if std::env::args().any(|a| a == "--metrics") {
+        let toml = format!(
+            "metrics_listen = \"unix://{}/metrics.sock\"\n",
+            metrics.path().display()
+        );
+        Shim::start_with(&tb, &toml, 5)
+    } else {
+        Shim::start(&tb)
+    };
     let idle_rss_start = rss_kib(shim.pid());
     let direct = tb.direct().await;
     let via_shim = shim.client().await;

@@ -3,9 +3,10 @@
 use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{error, info};
 
 use podckpt::config::{DaemonArgs, DaemonConfig};
+use podckpt::metrics::{self, Metrics};
 use podckpt::pod::PodService;
 use podckpt::proxy::{self, Router, Upstream};
 use podckpt::{readiness, telemetry};
@@ -29,7 +30,15 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let upstream = Upstream::new(config.runtime_endpoint.clone(), config.connect_timeout);
     let pods = PodService::new(&config, podckpt::cri_client::channel(config.runtime_endpoint.path()))?;
     pods.recover().await;
-    let router = Router::new(upstream, pods.clone());
+    let metrics = config.metrics_listen.as_ref().map(|_| Metrics::default());
+    let router = Router::new(upstream, pods.clone(), metrics.clone());
+    let metrics_server = config.metrics_listen.clone().zip(metrics).map(|(address, metrics)| {
+        tokio::spawn(async move {
+            if let Err(error) = metrics::server::serve(address.clone(), metrics).await {
+                error!(%address, %error, "cannot serve metrics");
+            }
+        })
+    });
     info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %config.listen.display(),
@@ -51,6 +60,9 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     ready.abort();
     pods.drain().await;
     watchdog.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     info!("podckptd stopped");
     Ok(())
 }

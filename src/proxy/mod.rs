@@ -12,6 +12,7 @@ mod router;
 mod server;
 pub mod upstream;
 
+pub use outcome::code_name;
 pub use router::Router;
 pub use server::serve;
 pub use upstream::Upstream;

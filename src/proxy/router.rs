@@ -19,6 +19,7 @@ use super::relay::{self, RecvBody};
 use super::upstream::Upstream;
 use crate::api::{self, pod::runtime_service_server::RuntimeServiceServer};
 use crate::deadline::grpc_timeout;
+use crate::metrics::Metrics;
 use crate::pod::{PeerCredentials, PodService};
 
 #[derive(Clone)]
@@ -29,16 +30,19 @@ pub struct Router {
 struct Inner {
     upstream: Upstream,
     own: RuntimeServiceServer<PodService>,
+    /// Kept only when served: with none, a call costs nothing more.
+    metrics: Option<Metrics>,
 }
 
 impl Router {
-    pub fn new(upstream: Upstream, pods: PodService) -> Self {
+    /// `metrics`: where every call is counted, if anywhere.
+    pub fn new(upstream: Upstream, pods: PodService, metrics: Option<Metrics>) -> Self {
         // Our own answers are small; the limits matter only for what callers send us.
         let own = RuntimeServiceServer::new(pods)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         Self {
-            inner: Arc::new(Inner { upstream, own }),
+            inner: Arc::new(Inner { upstream, own, metrics }),
         }
     }
 
@@ -57,7 +61,12 @@ impl Router {
         } else {
             self.forward(request, respond).await
         };
-        outcome::log(&path, own, &result, started.elapsed());
+        let elapsed = started.elapsed();
+        outcome::log(&path, own, &result, elapsed);
+        if let Some(metrics) = &self.inner.metrics {
+            let code = result.as_ref().ok().and_then(|ended| ended.as_ref().map(|e| e.code));
+            metrics.record(&path, own, code, elapsed);
+        }
     }
 
     async fn serve_own(

@@ -1,0 +1,190 @@
+//! Prometheus metrics: what podckptd passes through and answers, by method
+//! and gRPC code, and how long it takes. Served on a listener of their own
+//! (`server`), off unless configured.
+
+pub mod server;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tonic::Code;
+
+use crate::proxy::code_name;
+
+/// A client chooses the method path it sends; past this many distinct ones
+/// the rest count as "other", so that no client can grow the metrics
+/// without bound. The CRI has about 50.
+const METHODS_MAX: usize = 128;
+const OTHER: &str = "other";
+
+/// CRI calls take from about 100 µs (Version) to minutes (a slow image pull
+/// or exec): the buckets span both.
+const CALL_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+/// A pod call takes from a fraction of a second to its deadline.
+const POD_CALL_BUCKETS: [f64; 12] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: String,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    passthrough_calls: Family<CallLabels, Counter>,
+    passthrough_seconds: Family<MethodLabels, Histogram>,
+    pod_calls: Family<CallLabels, Counter>,
+    pod_call_seconds: Family<MethodLabels, Histogram>,
+    methods: Mutex<HashSet<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let passthrough_calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "podckpt_passthrough_calls",
+            "CRI calls passed through to the runtime, by method and the gRPC code the caller got (\"none\": the stream ended without one)",
+            passthrough_calls.clone(),
+        );
+        let passthrough_seconds =
+            Family::<MethodLabels, Histogram>::new_with_constructor(|| Histogram::new(CALL_BUCKETS));
+        registry.register(
+            "podckpt_passthrough_call_duration_seconds",
+            "Time from a passed-through call's arrival to the end of its answer, by method",
+            passthrough_seconds.clone(),
+        );
+        let pod_calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "podckpt_pod_calls",
+            "CheckpointPod and RestorePod calls answered by podckptd, by method and gRPC code",
+            pod_calls.clone(),
+        );
+        let pod_call_seconds =
+            Family::<MethodLabels, Histogram>::new_with_constructor(|| Histogram::new(POD_CALL_BUCKETS));
+        registry.register(
+            "podckpt_pod_call_duration_seconds",
+            "Total time of CheckpointPod and RestorePod calls, by method",
+            pod_call_seconds.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                passthrough_calls,
+                passthrough_seconds,
+                pod_calls,
+                pod_call_seconds,
+                methods: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one call: `own` for the pod calls podckptd answers itself;
+    /// `code` the gRPC code its caller got, if the stream carried one.
+    pub fn record(&self, method: &str, own: bool, code: Option<Code>, elapsed: Duration) {
+        let method = self.bounded(method);
+        let code = code.map_or("none", code_name);
+        let seconds = elapsed.as_secs_f64();
+        let (calls, durations) = if own {
+            (&self.inner.pod_calls, &self.inner.pod_call_seconds)
+        } else {
+            (&self.inner.passthrough_calls, &self.inner.passthrough_seconds)
+        };
+        durations
+            .get_or_create(&MethodLabels { method: method.clone() })
+            .observe(seconds);
+        calls.get_or_create(&CallLabels { method, code }).inc();
+    }
+
+    /// `method`, or "other" once `METHODS_MAX` others have been seen.
+    fn bounded(&self, method: &str) -> String {
+        let mut methods = self.inner.methods.lock().unwrap_or_else(|p| p.into_inner());
+        if methods.contains(method) {
+            return method.to_owned();
+        }
+        if methods.len() < METHODS_MAX {
+            methods.insert(method.to_owned());
+            return method.to_owned();
+        }
+        OTHER.to_owned()
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_counted_by_method_and_code_with_their_times() {
+        let metrics = Metrics::default();
+        let version = "/runtime.v1.RuntimeService/Version";
+        for _ in 0..3 {
+            metrics.record(version, false, Some(Code::Ok), Duration::from_micros(300));
+        }
+        metrics.record("/x/Status", false, Some(Code::NotFound), Duration::from_millis(2));
+        metrics.record(
+            "/x/CheckpointPod",
+            true,
+            Some(Code::FailedPrecondition),
+            Duration::from_secs(1),
+        );
+        metrics.record("/x/Cut", false, None, Duration::from_millis(1));
+        let text = metrics.encode();
+        for line in [
+            r#"podckpt_passthrough_calls_total{method="/runtime.v1.RuntimeService/Version",code="OK"} 3"#,
+            r#"podckpt_passthrough_calls_total{method="/x/Status",code="NOT_FOUND"} 1"#,
+            r#"podckpt_passthrough_calls_total{method="/x/Cut",code="none"} 1"#,
+            r#"podckpt_pod_calls_total{method="/x/CheckpointPod",code="FAILED_PRECONDITION"} 1"#,
+            r#"podckpt_passthrough_call_duration_seconds_count{method="/runtime.v1.RuntimeService/Version"} 3"#,
+            r#"podckpt_passthrough_call_duration_seconds_bucket{le="0.0005",method="/runtime.v1.RuntimeService/Version"} 3"#,
+            r#"podckpt_pod_call_duration_seconds_sum{method="/x/CheckpointPod"} 1.0"#,
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn no_client_can_grow_the_methods_without_bound() {
+        let metrics = Metrics::default();
+        for n in 0..METHODS_MAX + 10 {
+            metrics.record(&format!("/junk/{n}"), false, Some(Code::Unimplemented), Duration::ZERO);
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"podckpt_passthrough_calls_total{method="other",code="UNIMPLEMENTED"} 10"#),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("podckpt_passthrough_calls_total{").count(),
+            METHODS_MAX + 1
+        );
+    }
+}
