@@ -51,12 +51,26 @@ pub fn replace_json(path: &Path, value: &impl serde::Serialize) -> Result<(), Ar
     super::write_json(&temporary, value)?;
     sync_file(&temporary)?;
     std::fs::rename(&temporary, path).map_err(ArchiveError::io(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent_dir(path))
+}
+
+/// The directory whose entry names `path`: the one to sync for that name
+/// to survive. A bare name's parent is `""` to std, which no call opens.
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_name_is_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("key")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("/etc/podckpt/key")), Path::new("/etc/podckpt"));
+    }
 
     #[test]
     fn syncs_a_tree_and_reports_what_is_missing() {

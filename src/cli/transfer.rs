@@ -61,18 +61,28 @@ pub(super) fn export(
     Ok(())
 }
 
-/// A new file, private from the start, synced before success is reported,
-/// and removed if the export fails.
 fn export_to_file(dir: &Path, path: &Path, options: &ExportOptions) -> Result<stream::Exported, CliError> {
-    let file = create_private(path)?;
-    let result = (|| {
+    new_private_file(path, |file| {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         let summary = stream::export(dir, &mut out, options)?;
-        let file = out.into_inner().map_err(|e| CliError::io(path)(e.into_error()))?;
-        file.sync_all().map_err(CliError::io(path))?;
-        durable::sync_dir(parent_of(path))?;
+        out.flush().map_err(CliError::io(path))?;
         Ok(summary)
-    })();
+    })
+}
+
+/// A new file at `path`, private from the start, filled by `write`, then
+/// synced with its name before success is reported; removed if anything
+/// fails, so that no half-written stream or key is ever taken for a whole one.
+fn new_private_file<T>(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    let mut file = create_private(path)?;
+    let result = write(&mut file).and_then(|written| {
+        file.sync_all().map_err(CliError::io(path))?;
+        durable::sync_dir(durable::parent_dir(path))?;
+        Ok(written)
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(path);
     }
@@ -149,16 +159,9 @@ fn open_seals(state_dir: Option<PathBuf>) -> Option<Seals> {
 
 pub(super) fn keygen(format: Format, output: &Path) -> Result<(), CliError> {
     let (identity, recipient) = stream::generate_identity();
-    let mut file = create_private(output)?;
-    let written = file
-        .write_all(identity.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(CliError::io(output))
-        .and_then(|()| Ok(durable::sync_dir(parent_of(output))?));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(output);
-        return Err(e);
-    }
+    new_private_file(output, |file| {
+        file.write_all(identity.as_bytes()).map_err(CliError::io(output))
+    })?;
     match format {
         Format::Json => println!(
             "{}",
@@ -173,11 +176,4 @@ pub(super) fn keygen(format: Format, output: &Path) -> Result<(), CliError> {
         }
     }
     Ok(())
-}
-
-/// The directory that names `path`.
-fn parent_of(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
 }

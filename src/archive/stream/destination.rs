@@ -34,11 +34,7 @@ impl Destination {
                 let name = dir
                     .file_name()
                     .ok_or_else(|| StreamError::Destination(format!("{} names no directory to make", dir.display())))?;
-                let parent = match dir.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p,
-                    _ => Path::new("."),
-                };
-                let parent = canonical(parent)?;
+                let parent = canonical(durable::parent_dir(dir))?;
                 // Others may make names beside ours in a sticky parent, but
                 // never rename or remove ours.
                 check_path(&parent, Sticky::Allowed)?;
