@@ -101,7 +101,7 @@ fn write_tar<W: Write>(
     for file in listed {
         let handle = open_listed(file)?;
         let exactly = Exactly {
-            inner: BufReader::with_capacity(COPY_BUFFER, handle).take(file.size),
+            inner: BufReader::with_capacity(COPY_BUFFER, handle),
             left: file.size,
             name: &file.name,
         };
@@ -152,9 +152,9 @@ fn append<W: Write>(tar: &mut tar::Builder<W>, name: &str, size: u64, data: impl
         .map_err(StreamError::io(format!("exporting {name}")))
 }
 
-/// A file's first `left` bytes, and an error if it holds fewer: tar writes
-/// the size in the header first, so a file that shrank would corrupt the
-/// stream instead of failing it.
+/// A file's first `left` bytes, never more, and an error if it holds fewer:
+/// tar writes the size in the header first, so a file that grew or shrank
+/// would corrupt the stream instead of failing it.
 struct Exactly<'a, R> {
     inner: R,
     left: u64,
@@ -166,7 +166,8 @@ impl<R: Read> Read for Exactly<'_, R> {
         if self.left == 0 {
             return Ok(0);
         }
-        let n = self.inner.read(buf)?;
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
