@@ -35,19 +35,13 @@ impl Recipients {
                 "recipient {key_or_file}: neither an age1... key nor a file of them: {e}"
             ))
         })?;
-        let before = self.0.len();
-        for (n, line) in text.lines().map(str::trim).enumerate() {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let key = age::x25519::Recipient::from_str(line).map_err(|e| {
-                StreamError::Encryption(format!("{key_or_file}, line {}: not an age1... key: {e}", n + 1))
-            })?;
-            self.0.push(key);
-        }
-        if self.0.len() == before {
+        let keys = keys_in::<age::x25519::Recipient>(&text, |line, e| {
+            StreamError::Encryption(format!("{key_or_file}, line {line}: not an age1... key: {e}"))
+        })?;
+        if keys.is_empty() {
             return Err(StreamError::Encryption(format!("{key_or_file} holds no recipient")));
         }
+        self.0.extend(keys);
         Ok(())
     }
 
@@ -78,20 +72,13 @@ impl Identities {
         let file = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|e| StreamError::Encryption(format!("identity file {file}: {e}")))?;
-        let mut keys = Vec::new();
-        for (n, line) in text.lines().map(str::trim).enumerate() {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            // The line itself is a secret: never part of a message.
-            let key = age::x25519::Identity::from_str(line).map_err(|_| {
-                StreamError::Encryption(format!(
-                    "identity file {file}, line {}: not an AGE-SECRET-KEY-1... key",
-                    n + 1
-                ))
-            })?;
-            keys.push(key);
-        }
+        // The line itself is a secret: never part of a message, nor is the
+        // parser's account of it.
+        let keys = keys_in::<age::x25519::Identity>(&text, |line, _| {
+            StreamError::Encryption(format!(
+                "identity file {file}, line {line}: not an AGE-SECRET-KEY-1... key"
+            ))
+        })?;
         if keys.is_empty() {
             return Err(StreamError::Encryption(format!("identity file {file} holds no key")));
         }
@@ -127,6 +114,18 @@ impl Identities {
                 e => StreamError::Encryption(format!("the encryption header does not hold: {e}")),
             })
     }
+}
+
+/// The keys of a key file, one per line, as `age -R` and `age -i` read
+/// them: blank lines and `#` comments are skipped. `bad` makes the error
+/// for a line (numbered from 1) that is not a key.
+fn keys_in<K: FromStr>(text: &str, bad: impl Fn(usize, K::Err) -> StreamError) -> Result<Vec<K>, StreamError> {
+    text.lines()
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| K::from_str(line).map_err(|e| bad(n + 1, e)))
+        .collect()
 }
 
 /// Room for an age header with a few hundred recipients. age parses a
