@@ -11,6 +11,18 @@ use crate::support::{self, Shim, Testbed, checkpoint_pod_exactly, eventually};
 
 on_each_runtime!(every_call_is_logged_with_its_status, metrics_count_what_was_done);
 
+/// ContainerStatus of a container nobody made: NOT_FOUND, passed through.
+async fn status_of_an_unknown_container(client: &mut support::Runtime) {
+    let missing = client
+        .container_status(cri::ContainerStatusRequest {
+            container_id: "no-such-container".into(),
+            verbose: false,
+        })
+        .await
+        .expect_err("an unknown container");
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
 /// The first line logged with these fields, if any.
 fn line_with(shim: &Shim, fields: &[(&str, &str)]) -> Option<Value> {
     shim.log_lines()
@@ -21,14 +33,7 @@ fn line_with(shim: &Shim, fields: &[(&str, &str)]) -> Option<Value> {
 async fn every_call_is_logged_with_its_status(tb: Testbed) {
     let shim = Shim::start_logging(&tb, "podckpt=debug");
     let mut client = shim.client().await;
-    let missing = client
-        .container_status(cri::ContainerStatusRequest {
-            container_id: "no-such-container".into(),
-            verbose: false,
-        })
-        .await
-        .expect_err("an unknown container");
-    assert_eq!(missing.code(), Code::NotFound);
+    status_of_an_unknown_container(&mut client).await;
     client.version(cri::VersionRequest::default()).await.expect("Version");
     let (_parent, out) = support::empty_output("ckpt");
     let refused = checkpoint_pod_exactly(&shim, "no-such-pod", &out, vec!["c".into()], &[])
@@ -181,14 +186,7 @@ async fn metrics_count_what_was_done(tb: Testbed) {
         client.version(cri::VersionRequest::default()).await.expect("Version");
     }
     for _ in 0..2 {
-        let status = client
-            .container_status(cri::ContainerStatusRequest {
-                container_id: "no-such-container".into(),
-                verbose: false,
-            })
-            .await
-            .expect_err("an unknown container");
-        assert_eq!(status.code(), Code::NotFound);
+        status_of_an_unknown_container(&mut client).await;
     }
     let (_parent, out) = support::empty_output("ckpt");
     let refused = checkpoint_pod_exactly(&shim, "no-such-pod", &out, vec![], &[])

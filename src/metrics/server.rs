@@ -65,22 +65,26 @@ pub async fn serve(address: Address, metrics: Metrics) -> std::io::Result<()> {
             let listener = tokio::net::TcpListener::bind(socket).await?;
             info!(%address, "serving metrics");
             loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => connection(stream, metrics.clone()),
-                    Err(error) => warn!(%error, "metrics: accept failed"),
-                }
+                accepted(listener.accept().await.map(|(stream, _)| stream), &metrics);
             }
         }
         Address::Unix(path) => {
             let listener = crate::proxy::listener::bind(path).map_err(std::io::Error::other)?;
             info!(%address, "serving metrics");
             loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => connection(stream, metrics.clone()),
-                    Err(error) => warn!(%error, "metrics: accept failed"),
-                }
+                accepted(listener.accept().await.map(|(stream, _)| stream), &metrics);
             }
         }
+    }
+}
+
+fn accepted<S>(stream: std::io::Result<S>, metrics: &Metrics)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match stream {
+        Ok(stream) => connection(stream, metrics.clone()),
+        Err(error) => warn!(%error, "metrics: accept failed"),
     }
 }
 
