@@ -155,13 +155,13 @@ async fn a_pod_moves_to_another_node_and_counts_on_while_the_original_runs() {
 
 /// A small committed checkpoint, as podckptd writes one.
 fn small_checkpoint(dir: &Path) {
-    use podckpt::archive::{Building, Manifest};
-    let building = Building::begin(dir);
-    std::fs::create_dir_all(dir.join("0123-app/checkpoint")).unwrap();
-    std::fs::write(dir.join("0123-app/checkpoint/pages-1.img"), vec![b'p'; 3 << 20]).unwrap();
-    std::fs::write(dir.join("pod.options"), b"{\"version\":1}").unwrap();
-    let manifest = Manifest::build(dir, "criu-runc", "4.1", "pod").unwrap();
-    building.commit(&serde_json::to_vec(&manifest).unwrap(), true).unwrap();
+    support::committed_checkpoint(
+        dir,
+        &[
+            ("0123-app/checkpoint/pages-1.img", vec![b'p'; 3 << 20]),
+            ("pod.options", b"{\"version\":1}".to_vec()),
+        ],
+    );
 }
 
 fn run_sh(script: &str) -> std::process::Output {

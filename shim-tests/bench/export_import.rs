@@ -26,8 +26,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use podckpt::archive::{Building, Manifest};
-
 const ROUNDS: usize = 5;
 const PODCKPT: &str = env!("CARGO_BIN_EXE_podckpt");
 
@@ -94,8 +92,7 @@ fn typical(bytes: usize) -> Vec<u8> {
 
 /// A committed checkpoint in `dir` whose page image holds `mib` MiB of `kind`.
 fn make_checkpoint(dir: &Path, mib: usize, kind: Kind) {
-    std::fs::create_dir_all(dir.join("c-counter/checkpoint")).unwrap();
-    let building = Building::begin(dir);
+    std::fs::create_dir_all(dir).unwrap();
     let bytes = mib << 20;
     let pages = match kind {
         Kind::Random => {
@@ -105,17 +102,16 @@ fn make_checkpoint(dir: &Path, mib: usize, kind: Kind) {
         }
         Kind::Typical => typical(bytes),
     };
-    std::fs::write(dir.join("c-counter/checkpoint/pages-1.img"), pages).unwrap();
-    for (name, body) in [
-        ("c-counter/checkpoint/core-1.img", vec![7u8; 3000]),
-        ("c-counter/config.dump", b"{}".to_vec()),
-        ("pod.options", b"{\"version\":1,\"containers\":{}}".to_vec()),
-        ("pod.dump", b"{}".to_vec()),
-    ] {
-        std::fs::write(dir.join(name), body).unwrap();
-    }
-    let manifest = Manifest::build(dir, "criu-runc", "bench", "bench").unwrap();
-    building.commit(&serde_json::to_vec(&manifest).unwrap(), true).unwrap();
+    support::committed_checkpoint(
+        dir,
+        &[
+            ("c-counter/checkpoint/pages-1.img", pages),
+            ("c-counter/checkpoint/core-1.img", vec![7u8; 3000]),
+            ("c-counter/config.dump", b"{}".to_vec()),
+            ("pod.options", b"{\"version\":1,\"containers\":{}}".to_vec()),
+            ("pod.dump", b"{}".to_vec()),
+        ],
+    );
 }
 
 fn sh(script: &str) -> f64 {

@@ -867,6 +867,21 @@ pub fn empty_output(name: &str) -> (tempfile::TempDir, PathBuf) {
     (parent, out)
 }
 
+/// A committed checkpoint in the empty directory `dir` holding `files`
+/// (path, bytes), made as podckptd makes one: files first, the manifest of
+/// them last, synced; for tests and benchmarks of what reads checkpoints.
+pub fn committed_checkpoint(dir: &Path, files: &[(&str, Vec<u8>)]) {
+    use podckpt::archive::{Building, Manifest};
+    let building = Building::begin(dir);
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let manifest = Manifest::build(dir, "criu-runc", "test", "pod").unwrap();
+    building.commit(&serde_json::to_vec(&manifest).unwrap(), true).unwrap();
+}
+
 /// Copies a checkpoint directory (files only) to a new place, for tampering.
 pub fn copy_dir(from: &Path, name: &str) -> (tempfile::TempDir, PathBuf) {
     let holder = tempfile::tempdir().unwrap();
