@@ -286,7 +286,7 @@ async fn concurrent_checkpoints_of_one_pod_do_not_corrupt_each_other() {
 #[serial]
 async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
     let Some(tb) = testbed() else { return };
-    let mut shim = Shim::start(&tb);
+    let mut shim = Shim::start_with_metrics(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "journal").await;
     let cid = pod.start_sleeper(&mut client, &tb.image, "frozen").await;
@@ -336,6 +336,10 @@ async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
     );
     assert_eq!(inode_and_mode(&out), callers, "the caller's directory itself stays");
     assert_eq!(support::dir_names(parent.path()), ["ckpt", "keep"]);
+    let metrics = shim.metrics().await;
+    assert_eq!(metrics.get("podckpt_journal_recovered_entries_total"), 1.0);
+    // The resumed container had been paused by the previous daemon.
+    assert_eq!(metrics.get("podckpt_paused_containers"), 0.0);
 }
 
 /// A pod whose one container holds 256 MiB, so that CRIU takes a while.

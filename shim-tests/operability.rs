@@ -157,30 +157,24 @@ async fn systemd_hears_ready_only_once_the_runtime_answers_and_stopping_on_sigte
     assert!(daemon.0.take().unwrap().wait().unwrap().success());
 }
 
-/// `GET /metrics` on the metrics socket: the status and the body.
-async fn scrape(socket: &std::path::Path) -> (http::StatusCode, String) {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .expect("the metrics socket");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .expect("HTTP/1 handshake");
-    tokio::spawn(connection);
-    let request = http::Request::get("/metrics")
-        .header(http::header::HOST, "localhost")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.expect("GET /metrics");
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
+/// Every file of a checkpoint directory, in bytes.
+fn bytes_in(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                bytes_in(&entry.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
 }
 
 async fn metrics_count_what_was_done(tb: Testbed) {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = dir.path().join("metrics.sock");
-    let shim = Shim::start_with(&tb, &format!("metrics_listen = \"unix://{}\"\n", metrics.display()), 5);
+    let shim = Shim::start_with_metrics(&tb);
     let mut client = shim.client().await;
     for _ in 0..3 {
         client.version(cri::VersionRequest::default()).await.expect("Version");
@@ -193,19 +187,71 @@ async fn metrics_count_what_was_done(tb: Testbed) {
         .await
         .expect_err("an empty container list");
     assert_eq!(refused.code(), Code::InvalidArgument);
+    let counter = support::container_config("counter", &tb.image, support::COUNTER);
+    let (_keep, checkpoint, _) = support::checkpointed(&shim, "", counter, 1).await;
+    let (_restored, _cid) = support::restore_and_start(&shim, &checkpoint, "counter").await;
 
-    let (status, text) = scrape(&metrics).await;
-    assert_eq!(status, http::StatusCode::OK);
-    for line in [
-        r#"podckpt_passthrough_calls_total{method="/runtime.v1.RuntimeService/Version",code="OK"} 3"#,
-        r#"podckpt_passthrough_calls_total{method="/runtime.v1.RuntimeService/ContainerStatus",code="NOT_FOUND"} 2"#,
-        r#"podckpt_pod_calls_total{method="/runtime.v1.RuntimeService/CheckpointPod",code="INVALID_ARGUMENT"} 1"#,
-        r#"podckpt_passthrough_call_duration_seconds_count{method="/runtime.v1.RuntimeService/Version"} 3"#,
-        r#"podckpt_pod_call_duration_seconds_count{method="/runtime.v1.RuntimeService/CheckpointPod"} 1"#,
+    let metrics = shim.metrics().await;
+    let text = &metrics.0;
+    let checkpoint_pod = r#"method="/runtime.v1.RuntimeService/CheckpointPod""#;
+    let restore_pod = r#"method="/runtime.v1.RuntimeService/RestorePod""#;
+    for (series, expected) in [
+        (
+            r#"podckpt_passthrough_calls_total{method="/runtime.v1.RuntimeService/Version",code="OK"}"#.to_owned(),
+            3.0,
+        ),
+        (
+            r#"podckpt_passthrough_calls_total{method="/runtime.v1.RuntimeService/ContainerStatus",code="NOT_FOUND"}"#
+                .to_owned(),
+            2.0,
+        ),
+        (
+            r#"podckpt_passthrough_call_duration_seconds_count{method="/runtime.v1.RuntimeService/Version"}"#
+                .to_owned(),
+            3.0,
+        ),
+        // The pod that was checkpointed, and the sandbox of the restored one,
+        // which RestorePod made itself: only the first passed through.
+        (
+            r#"podckpt_passthrough_calls_total{method="/runtime.v1.RuntimeService/RunPodSandbox",code="OK"}"#
+                .to_owned(),
+            1.0,
+        ),
+        (
+            format!(r#"podckpt_pod_calls_total{{{checkpoint_pod},code="INVALID_ARGUMENT"}}"#),
+            1.0,
+        ),
+        (format!(r#"podckpt_pod_calls_total{{{checkpoint_pod},code="OK"}}"#), 1.0),
+        (format!(r#"podckpt_pod_calls_total{{{restore_pod},code="OK"}}"#), 1.0),
+        (
+            format!("podckpt_pod_call_duration_seconds_count{{{checkpoint_pod}}}"),
+            2.0,
+        ),
+        (format!("podckpt_pod_call_duration_seconds_count{{{restore_pod}}}"), 1.0),
+        // Both ended: none is under way, nothing stays paused.
+        (format!("podckpt_pod_calls_in_progress{{{checkpoint_pod}}}"), 0.0),
+        (format!("podckpt_pod_calls_in_progress{{{restore_pod}}}"), 0.0),
+        ("podckpt_paused_containers".to_owned(), 0.0),
+        // One freeze, one verification, one checkpoint written: the refused
+        // call got no further than its arguments.
+        ("podckpt_checkpoint_freeze_duration_seconds_count".to_owned(), 1.0),
+        ("podckpt_restore_verification_duration_seconds_count".to_owned(), 1.0),
+        ("podckpt_checkpoint_written_bytes_count".to_owned(), 1.0),
+        (
+            "podckpt_checkpoint_written_bytes_sum".to_owned(),
+            bytes_in(&checkpoint) as f64,
+        ),
+        ("podckpt_runtime_reconnects_total".to_owned(), 0.0),
+        ("podckpt_journal_recovered_entries_total".to_owned(), 0.0),
     ] {
-        assert!(text.contains(line), "{line} is not in the metrics:\n{text}");
+        assert_eq!(metrics.get(&series), expected, "{series} in:\n{text}");
     }
-    // Nothing else was called.
-    assert_eq!(text.matches("_calls_total{").count(), 3, "{text}");
+    let freeze = metrics.get("podckpt_checkpoint_freeze_duration_seconds_sum");
+    let total = metrics.get(&format!("podckpt_pod_call_duration_seconds_sum{{{checkpoint_pod}}}"));
+    assert!(
+        freeze > 0.0 && freeze < total,
+        "freeze {freeze} s within the calls' {total} s"
+    );
+    assert_eq!(text.matches("podckpt_pod_calls_total{").count(), 3, "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
 }

@@ -13,12 +13,13 @@ use crate::support::{Pod, Shim, container_status, eventually, exec, testbed};
 #[serial]
 async fn containerd_restart_under_a_running_shim() {
     let Some(tb) = testbed() else { return };
-    let shim = Shim::start(&tb);
+    let shim = Shim::start_with_metrics(&tb);
     let mut client = shim.client().await;
     client
         .version(cri::VersionRequest::default())
         .await
         .expect("Version before the restart");
+    assert_eq!(shim.metrics().await.get("podckpt_runtime_reconnects_total"), 0.0);
 
     tb.script("stop-daemon");
     let restarted = scopeguard(|| tb.script("start"));
@@ -44,6 +45,8 @@ async fn containerd_restart_under_a_running_shim() {
     .await;
     assert!(back, "calls did not recover after containerd came back");
     assert_eq!(shim.pid(), pid);
+    // Dialed again once, however many calls failed meanwhile.
+    assert_eq!(shim.metrics().await.get("podckpt_runtime_reconnects_total"), 1.0);
     let pod = Pod::run(&mut client, &shim.socket, "after-restart").await;
     let cid = pod.start_sleeper(&mut client, &tb.image, "c").await;
     assert_eq!(exec(&mut client, &cid, &["echo", "ok"]).await, (b"ok\n".to_vec(), 0));

@@ -275,6 +275,8 @@ pub struct Shim {
     /// `--log-level`; with `log_file`, the daemon logs JSON lines there.
     log_level: &'static str,
     log_file: Option<PathBuf>,
+    /// The socket its metrics are served on, if they are.
+    metrics: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -288,20 +290,31 @@ impl Shim {
     /// A daemon reading `toml` as its config file, which gives its calls
     /// `grace_seconds` to finish when it is told to stop.
     pub fn start_with(tb: &Testbed, toml: &str, grace_seconds: u64) -> Self {
-        Self::launch(tb, toml, grace_seconds, None)
+        Self::launch(tb, toml, grace_seconds, None, false)
     }
 
     /// A daemon with the default config that logs at `level`, as JSON lines,
     /// into a file the test reads with `log_lines`.
     pub fn start_logging(tb: &Testbed, level: &'static str) -> Self {
-        Self::launch(tb, "", 5, Some(level))
+        Self::launch(tb, "", 5, Some(level), false)
     }
 
-    fn launch(tb: &Testbed, toml: &str, grace_seconds: u64, logging: Option<&'static str>) -> Self {
+    /// A daemon with the default config that serves its metrics on a Unix
+    /// socket, read with `metrics`; and so does every daemon `respawn` starts.
+    pub fn start_with_metrics(tb: &Testbed) -> Self {
+        Self::launch(tb, "", 5, None, true)
+    }
+
+    fn launch(tb: &Testbed, toml: &str, grace_seconds: u64, logging: Option<&'static str>, metrics: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("podckpt.sock");
+        let metrics = metrics.then(|| dir.path().join("metrics.sock"));
         // The node's own /etc/podckpt/config.toml stays out of the tests.
         let config = dir.path().join("config.toml");
+        let mut toml = toml.to_owned();
+        if let Some(metrics) = &metrics {
+            toml.insert_str(0, &format!("metrics_listen = \"unix://{}\"\n", metrics.display()));
+        }
         std::fs::write(&config, toml).expect("writing the shim's config");
         let mut shim = Self {
             socket,
@@ -310,6 +323,7 @@ impl Shim {
             grace_seconds,
             log_level: logging.unwrap_or("warn"),
             log_file: logging.map(|_| dir.path().join("podckptd.log")),
+            metrics,
             _dir: dir,
         };
         shim.spawn(&tb.endpoint());
@@ -371,6 +385,28 @@ impl Shim {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// `GET /metrics` from a daemon started with `start_with_metrics`: the
+    /// text, once it answers 200.
+    pub async fn metrics(&self) -> Metrics {
+        use http_body_util::BodyExt;
+        let socket = self.metrics.as_ref().expect("a shim started with start_with_metrics");
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .expect("the metrics socket");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("HTTP/1 handshake");
+        tokio::spawn(connection);
+        let request = http::Request::get("/metrics")
+            .header(http::header::HOST, "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.expect("GET /metrics");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Metrics(String::from_utf8(body.to_vec()).expect("UTF-8 metrics"))
     }
 
     /// The daemon's `--state-dir`, inside its temporary directory.
@@ -438,6 +474,26 @@ impl Drop for Shim {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A name no other test or run uses.
+/// A scrape of podckptd's metrics, in the OpenMetrics text format.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the sample written exactly `series` (name and labels),
+    /// or None if there is no such sample.
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.0.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            Some(value.parse().expect("a sample's value is a number"))
+        })
+    }
+
+    /// `value`, which must be there.
+    pub fn get(&self, series: &str) -> f64 {
+        self.value(series)
+            .unwrap_or_else(|| panic!("{series} is not in the metrics:\n{}", self.0))
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",

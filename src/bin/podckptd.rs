@@ -27,10 +27,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let listener = proxy::listener::bind(&config.listen)?;
-    let upstream = Upstream::new(config.runtime_endpoint.clone(), config.connect_timeout);
-    let pods = PodService::new(&config, podckpt::cri_client::channel(config.runtime_endpoint.path()))?;
+    // Always kept: what the pod calls and the reconnects count costs nothing
+    // next to them. Only the per-call counting in the router is skipped
+    // when no one reads the metrics.
+    let metrics = Metrics::default();
+    let upstream = Upstream::new(config.runtime_endpoint.clone(), config.connect_timeout, metrics.clone());
+    let channel = podckpt::cri_client::channel(config.runtime_endpoint.path());
+    let pods = PodService::new(&config, channel, metrics.clone())?;
     pods.recover().await;
-    let metrics = config.metrics_listen.as_ref().map(|_| Metrics::default());
+    let metrics = config.metrics_listen.as_ref().map(|_| metrics);
     let router = Router::new(upstream, pods.clone(), metrics.clone());
     let metrics_server = config.metrics_listen.clone().zip(metrics).map(|(address, metrics)| {
         tokio::spawn(async move {

@@ -1,6 +1,8 @@
 //! Prometheus metrics: what podckptd passes through and answers, by method
-//! and gRPC code, and how long it takes. Served on a listener of their own
-//! (`server`), off unless configured.
+//! and gRPC code, and how long it takes; inside the pod calls, how long pods
+//! stay frozen, how long verification takes and how much is written; what is
+//! paused and under way now. Served on a listener of their own (`server`),
+//! off unless configured.
 
 pub mod server;
 
@@ -11,7 +13,8 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::Code;
 
@@ -30,6 +33,11 @@ const CALL_BUCKETS: [f64; 16] = [
 ];
 /// A pod call takes from a fraction of a second to its deadline.
 const POD_CALL_BUCKETS: [f64; 12] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+/// A freeze or a verification: from milliseconds (a sealed checkpoint, a
+/// small pod) to minutes (tens of GiB of memory).
+const STEP_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -53,6 +61,13 @@ struct Inner {
     passthrough_seconds: Family<MethodLabels, Histogram>,
     pod_calls: Family<CallLabels, Counter>,
     pod_call_seconds: Family<MethodLabels, Histogram>,
+    pod_calls_in_progress: Family<MethodLabels, Gauge>,
+    freeze_seconds: Histogram,
+    verification_seconds: Histogram,
+    written_bytes: Histogram,
+    paused_containers: Gauge,
+    runtime_reconnects: Counter,
+    journal_recovered: Counter,
     methods: Mutex<HashSet<String>>,
 }
 
@@ -85,6 +100,49 @@ impl Default for Metrics {
             "Total time of CheckpointPod and RestorePod calls, by method",
             pod_call_seconds.clone(),
         );
+        let pod_calls_in_progress = Family::<MethodLabels, Gauge>::default();
+        registry.register(
+            "podckpt_pod_calls_in_progress",
+            "CheckpointPod and RestorePod calls under way, by method; one whose caller has gone runs on to its end",
+            pod_calls_in_progress.clone(),
+        );
+        let freeze_seconds = Histogram::new(STEP_BUCKETS);
+        registry.register(
+            "podckpt_checkpoint_freeze_duration_seconds",
+            "How long CheckpointPod kept a pod's processes stopped: from the first container paused to the last resumed",
+            freeze_seconds.clone(),
+        );
+        let verification_seconds = Histogram::new(STEP_BUCKETS);
+        registry.register(
+            "podckpt_restore_verification_duration_seconds",
+            "How long RestorePod took to verify a checkpoint against its manifest (short when it was sealed on this node)",
+            verification_seconds.clone(),
+        );
+        // 1 MiB to 256 GiB, by fours.
+        let written_bytes = Histogram::new(exponential_buckets(1048576.0, 4.0, 10));
+        registry.register(
+            "podckpt_checkpoint_written_bytes",
+            "Bytes each committed checkpoint holds, written by CheckpointPod",
+            written_bytes.clone(),
+        );
+        let paused_containers = Gauge::default();
+        registry.register(
+            "podckpt_paused_containers",
+            "Containers podckptd has paused and not yet resumed; above 0 outside a checkpoint, a container could not be resumed",
+            paused_containers.clone(),
+        );
+        let runtime_reconnects = Counter::default();
+        registry.register(
+            "podckpt_runtime_reconnects",
+            "Times the pass-through connection to the runtime was lost and dialed again",
+            runtime_reconnects.clone(),
+        );
+        let journal_recovered = Counter::default();
+        registry.register(
+            "podckpt_journal_recovered_entries",
+            "Checkpoints a previous podckptd left paused, found in its journal at start and undone",
+            journal_recovered.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -92,9 +150,48 @@ impl Default for Metrics {
                 passthrough_seconds,
                 pod_calls,
                 pod_call_seconds,
+                pod_calls_in_progress,
+                freeze_seconds,
+                verification_seconds,
+                written_bytes,
+                paused_containers,
+                runtime_reconnects,
+                journal_recovered,
                 methods: Mutex::new(HashSet::new()),
             }),
         }
+    }
+}
+
+/// Counts containers as paused until it is dropped or told which stayed so.
+#[must_use]
+pub struct PausedContainers {
+    gauge: Gauge,
+    count: i64,
+}
+
+impl PausedContainers {
+    /// The containers that could not be resumed really are still paused (the
+    /// journal resumes them when podckptd next starts): they stay counted.
+    pub fn still_paused(mut self, count: usize) {
+        let kept = (count as i64).min(self.count);
+        self.count -= kept;
+    }
+}
+
+impl Drop for PausedContainers {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.count);
+    }
+}
+
+/// Counts a pod call as in progress until it is dropped.
+#[must_use]
+pub struct InProgress(Gauge);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -114,6 +211,49 @@ impl Metrics {
             .get_or_create(&MethodLabels { method: method.clone() })
             .observe(seconds);
         calls.get_or_create(&CallLabels { method, code }).inc();
+    }
+
+    /// A pod call under way, counted until the guard is dropped.
+    pub fn in_progress(&self, method: &str) -> InProgress {
+        let gauge = self
+            .inner
+            .pod_calls_in_progress
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        InProgress(gauge)
+    }
+
+    /// `count` containers about to be paused.
+    pub fn pausing(&self, count: usize) -> PausedContainers {
+        let gauge = self.inner.paused_containers.clone();
+        gauge.inc_by(count as i64);
+        PausedContainers {
+            gauge,
+            count: count as i64,
+        }
+    }
+
+    pub fn observe_freeze(&self, window: Duration) {
+        self.inner.freeze_seconds.observe(window.as_secs_f64());
+    }
+
+    pub fn observe_verification(&self, took: Duration) {
+        self.inner.verification_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_written(&self, bytes: u64) {
+        self.inner.written_bytes.observe(bytes as f64);
+    }
+
+    pub fn runtime_reconnected(&self) {
+        self.inner.runtime_reconnects.inc();
+    }
+
+    pub fn journal_recovered(&self, entries: usize) {
+        self.inner.journal_recovered.inc_by(entries as u64);
     }
 
     /// `method`, or "other" once `METHODS_MAX` others have been seen.
@@ -169,6 +309,40 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} not in:\n{text}");
         }
+    }
+
+    #[test]
+    fn paused_containers_return_to_zero_unless_they_stayed_paused() {
+        let metrics = Metrics::default();
+        let paused = |metrics: &Metrics| {
+            let text = metrics.encode();
+            text.lines()
+                .find_map(|l| l.strip_prefix("podckpt_paused_containers "))
+                .map(str::to_owned)
+        };
+        {
+            let _first = metrics.pausing(3);
+            let second = metrics.pausing(2);
+            assert_eq!(paused(&metrics).as_deref(), Some("5"));
+            second.still_paused(0);
+            assert_eq!(paused(&metrics).as_deref(), Some("3"));
+        }
+        assert_eq!(paused(&metrics).as_deref(), Some("0"));
+        metrics.pausing(4).still_paused(1);
+        assert_eq!(paused(&metrics).as_deref(), Some("1"), "one could not be resumed");
+
+        let running = metrics.in_progress("/x/RestorePod");
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"podckpt_pod_calls_in_progress{method="/x/RestorePod"} 1"#)
+        );
+        drop(running);
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"podckpt_pod_calls_in_progress{method="/x/RestorePod"} 0"#)
+        );
     }
 
     #[test]

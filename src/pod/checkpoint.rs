@@ -66,6 +66,8 @@ impl PodService {
         let key = self.inner.journal.record(paused)?;
         // What the pod feels: from the first pause to the last resume.
         let freeze_started = Instant::now();
+        // A failed pause_pod resumes what it paused.
+        let paused_gauge = self.inner.metrics.pausing(refs.len());
         if let Err(err) = backend.checkpointer.pause_pod(&refs).await {
             self.inner.journal.clear(&key)?;
             return Err(err.into());
@@ -88,7 +90,10 @@ impl PodService {
             }
         }
         let failures = backend.checkpointer.resume_pod(&refs).await;
-        let freeze_ms = freeze_started.elapsed().as_millis() as u64;
+        paused_gauge.still_paused(failures.len());
+        let freeze = freeze_started.elapsed();
+        self.inner.metrics.observe_freeze(freeze);
+        let freeze_ms = freeze.as_millis() as u64;
         if !failures.is_empty() {
             // The journal keeps them, so a restarted daemon tries again.
             let list: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
@@ -119,17 +124,21 @@ impl PodService {
             let mut manifest =
                 Manifest::build_with(&output, backend.checkpointer.name(), &engine_version, pod_id, hashed)?;
             manifest.freeze_ms = Some(freeze_ms);
-            let manifest = serde_json::to_vec_pretty(&manifest)
+            let manifest_json = serde_json::to_vec_pretty(&manifest)
                 .map_err(|e| PodError::Internal(format!("encoding the manifest: {e}")))?;
+            let size = manifest.files.values().map(|f| f.size).sum::<u64>() + manifest_json.len() as u64;
+            let manifest = manifest_json;
             if Instant::now() >= capture.deadline {
                 // The caller has given up: a checkpoint it never hears of must not appear.
                 return Err(capture.deadline_exceeded());
             }
-            Ok((building.commit(&manifest, options.durable)?, manifest))
+            let done = building.commit(&manifest, options.durable)?;
+            Ok((done, manifest, size))
         }
         .await;
         self.inner.journal.clear(&key)?;
-        let (done, manifest) = outcome?;
+        let (done, manifest, size) = outcome?;
+        self.inner.metrics.observe_written(size);
         // Everything was just hashed, in a directory only we could write, so
         // a restore on this node need not hash it again.
         let sealed = self.inner.seals.snapshot(&done).and_then(|s| match s {
@@ -145,6 +154,7 @@ impl PodService {
             output = %done.display(),
             freeze_ms,
             paused_ms,
+            bytes = size,
             durable = options.durable,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "pod checkpointed"

@@ -51,6 +51,14 @@ pub struct Journal {
     lock: Mutex<()>,
 }
 
+/// What `Journal::recover` found: the checkpoints a previous daemon left
+/// under way, and how many of their containers it resumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    pub entries: usize,
+    pub resumed: usize,
+}
+
 impl Journal {
     pub fn open(state_dir: &Path) -> Result<Self, ArchiveError> {
         std::fs::DirBuilder::new()
@@ -92,7 +100,7 @@ impl Journal {
 
     /// Resumes everything a previous daemon left recorded, then forgets it.
     /// A container that is gone or already running is not an error.
-    pub async fn recover(&self) -> Result<usize, ArchiveError> {
+    pub async fn recover(&self) -> Result<Recovered, ArchiveError> {
         let entries = {
             let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             self.read()?
@@ -123,7 +131,10 @@ impl Journal {
             }
         }
         self.update(|entries| entries.clear())?;
-        Ok(resumed)
+        Ok(Recovered {
+            entries: entries.len(),
+            resumed,
+        })
     }
 
     fn read(&self) -> Result<BTreeMap<String, PausedSet>, ArchiveError> {

@@ -26,10 +26,12 @@ use crate::api::pod::{
     CheckpointPodRequest, CheckpointPodResponse, RestorePodRequest, RestorePodResponse,
     runtime_service_server::RuntimeService,
 };
+use crate::api::{CHECKPOINT_POD_PATH, RESTORE_POD_PATH};
 use crate::archive::Seals;
 use crate::backend;
 use crate::backend::Checkpointer;
 use crate::config::{AccessPolicy, DaemonConfig, HandlerConfig};
+use crate::metrics::Metrics;
 use error::PodError;
 use journal::Journal;
 
@@ -77,6 +79,7 @@ struct Inner {
     /// Held while a previous daemon's leftovers are recovered; pod
     /// operations wait for it, ordinary CRI calls do not.
     recovery: Arc<tokio::sync::RwLock<()>>,
+    metrics: Metrics,
 }
 
 /// Releases a claim on a pod or an output directory when the operation
@@ -93,8 +96,9 @@ impl Drop for Claim<'_> {
 }
 
 impl PodService {
-    /// `channel` reaches the runtime below.
-    pub fn new(config: &DaemonConfig, channel: Channel) -> Result<Self, PodError> {
+    /// `channel` reaches the runtime below; `metrics` counts what the pod
+    /// calls do inside (their calls themselves are counted by the router).
+    pub fn new(config: &DaemonConfig, channel: Channel, metrics: Metrics) -> Result<Self, PodError> {
         // A backend the config misnames is the operator's mistake, reported
         // at start, not at the first checkpoint.
         for (handler, settings) in &config.handlers {
@@ -120,6 +124,7 @@ impl PodService {
             tidying: std::sync::atomic::AtomicBool::new(false),
             operations: TaskTracker::new(),
             recovery: Arc::new(tokio::sync::RwLock::new(())),
+            metrics,
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -133,8 +138,15 @@ impl PodService {
         let journal = self.clone();
         self.inner.operations.spawn(async move {
             match journal.inner.journal.recover().await {
-                Ok(0) => {}
-                Ok(n) => info!(resumed = n, "resumed containers left paused by a previous podckptd"),
+                Ok(recovered) if recovered.entries == 0 => {}
+                Ok(recovered) => {
+                    journal.inner.metrics.journal_recovered(recovered.entries);
+                    info!(
+                        entries = recovered.entries,
+                        resumed = recovered.resumed,
+                        "undid checkpoints a previous podckptd left under way"
+                    );
+                }
                 Err(error) => warn!(%error, "could not read the paused-container journal"),
             }
             drop(gate);
@@ -158,17 +170,21 @@ impl PodService {
     /// call's own future is dropped when its client disconnects or the
     /// connection is cut at shutdown; dropped half way, a checkpoint would
     /// leave the pod paused and a restore would leave a sandbox behind.
+    /// `method` (its gRPC path) names it in the metrics.
     async fn detached<T: Send + 'static>(
         &self,
+        method: &str,
         operation: impl Future<Output = Result<T, PodError>> + Send + 'static,
     ) -> Result<T, PodError> {
         if self.inner.operations.is_closed() {
             return Err(PodError::Unavailable("podckptd is shutting down".into()));
         }
         let recovery = self.inner.recovery.clone();
+        let in_progress = self.inner.metrics.in_progress(method);
         self.inner
             .operations
             .spawn(async move {
+                let _in_progress = in_progress;
                 let _recovered = recovery.read_owned().await;
                 operation.await
             })
@@ -272,8 +288,10 @@ impl RuntimeService for PodService {
         self.tidy_in_background();
         let deadline = crate::deadline::grpc_timeout(&request.metadata().clone().into_headers());
         let this = self.clone();
-        self.detached(async move { this.checkpoint(deadline, request.into_inner()).await })
-            .await?;
+        self.detached(CHECKPOINT_POD_PATH, async move {
+            this.checkpoint(deadline, request.into_inner()).await
+        })
+        .await?;
         Ok(Response::new(CheckpointPodResponse {}))
     }
 
@@ -283,7 +301,9 @@ impl RuntimeService for PodService {
         let deadline = crate::deadline::grpc_timeout(&request.metadata().clone().into_headers());
         let this = self.clone();
         let restored = self
-            .detached(async move { this.restore(deadline, request.into_inner()).await })
+            .detached(RESTORE_POD_PATH, async move {
+                this.restore(deadline, request.into_inner()).await
+            })
             .await?;
         Ok(Response::new(restored))
     }

@@ -108,9 +108,11 @@ impl PodService {
             whole_sandbox: handler.checkpointer.captures_sandbox(),
             engine_version,
         };
+        let verifying = Instant::now();
         let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs, &restorer, &seals))
             .await
             .map_err(PodError::task("verification"))??;
+        self.inner.metrics.observe_verification(verifying.elapsed());
         tokio::time::timeout_at(started + limit, self.check_images(&checkpoint.containers))
             .await
             .unwrap_or(Err(PodError::DeadlineExceeded {

@@ -17,6 +17,7 @@ use tracing::{debug, info};
 
 use super::h2_settings;
 use crate::endpoint::UnixEndpoint;
+use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -48,15 +49,18 @@ pub struct Upstream {
     // Serialises dialing so that a burst of calls after an outage opens one
     // connection, not one each.
     dialing: tokio::sync::Mutex<()>,
+    /// Where a connection lost and dialed again is counted.
+    metrics: Metrics,
 }
 
 impl Upstream {
-    pub fn new(endpoint: UnixEndpoint, connect_timeout: Duration) -> Self {
+    pub fn new(endpoint: UnixEndpoint, connect_timeout: Duration, metrics: Metrics) -> Self {
         Self {
             endpoint,
             connect_timeout,
             current: Mutex::new(None),
             dialing: tokio::sync::Mutex::new(()),
+            metrics,
         }
     }
 
@@ -112,7 +116,14 @@ impl Upstream {
             return Ok(conn);
         }
         let conn = self.dial().await?;
-        *self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(conn.clone());
+        let previous = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .replace(conn.clone());
+        if previous.is_some() {
+            self.metrics.runtime_reconnected();
+        }
         Ok(conn)
     }
 
