@@ -1,10 +1,14 @@
 // Compiles our own slice of the CRI schema: the two pod-level calls that
-// podckpt answers itself. Every other CRI type comes from the k8s-cri crate.
+// podckpt answers itself (every other CRI type comes from the k8s-cri crate),
+// and podckpt's own pre-flight service.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto/pod_checkpoint.proto");
+    let protos = ["proto/pod_checkpoint.proto", "proto/preflight.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&["proto/pod_checkpoint.proto"], &["proto"])?;
+        .compile_protos(&protos, &["proto"])?;
     Ok(())
 }

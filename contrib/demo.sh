@@ -69,6 +69,9 @@ pods+=("$pod")
 sleep 4
 echo "counter = $(counter count "$sock" "$cid")"
 
+echo "== podckpt preflight: can it be checkpointed? (nothing is paused)"
+podckpt preflight "$pod" --output-dir "$work/checkpoint"
+
 echo "== podckpt checkpointp"
 podckpt checkpointp "$pod" -o "$work/checkpoint"
 echo "counter = $(counter count "$sock" "$cid")  (the pod kept running)"

@@ -41,6 +41,7 @@ mod lifecycle;
 mod operability;
 mod passthrough;
 mod pod_interop;
+mod preflight;
 mod resilience;
 mod restore;
 mod transfer;

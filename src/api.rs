@@ -9,11 +9,20 @@ pub mod pod {
     tonic::include_proto!("runtime.v1");
 }
 
+/// podckpt's own service beside the CRI: the pre-flight check.
+pub mod podckpt {
+    tonic::include_proto!("podckpt.v1");
+}
+
 /// gRPC paths that podckpt answers itself instead of forwarding.
 pub const CHECKPOINT_POD_PATH: &str = "/runtime.v1.RuntimeService/CheckpointPod";
 pub const RESTORE_POD_PATH: &str = "/runtime.v1.RuntimeService/RestorePod";
+/// Every call under this prefix is podckpt's own: the runtime below has no
+/// such service, and would only answer UNIMPLEMENTED.
+pub const OWN_SERVICE_PREFIX: &str = "/podckpt.v1.";
+pub const CHECK_POD_PATH: &str = "/podckpt.v1.Preflight/CheckPod";
 
 /// Whether a request path belongs to podckpt's own service.
 pub fn is_own_path(path: &str) -> bool {
-    path == CHECKPOINT_POD_PATH || path == RESTORE_POD_PATH
+    path == CHECKPOINT_POD_PATH || path == RESTORE_POD_PATH || path.starts_with(OWN_SERVICE_PREFIX)
 }

@@ -580,8 +580,20 @@ impl Pod {
 
     /// `run` with a runtime handler of the test bed's containerd.
     pub async fn run_on(client: &mut Runtime, socket: &Path, name: &str, handler: &str) -> Self {
+        Self::run_edited(client, socket, name, handler, |_| {}).await
+    }
+
+    /// `run_on` with the pod's config changed by `edit` first.
+    pub async fn run_edited(
+        client: &mut Runtime,
+        socket: &Path,
+        name: &str,
+        handler: &str,
+        edit: impl FnOnce(&mut cri::PodSandboxConfig),
+    ) -> Self {
         let log_dir = tempfile::tempdir().expect("log dir");
-        let config = pod_config(&unique(name), log_dir.path());
+        let mut config = pod_config(&unique(name), log_dir.path());
+        edit(&mut config);
         let id = client
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(config.clone()),
@@ -605,9 +617,13 @@ impl Pod {
 
     /// Creates and starts a container running `script`; returns its id.
     pub async fn start_container(&self, client: &mut Runtime, image: &str, name: &str, script: &str) -> String {
-        let id = self
-            .create_container(client, container_config(name, image, script))
-            .await;
+        self.start_configured(client, container_config(name, image, script))
+            .await
+    }
+
+    /// Creates a container of `config` in the pod and starts it; its id.
+    pub async fn start_configured(&self, client: &mut Runtime, config: cri::ContainerConfig) -> String {
+        let id = self.create_container(client, config).await;
         client
             .start_container(cri::StartContainerRequest {
                 container_id: id.clone(),

@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod record;
 pub mod rootfs_diff;
 pub mod seal;
+pub mod space;
 pub mod stream;
 
 use std::collections::BTreeMap;

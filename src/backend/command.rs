@@ -54,20 +54,49 @@ pub async fn run(
 /// An engine's version: the rest of the line of `BINARY --version` that
 /// starts with `prefix`.
 pub async fn version(binary: &Path, prefix: &str) -> Result<String, BackendError> {
-    let output = Command::new(binary)
-        .arg("--version")
-        .output()
-        .await
-        .map_err(|source| BackendError::Spawn {
-            binary: binary.to_owned(),
-            source,
-        })?;
+    let output = output(binary, &["--version"]).await?;
     let text = String::from_utf8_lossy(&output.stdout);
     text.lines()
         .find_map(|l| l.strip_prefix(prefix))
         .map(|v| v.trim().to_owned())
         .ok_or_else(|| {
             BackendError::Unsupported(format!("cannot read the version of {} from {text:?}", binary.display()))
+        })
+}
+
+/// Runs an engine's self-check, such as `criu check`; what it printed, on
+/// success or in the error.
+pub async fn check(binary: &Path, args: &[&str]) -> Result<String, BackendError> {
+    let output = output(binary, args).await?;
+    let mut said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    if !errors.trim().is_empty() {
+        if !said.is_empty() {
+            said.push('\n');
+        }
+        said.push_str(errors.trim());
+    }
+    if output.status.success() {
+        return Ok(said);
+    }
+    Err(BackendError::CheckFailed {
+        command: format!("{} {}", binary.display(), args.join(" ")),
+        status: output.status,
+        output: said,
+    })
+}
+
+/// `BINARY ARGS...` run to its end, killed if the call is dropped.
+async fn output(binary: &Path, args: &[&str]) -> Result<std::process::Output, BackendError> {
+    Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| BackendError::Spawn {
+            binary: binary.to_owned(),
+            source,
         })
 }
 

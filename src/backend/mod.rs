@@ -52,6 +52,12 @@ pub enum BackendError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error("`{command}` failed ({status}): {output}")]
+    CheckFailed {
+        command: String,
+        status: std::process::ExitStatus,
+        output: String,
+    },
 }
 
 /// The backend named `backend` (a handler config's `backend`), driving
@@ -123,6 +129,12 @@ pub trait Checkpointer: Send + Sync {
 
     /// The version of the capture engine, recorded in the manifest.
     async fn engine_version(&self) -> Result<String, BackendError>;
+
+    /// The engine's own check that this node can checkpoint (`criu check`):
+    /// what it said when it passed, or None when the engine has no such check.
+    async fn engine_check(&self) -> Result<Option<String>, BackendError> {
+        Ok(None)
+    }
 
     async fn pause(&self, container: &ContainerRef) -> Result<(), BackendError>;
 

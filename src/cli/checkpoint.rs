@@ -64,7 +64,7 @@ pub(super) async fn run(
                 format,
                 format_args!(
                     "Checkpointed in {seconds:.2} s ({}); the pod was frozen for {}",
-                    super::inspect::human(bytes),
+                    crate::archive::space::human(bytes),
                     freeze_ms.map_or("an unknown time".into(), |ms| format!("{ms} ms"))
                 ),
             );
@@ -75,7 +75,7 @@ pub(super) async fn run(
 }
 
 /// A full pod id from an id or a unique prefix of one.
-async fn resolve_pod(clients: &Clients, wanted: &str) -> Result<String, CliError> {
+pub(super) async fn resolve_pod(clients: &Clients, wanted: &str) -> Result<String, CliError> {
     let pods = clients
         .runtime
         .clone()

@@ -3,6 +3,7 @@
 mod checkpoint;
 pub(crate) mod configs;
 mod inspect;
+mod preflight;
 mod restore;
 mod transfer;
 
@@ -14,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::api::cri::runtime_service_client::RuntimeServiceClient;
 use crate::api::pod::runtime_service_client::RuntimeServiceClient as PodClient;
+use crate::api::podckpt::preflight_client::PreflightClient;
 use crate::endpoint::UnixEndpoint;
 
 #[derive(Debug, Parser)]
@@ -77,6 +79,20 @@ pub enum Command {
         #[arg(long)]
         start: bool,
     },
+    /// Check, pausing nothing, whether a pod can be checkpointed now, and every reason why not; exits 1 if not
+    Preflight {
+        /// Pod sandbox ID (or a unique prefix)
+        pod: String,
+        /// Where the checkpoint would be written: its free space is checked [default: the current directory, where checkpointp writes]
+        #[arg(long = "output-dir", value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Check only these containers (ID) [default: every running container of the pod]
+        #[arg(long = "container", value_name = "ID")]
+        containers: Vec<String>,
+        /// Output format, as crictl's -o (the same as --output)
+        #[arg(short = 'o', value_enum, value_name = "FORMAT")]
+        format: Option<Format>,
+    },
     /// Show what a checkpoint holds and whether its checksums hold
     Inspectcp {
         /// The checkpoint directory
@@ -131,6 +147,9 @@ pub enum CliError {
     Stream(#[from] crate::archive::stream::StreamError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The pre-flight check said no; its reasons are printed already.
+    #[error("{0}")]
+    NotCheckpointable(String),
 }
 
 impl CliError {
@@ -143,9 +162,11 @@ impl CliError {
     }
 }
 
-/// Clients of podckptd: the pod calls and the ordinary CRI through it.
+/// Clients of podckptd: the pod calls, its own pre-flight check and the
+/// ordinary CRI through it.
 struct Clients {
     pods: PodClient<Channel>,
+    preflight: PreflightClient<Channel>,
     runtime: RuntimeServiceClient<Channel>,
     timeout: Duration,
 }
@@ -170,6 +191,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let channel = crate::cri_client::channel(endpoint.path());
     let clients = Clients {
         pods: PodClient::new(channel.clone()),
+        preflight: PreflightClient::new(channel.clone()),
         runtime: crate::cri_client::runtime(endpoint.path()),
         timeout: Duration::from_secs(cli.timeout),
     };
@@ -187,6 +209,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             runtime_handler,
             start,
         } => restore::run(&clients, cli.output, &dir, config, name, runtime_handler, start).await,
+        Command::Preflight {
+            pod,
+            dir,
+            containers,
+            format,
+        } => preflight::run(&clients, format.unwrap_or(cli.output), &pod, dir, containers).await,
         Command::Inspectcp { dir } => inspect::run(cli.output, &dir),
         Command::Export {
             dir,
@@ -225,5 +253,13 @@ mod tests {
         assert!(matches!(cli.command, Command::Import { ref paths, .. } if paths.len() == 2));
         assert_eq!(cli.output, Format::Json);
         assert!(Cli::try_parse_from(["podckpt", "import", "a", "b", "c"]).is_err());
+        let cli = Cli::try_parse_from(["podckpt", "preflight", "abc", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Preflight {
+                format: Some(Format::Json),
+                ..
+            }
+        ));
     }
 }

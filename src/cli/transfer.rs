@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::inspect::human;
 use super::{CliError, Format, progress};
+use crate::archive::space::human;
 use crate::archive::stream::{self, ExportOptions, Identities, ImportOptions};
 use crate::archive::{Seals, create_private, durable};
 

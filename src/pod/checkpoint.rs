@@ -126,7 +126,7 @@ impl PodService {
             manifest.freeze_ms = Some(freeze_ms);
             let manifest_json = serde_json::to_vec_pretty(&manifest)
                 .map_err(|e| PodError::Internal(format!("encoding the manifest: {e}")))?;
-            let size = manifest.files.values().map(|f| f.size).sum::<u64>() + manifest_json.len() as u64;
+            let size = manifest.total_size() + manifest_json.len() as u64;
             let manifest = manifest_json;
             if Instant::now() >= capture.deadline {
                 // The caller has given up: a checkpoint it never hears of must not appear.
@@ -139,6 +139,9 @@ impl PodService {
         self.inner.journal.clear(&key)?;
         let (done, manifest, size) = outcome?;
         self.inner.metrics.observe_written(size);
+        self.inner
+            .rates
+            .record(backend.checkpointer.name(), size, started.elapsed());
         // Everything was just hashed, in a directory only we could write, so
         // a restore on this node need not hash it again.
         let sealed = self.inner.seals.snapshot(&done).and_then(|s| match s {
@@ -162,7 +165,8 @@ impl PodService {
         Ok(done)
     }
 
-    async fn pod_status(&self, pod_id: &str) -> Result<cri::PodSandboxStatusResponse, PodError> {
+    /// The pod's verbose status, whatever its state.
+    pub(super) async fn any_pod_status(&self, pod_id: &str) -> Result<cri::PodSandboxStatusResponse, PodError> {
         if pod_id.is_empty() {
             return Err(PodError::InvalidArgument("pod_sandbox_id is required".into()));
         }
@@ -175,12 +179,13 @@ impl PodService {
             .pod_sandbox_status(request)
             .await
             .map_err(PodError::runtime(format!("pod {pod_id}")))?;
-        let pod = pod.into_inner();
-        let ready = pod
-            .status
-            .as_ref()
-            .is_some_and(|s| s.state == cri::PodSandboxState::SandboxReady as i32);
-        if !ready {
+        Ok(pod.into_inner())
+    }
+
+    /// The status of a pod that must be ready.
+    async fn pod_status(&self, pod_id: &str) -> Result<cri::PodSandboxStatusResponse, PodError> {
+        let pod = self.any_pod_status(pod_id).await?;
+        if !is_ready(&pod) {
             return Err(PodError::FailedPrecondition(format!(
                 "pod {pod_id} is not ready; only a running pod can be checkpointed"
             )));
@@ -192,83 +197,78 @@ impl PodService {
     /// A backend that saves whole sandboxes saves every container of the
     /// pod at once: the request must name exactly the running ones.
     async fn require_whole_pod(&self, pod_id: &str, targets: &[Arc<Target>], backend: &str) -> Result<(), PodError> {
-        let filter = cri::ContainerFilter {
-            pod_sandbox_id: pod_id.into(),
-            state: Some(cri::ContainerStateValue {
-                state: cri::ContainerState::ContainerRunning as i32,
-            }),
-            ..Default::default()
-        };
         let running: BTreeSet<String> = self
-            .runtime()
-            .list_containers(cri::ListContainersRequest { filter: Some(filter) })
-            .await
-            .map_err(PodError::runtime(format!("listing the containers of pod {pod_id}")))?
-            .into_inner()
-            .containers
+            .pod_containers(pod_id)
+            .await?
             .into_iter()
+            .filter(is_running)
             .map(|c| c.id)
             .collect();
         let named: BTreeSet<String> = targets.iter().map(|t| t.id().to_owned()).collect();
-        if named == running {
-            return Ok(());
+        match whole_pod_refusal(pod_id, backend, &named, &running) {
+            None => Ok(()),
+            Some(why) => Err(PodError::FailedPrecondition(why)),
         }
-        let missing: Vec<&String> = running.difference(&named).collect();
-        Err(PodError::FailedPrecondition(format!(
-            "pod {pod_id}'s backend, {backend}, saves the whole sandbox at once and cannot capture a subset of its containers: container_ids must name every running container; missing {missing:?}"
-        )))
     }
 
-    async fn resolve_containers(&self, pod_id: &str, wanted: &[String]) -> Result<Vec<Arc<Target>>, PodError> {
+    /// Every container of the pod, in any state.
+    pub(super) async fn pod_containers(&self, pod_id: &str) -> Result<Vec<cri::Container>, PodError> {
         let filter = cri::ContainerFilter {
             pod_sandbox_id: pod_id.into(),
             ..Default::default()
         };
-        let listed = self
+        Ok(self
             .runtime()
             .list_containers(cri::ListContainersRequest { filter: Some(filter) })
             .await
             .map_err(PodError::runtime(format!("listing the containers of pod {pod_id}")))?
             .into_inner()
-            .containers;
-        let running = |c: &cri::Container| c.state == cri::ContainerState::ContainerRunning as i32;
+            .containers)
+    }
+
+    /// A container's status with the runtime's verbose info (pid,
+    /// runtimeSpec, and on containerd its config); Null when it has none.
+    pub(super) async fn verbose_status(&self, id: &str) -> Result<(cri::ContainerStatus, Value), PodError> {
+        let request = cri::ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: true,
+        };
+        let response = self
+            .runtime()
+            .container_status(request)
+            .await
+            .map_err(PodError::runtime(format!("container {id}")))?
+            .into_inner();
+        let info = response
+            .info
+            .get("info")
+            .map(|raw| serde_json::from_str(raw))
+            .transpose()
+            .map_err(|e| PodError::Internal(format!("container {id}: unreadable runtime info: {e}")))?;
+        let status = response
+            .status
+            .ok_or_else(|| PodError::Internal(format!("container {id} has no status")))?;
+        Ok((status, info.unwrap_or(Value::Null)))
+    }
+
+    async fn resolve_containers(&self, pod_id: &str, wanted: &[String]) -> Result<Vec<Arc<Target>>, PodError> {
+        let listed = self.pod_containers(pod_id).await?;
         let mut chosen: Vec<&cri::Container> = Vec::new();
         for id in wanted {
             let container = listed.iter().find(|c| &c.id == id).ok_or_else(|| {
                 PodError::InvalidArgument(format!("container {id} is not a container of pod {pod_id}"))
             })?;
-            if !running(container) {
-                let state = cri::ContainerState::try_from(container.state)
-                    .map(|s| s.as_str_name())
-                    .unwrap_or("UNKNOWN");
+            if !is_running(container) {
                 return Err(PodError::FailedPrecondition(format!(
-                    "container {id} is not running (state {state})"
+                    "container {id} is not running (state {})",
+                    state_name(container.state)
                 )));
             }
             chosen.push(container);
         }
         let mut targets = Vec::with_capacity(chosen.len());
         for container in chosen {
-            let request = cri::ContainerStatusRequest {
-                container_id: container.id.clone(),
-                verbose: true,
-            };
-            let response = self
-                .runtime()
-                .container_status(request)
-                .await
-                .map_err(PodError::runtime(format!("container {}", container.id)))?
-                .into_inner();
-            let info = response
-                .info
-                .get("info")
-                .map(|raw| serde_json::from_str(raw))
-                .transpose()
-                .map_err(|e| PodError::Internal(format!("container {}: unreadable runtime info: {e}", container.id)))?;
-            let status = response
-                .status
-                .ok_or_else(|| PodError::Internal(format!("container {} has no status", container.id)))?;
-            let info = info.unwrap_or(Value::Null);
+            let (status, info) = self.verbose_status(&container.id).await?;
             refuse_chosen_criu_options(&container.id, &info)?;
             let image_config = if info.get("config").is_none() {
                 self.image_config(&status).await?
@@ -313,11 +313,44 @@ impl PodService {
     }
 }
 
+pub(super) fn is_ready(pod: &cri::PodSandboxStatusResponse) -> bool {
+    pod.status
+        .as_ref()
+        .is_some_and(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+}
+
+pub(super) fn is_running(container: &cri::Container) -> bool {
+    container.state == cri::ContainerState::ContainerRunning as i32
+}
+
+pub(super) fn state_name(state: i32) -> &'static str {
+    cri::ContainerState::try_from(state)
+        .map(|s| s.as_str_name())
+        .unwrap_or("UNKNOWN")
+}
+
+/// Why a backend that saves whole sandboxes cannot take just `named` of a
+/// pod that runs `running`; None when they are the same.
+pub(super) fn whole_pod_refusal(
+    pod_id: &str,
+    backend: &str,
+    named: &BTreeSet<String>,
+    running: &BTreeSet<String>,
+) -> Option<String> {
+    if named == running {
+        return None;
+    }
+    let missing: Vec<&String> = running.difference(named).collect();
+    Some(format!(
+        "pod {pod_id}'s backend, {backend}, saves the whole sandbox at once and cannot capture a subset of its containers: container_ids must name every running container; missing {missing:?}"
+    ))
+}
+
 /// runc hands CRIU (which runs as root) the configuration file that the
 /// spec's `org.criu.config` annotation names. A pod's annotations reach the
 /// spec unchanged on CRI-O, so a pod could choose CRIU's options, action
 /// scripts among them. podckpt checkpoints no such container.
-fn refuse_chosen_criu_options(id: &str, info: &Value) -> Result<(), PodError> {
+pub(super) fn refuse_chosen_criu_options(id: &str, info: &Value) -> Result<(), PodError> {
     match info["runtimeSpec"]["annotations"].get("org.criu.config") {
         None => Ok(()),
         Some(_) => Err(PodError::FailedPrecondition(format!(

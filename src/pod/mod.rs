@@ -9,6 +9,7 @@ pub mod error;
 mod housekeeping;
 pub mod journal;
 pub mod options;
+mod preflight;
 mod restore;
 mod runtime_roots;
 mod sandbox_info;
@@ -80,6 +81,8 @@ struct Inner {
     /// operations wait for it, ordinary CRI calls do not.
     recovery: Arc<tokio::sync::RwLock<()>>,
     metrics: Metrics,
+    /// How fast this node has checkpointed, for the pre-flight estimate.
+    rates: preflight::rates::DumpRates,
 }
 
 /// Releases a claim on a pod or an output directory when the operation
@@ -125,6 +128,7 @@ impl PodService {
             operations: TaskTracker::new(),
             recovery: Arc::new(tokio::sync::RwLock::new(())),
             metrics,
+            rates: preflight::rates::DumpRates::open(&config.state_dir),
         };
         Ok(Self { inner: Arc::new(inner) })
     }

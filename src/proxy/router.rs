@@ -17,7 +17,7 @@ use tracing::warn;
 use super::outcome::{self, Ended};
 use super::relay::{self, RecvBody};
 use super::upstream::Upstream;
-use crate::api::{self, pod::runtime_service_server::RuntimeServiceServer};
+use crate::api::{self, pod::runtime_service_server::RuntimeServiceServer, podckpt::preflight_server::PreflightServer};
 use crate::deadline::grpc_timeout;
 use crate::metrics::Metrics;
 use crate::pod::{PeerCredentials, PodService};
@@ -30,6 +30,8 @@ pub struct Router {
 struct Inner {
     upstream: Upstream,
     own: RuntimeServiceServer<PodService>,
+    /// podckpt's own service beside the CRI.
+    preflight: PreflightServer<PodService>,
     /// Kept only when served: with none, a call costs nothing more.
     metrics: Option<Metrics>,
 }
@@ -38,11 +40,17 @@ impl Router {
     /// `metrics`: where every call is counted, if anywhere.
     pub fn new(upstream: Upstream, pods: PodService, metrics: Option<Metrics>) -> Self {
         // Our own answers are small; the limits matter only for what callers send us.
+        let preflight = PreflightServer::new(pods.clone());
         let own = RuntimeServiceServer::new(pods)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         Self {
-            inner: Arc::new(Inner { upstream, own, metrics }),
+            inner: Arc::new(Inner {
+                upstream,
+                own,
+                preflight,
+                metrics,
+            }),
         }
     }
 
@@ -79,7 +87,12 @@ impl Router {
         if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
         }
-        let response = match self.inner.own.clone().oneshot(request).await {
+        let served = if request.uri().path().starts_with(api::OWN_SERVICE_PREFIX) {
+            self.inner.preflight.clone().oneshot(request).await
+        } else {
+            self.inner.own.clone().oneshot(request).await
+        };
+        let response = match served {
             Ok(response) => response,
             Err(never) => match never {},
         };

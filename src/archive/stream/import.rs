@@ -200,8 +200,8 @@ fn read_manifest<R: Read>(name: String, mut entry: tar::Entry<'_, R>) -> Result<
 
 /// Room for the manifest's bytes and files, before anything is written.
 fn check_space(dir: &Path, manifest: &Manifest) -> Result<(), StreamError> {
-    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| StreamError::io(dir.display().to_string())(e.into()))?;
-    let free = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+    let available = crate::archive::space::available(dir).map_err(StreamError::io(dir.display().to_string()))?;
+    let free = available.bytes;
     let needed = manifest.total_size();
     if free < needed {
         return Err(StreamError::Destination(format!(
@@ -212,8 +212,9 @@ fn check_space(dir: &Path, manifest: &Manifest) -> Result<(), StreamError> {
         )));
     }
     // A file system that counts inodes (not all do) must have one per file.
-    let inodes = stat.files_available() as u64;
-    if stat.files() > 0 && inodes < manifest.files.len() as u64 {
+    if let Some(inodes) = available.inodes
+        && inodes < manifest.files.len() as u64
+    {
         return Err(StreamError::Destination(format!(
             "{} has {inodes} inodes free; the checkpoint has {} files",
             dir.display(),

@@ -64,6 +64,10 @@ impl Checkpointer for OciRuntimeCheckpointer {
         command::version(Path::new("criu"), "Version:").await
     }
 
+    async fn engine_check(&self) -> Result<Option<String>, BackendError> {
+        command::check(Path::new("criu"), &["check"]).await.map(Some)
+    }
+
     async fn pause(&self, container: &ContainerRef) -> Result<(), BackendError> {
         self.run("pause", container, &[]).await
     }

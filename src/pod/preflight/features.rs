@@ -1,0 +1,300 @@
+//! What a container's OCI spec asks for that a checkpoint cannot carry:
+//! read from the spec the runtime really runs, not from the pod's config,
+//! so that whatever a runtime, a device plugin or a webhook added is seen.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// One feature found that stops the checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsupported {
+    /// The check's name, as the pre-flight answer reports it.
+    pub check: &'static str,
+    pub detail: String,
+}
+
+/// How many paths a detail names before it says "and N more".
+const LISTED: usize = 4;
+
+/// What the spec's paths are on this node.
+pub trait Node {
+    /// Whether `path` is a Unix socket.
+    fn is_socket(&self, path: &Path) -> bool;
+    /// Whether the namespace file `path` (`/proc/PID/ns/KIND`) is the node's
+    /// own namespace of that kind: a runtime may put a host-network container
+    /// in "the pod's" namespace, which is the node's.
+    fn is_node_namespace(&self, kind: &str, path: &Path) -> bool;
+}
+
+/// The node podckptd runs on, seen through /proc.
+pub struct ThisNode;
+
+impl Node for ThisNode {
+    fn is_socket(&self, path: &Path) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+    }
+
+    fn is_node_namespace(&self, kind: &str, path: &Path) -> bool {
+        let kind = match kind {
+            "network" => "net",
+            other => other,
+        };
+        // init's, where it may be read, for podckptd could run in namespaces
+        // of its own; else ours, which the unit leaves the node's.
+        let node = std::fs::read_link(format!("/proc/1/ns/{kind}"))
+            .or_else(|_| std::fs::read_link(format!("/proc/self/ns/{kind}")));
+        match (std::fs::read_link(path), node) {
+            (Ok(theirs), Ok(node)) => theirs == node,
+            _ => false,
+        }
+    }
+}
+
+/// Every feature of `spec` that the backend cannot carry. `whole_sandbox`:
+/// the backend saves the sandbox at once (gVisor), so namespaces shared in
+/// the pod travel together.
+pub fn unsupported(spec: &Value, whole_sandbox: bool, node: &impl Node) -> Vec<Unsupported> {
+    let mut found = Vec::new();
+    let mut add = |check, detail: String| found.push(Unsupported { check, detail });
+    let namespaces = spec["linux"]["namespaces"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    // None: no namespace of its own of that kind, so the node's; Some(path):
+    // it joins the one at path; Some(""): a new one of its own.
+    let joined = |kind: &str| {
+        namespaces
+            .iter()
+            .find(|n| n["type"].as_str() == Some(kind))
+            .map(|n| n["path"].as_str().unwrap_or_default())
+    };
+    let on_node = |kind: &str| match joined(kind) {
+        None => true,
+        Some("") => false,
+        Some(path) => node.is_node_namespace(kind, Path::new(path)),
+    };
+    if on_node("network") {
+        add(
+            "host-network",
+            "runs in the node's network namespace (hostNetwork): its sockets belong to the node, and a restore would bind the node's ports again".into(),
+        );
+    }
+    if on_node("pid") {
+        add(
+            "host-pid",
+            "runs in the node's PID namespace (hostPID): its processes' PIDs cannot be had again on restore".into(),
+        );
+    } else if !whole_sandbox && joined("pid").is_some_and(|p| !p.is_empty()) {
+        add(
+            "shared-pid-namespace",
+            "shares a PID namespace with other processes (shareProcessNamespace, or a target container): each container is restored on its own, and PIDs another process of the new pod takes first clash with the ones saved".into(),
+        );
+    }
+    let devices: Vec<&str> = spec["linux"]["devices"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|d| d["path"].as_str()).collect())
+        .unwrap_or_default();
+    if !devices.is_empty() {
+        add(
+            "devices",
+            format!(
+                "has devices passed in ({}), whose state lives in the node's drivers and is not saved",
+                listed(&devices)
+            ),
+        );
+    }
+    if let Some(why) = gpu(spec, &devices) {
+        add(
+            "gpu",
+            format!("uses a GPU ({why}): its memory and driver state cannot be saved"),
+        );
+    }
+    let sockets: Vec<String> = spec["mounts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| is_bind(m))
+        .filter_map(|m| Some((m["source"].as_str()?, m["destination"].as_str()?)))
+        .filter(|(source, _)| node.is_socket(Path::new(source)))
+        .map(|(source, destination)| format!("{source} at {destination}"))
+        .collect();
+    if !sockets.is_empty() {
+        let sockets: Vec<&str> = sockets.iter().map(String::as_str).collect();
+        add(
+            "socket-mount",
+            format!(
+                "has Unix sockets of the node bind-mounted ({}): a connection to a server outside the pod cannot be saved",
+                listed(&sockets)
+            ),
+        );
+    }
+    if spec["process"]["terminal"].as_bool() == Some(true) {
+        add(
+            "tty",
+            "has a terminal (tty: true): its pseudo-terminal belongs to the runtime's shim and is not saved".into(),
+        );
+    }
+    found
+}
+
+fn is_bind(mount: &Value) -> bool {
+    mount["type"].as_str() == Some("bind")
+        || mount["options"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| matches!(o.as_str(), Some("bind" | "rbind"))))
+}
+
+/// Why the container looks like it has a GPU, naming no value: the device
+/// nodes of NVIDIA, AMD and DRM drivers, the NVIDIA container toolkit's
+/// environment, and CDI's annotations.
+fn gpu(spec: &Value, devices: &[&str]) -> Option<String> {
+    let gpu_node = |path: &str| {
+        ["/dev/nvidia", "/dev/dri/", "/dev/kfd"]
+            .iter()
+            .any(|p| path.starts_with(p))
+    };
+    if let Some(device) = devices.iter().find(|d| gpu_node(d)) {
+        return Some(format!("device {device}"));
+    }
+    let mounted = spec["mounts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m["source"].as_str())
+        .find(|source| gpu_node(source));
+    if let Some(source) = mounted {
+        return Some(format!("{source} mounted"));
+    }
+    let visible = spec["process"]["env"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(|e| e.strip_prefix("NVIDIA_VISIBLE_DEVICES="))
+        .any(|value| !matches!(value, "" | "void" | "none"));
+    if visible {
+        return Some("NVIDIA_VISIBLE_DEVICES is set".into());
+    }
+    let cdi = spec["annotations"]
+        .as_object()
+        .and_then(|a| a.keys().find(|k| k.starts_with("cdi.k8s.io/")));
+    cdi.map(|key| format!("CDI annotation {key}"))
+}
+
+fn listed(items: &[&str]) -> String {
+    let shown = items[..items.len().min(LISTED)].join(", ");
+    match items.len().saturating_sub(LISTED) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn plain() -> Value {
+        json!({
+            "process": {"terminal": false, "env": ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=void"]},
+            "linux": {"namespaces": [
+                {"type": "pid"}, {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                {"type": "uts", "path": "/proc/7/ns/uts"}, {"type": "mount"},
+                {"type": "network", "path": "/var/run/netns/cni-1"}
+            ]},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/x/hosts", "options": ["rbind", "rprivate"]}
+            ]
+        })
+    }
+
+    /// A node whose containerd socket is a socket, and whose namespaces
+    /// are those of PID 1.
+    struct Fake;
+
+    impl Node for Fake {
+        fn is_socket(&self, path: &Path) -> bool {
+            path.ends_with("containerd.sock")
+        }
+
+        fn is_node_namespace(&self, _kind: &str, path: &Path) -> bool {
+            path.starts_with("/proc/1/")
+        }
+    }
+
+    fn checks(spec: &Value, whole_sandbox: bool) -> Vec<&'static str> {
+        unsupported(spec, whole_sandbox, &Fake)
+            .into_iter()
+            .map(|u| u.check)
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_container_has_nothing_unsupported() {
+        assert_eq!(checks(&plain(), false), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn each_feature_is_found_and_named() {
+        let mut spec = plain();
+        spec["linux"]["namespaces"] = json!([{"type": "pid", "path": "/proc/7/ns/pid"}, {"type": "mount"}]);
+        spec["linux"]["devices"] = json!([{"path": "/dev/fuse"}, {"path": "/dev/nvidia0"}]);
+        spec["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/run/c.sock", "source": "/run/containerd/containerd.sock", "options": ["bind"]}),
+        );
+        spec["process"]["terminal"] = json!(true);
+        assert_eq!(
+            checks(&spec, false),
+            [
+                "host-network",
+                "shared-pid-namespace",
+                "devices",
+                "gpu",
+                "socket-mount",
+                "tty"
+            ]
+        );
+        // A sandbox saved whole takes its shared PID namespace along.
+        assert!(!checks(&spec, true).contains(&"shared-pid-namespace"));
+        spec["linux"]["namespaces"] = json!([]);
+        assert!(checks(&spec, false).contains(&"host-pid"));
+        // containerd puts a host-network container in its pod's namespace,
+        // which is the node's.
+        spec["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}]);
+        assert_eq!(
+            checks(&spec, false),
+            ["host-network", "devices", "gpu", "socket-mount", "tty"]
+        );
+    }
+
+    #[test]
+    fn a_gpu_is_seen_in_the_environment_and_annotations_without_their_values() {
+        let mut spec = plain();
+        spec["process"]["env"] = json!(["NVIDIA_VISIBLE_DEVICES=GPU-secret-uuid"]);
+        let found = unsupported(&spec, false, &Fake);
+        assert_eq!(found.len(), 1);
+        assert!(!found[0].detail.contains("secret"), "{}", found[0].detail);
+        let mut spec = plain();
+        spec["annotations"] = json!({"cdi.k8s.io/gpu": "nvidia.com/gpu=0"});
+        assert_eq!(checks(&spec, false), ["gpu"]);
+    }
+
+    #[test]
+    fn long_lists_are_cut_short() {
+        let mut spec = plain();
+        spec["linux"]["devices"] = json!(
+            (0..7)
+                .map(|n| json!({"path": format!("/dev/d{n}")}))
+                .collect::<Vec<_>>()
+        );
+        let found = unsupported(&spec, false, &Fake);
+        assert!(found[0].detail.contains("/dev/d3 and 3 more"), "{}", found[0].detail);
+    }
+}
