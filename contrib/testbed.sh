@@ -106,7 +106,7 @@ install_packages() {
     local trixie_pkgs=(containerd runc crun criu checkpointctl containernetworking-plugins
         golang-1.24-go golang-google-grpc-dev python3-pip python3-pycriu runsc
         conmon skopeo libseccomp2 libsqlite3-0)
-    local pkgs=(busybox-static protobuf-compiler iproute2 python3 python3.11 age zstd)
+    local pkgs=(busybox-static protobuf-compiler iproute2 python3 python3.11 age zstd util-linux libcap2-bin)
     if have_all_packages; then
         log "packages already installed"
         return
@@ -138,7 +138,7 @@ EOF
 
 have_all_packages() {
     local b
-    for b in containerd ctr runc crun runsc conmon skopeo criu crit checkpointctl protoc busybox age age-keygen zstd ip python3 "$GO" "$INTEROP_PYTHON_BASE"; do
+    for b in containerd ctr runc crun runsc conmon skopeo criu crit checkpointctl protoc busybox age age-keygen zstd ip setpriv capsh python3 "$GO" "$INTEROP_PYTHON_BASE"; do
         command -v "$b" >/dev/null || return 1
     done
     [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || return 1

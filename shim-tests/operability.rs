@@ -118,7 +118,7 @@ async fn systemd_hears_ready_only_once_the_runtime_answers_and_stopping_on_sigte
     let socket = dir.path().join("podckpt.sock");
     std::fs::write(dir.path().join("config.toml"), "").unwrap();
     let mut daemon = Daemon(Some(
-        std::process::Command::new(env!("CARGO_BIN_EXE_podckptd"))
+        support::unit::podckptd()
             .arg("--listen")
             .arg(&socket)
             .arg("--runtime-endpoint")
@@ -254,4 +254,58 @@ async fn metrics_count_what_was_done(tb: Testbed) {
     );
     assert_eq!(text.matches("podckpt_pod_calls_total{").count(), 3, "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
+/// Every daemon the tests start runs as the unit confines it, so that the
+/// whole suite shows runc, CRIU and runsc still work under the unit's
+/// hardening. This checks the confinement really applies.
+#[tokio::test]
+#[serial_test::serial]
+async fn the_daemon_runs_under_the_units_hardening() {
+    let Some(tb) = support::testbed() else {
+        return;
+    };
+    let hardening = support::unit::hardening();
+    assert!(hardening.no_new_privileges, "the unit sets NoNewPrivileges=yes");
+    assert!(hardening.dropped.contains(&"sys_module".to_owned()), "{hardening:?}");
+    let shim = Shim::start(&tb);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", shim.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    assert_eq!(field("NoNewPrivs:"), "1");
+    let decoded = std::process::Command::new("capsh")
+        .arg(format!("--decode={}", field("CapBnd:")))
+        .output()
+        .expect("capsh (libcap2-bin)");
+    let decoded = String::from_utf8_lossy(&decoded.stdout);
+    let bounding: Vec<&str> = decoded.trim().split_once('=').unwrap().1.split(',').collect();
+    for cap in &hardening.dropped {
+        assert!(
+            !bounding.contains(&format!("cap_{cap}").as_str()),
+            "{cap} is still in {bounding:?}"
+        );
+    }
+    for needed in [
+        "cap_sys_admin",
+        "cap_sys_ptrace",
+        "cap_checkpoint_restore",
+        "cap_net_admin",
+    ] {
+        assert!(bounding.contains(&needed), "CRIU needs {needed}: {bounding:?}");
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", shim.pid())).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
+    // And it serves.
+    let mut client = shim.client().await;
+    client.version(cri::VersionRequest::default()).await.expect("Version");
 }

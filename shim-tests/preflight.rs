@@ -60,8 +60,20 @@ fn failed(answer: &CheckPodResponse) -> Vec<&str> {
         .collect()
 }
 
+/// A container that holds `mib` MiB once it counts.
+async fn holding(pod: &Pod, client: &mut support::Runtime, tb: &Testbed, name: &str, mib: u64) -> String {
+    let cid = pod
+        .start_container(client, &tb.image, name, &support::memory_counter(mib))
+        .await;
+    assert!(
+        support::count_reaches(client, &cid, 1, Duration::from_secs(60)).await,
+        "{name} did not get going"
+    );
+    cid
+}
+
 async fn a_plain_pod_is_checkpointable_and_nothing_is_paused_or_written(tb: Testbed) {
-    let shim = Shim::start(&tb);
+    let mut shim = Shim::start_with_metrics(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "plain").await;
     let cid = pod.start_sleeper(&mut client, &tb.image, "sleeper").await;
@@ -85,14 +97,28 @@ async fn a_plain_pod_is_checkpointable_and_nothing_is_paused_or_written(tb: Test
     // This daemon has measured no checkpoint yet.
     assert_eq!(verdict(&answer, "time", "").0, Verdict::Skipped);
     assert_eq!(answer.dump_rate_bytes_per_second, 0);
+    // The directory is not there yet: podckpt checkpointp would make it.
+    assert_eq!(verdict(&answer, "output-path", "").0, Verdict::Skipped);
     // Nothing was paused, nothing written.
+    let metrics = shim.metrics().await;
+    assert_eq!(metrics.get("podckpt_checkpoint_freeze_duration_seconds_count"), 0.0);
+    assert_eq!(metrics.get("podckpt_paused_containers"), 0.0);
     assert_eq!(support::runc_status(&cid), "running");
     assert_eq!(support::dir_names(parent.path()), Vec::<String>::new());
+    // An output path CheckpointPod would refuse is a reason.
+    std::fs::write(parent.path().join("file"), b"").unwrap();
+    let answer = check(&shim, request(&pod.id, parent.path())).await.expect("CheckPod");
+    assert_eq!(failed(&answer), ["output-path"], "{answer:#?}");
+    assert!(
+        verdict(&answer, "output-path", "").1.contains("not empty"),
+        "{answer:#?}"
+    );
+    std::fs::remove_file(parent.path().join("file")).unwrap();
+    let answer = check(&shim, request(&pod.id, parent.path())).await.expect("CheckPod");
+    assert_eq!(verdict(&answer, "output-path", "").0, Verdict::Pass);
 
     // Once a checkpoint of a MiB or more is measured, the time is judged.
-    let big = pod
-        .start_container(&mut client, &tb.image, "holder", &support::memory_counter(8))
-        .await;
+    let big = holding(&pod, &mut client, &tb, "holder", 8).await;
     let (_keep, ckpt) = support::empty_output("measured");
     support::checkpoint_pod(&shim, &pod.id, &ckpt, &[], &[])
         .await
@@ -104,18 +130,26 @@ async fn a_plain_pod_is_checkpointable_and_nothing_is_paused_or_written(tb: Test
     assert_eq!(time, Verdict::Pass, "{detail}");
     assert!(detail.contains("within the deadline of 60 s"), "{detail}");
     assert_eq!(answer.container_ids.len(), 2);
-    // A deadline the estimate cannot meet is a reason of its own.
-    let hurried = CheckPodRequest {
+    // Without a deadline the time is estimated, not judged.
+    let unbounded = CheckPodRequest {
         deadline_seconds: 0,
         ..request(&pod.id, &out)
     };
-    let answer = check(&shim, hurried).await.expect("CheckPod");
-    assert_eq!(
-        verdict(&answer, "time", "").0,
-        Verdict::Skipped,
-        "no deadline: not judged"
-    );
+    let answer = check(&shim, unbounded).await.expect("CheckPod");
+    assert_eq!(verdict(&answer, "time", "").0, Verdict::Skipped);
     assert_eq!(support::runc_status(&big), "running");
+
+    // A node that has dumped at 1 KiB/s (what the daemon remembers across
+    // restarts) cannot write the 8 MiB holder within a minute.
+    shim.stop();
+    let rates = shim.state_dir().join("dump-rates.json");
+    std::fs::write(&rates, format!(r#"{{"{}": [1024]}}"#, answer.backend)).unwrap();
+    shim.respawn(&tb);
+    let answer = check(&shim, request(&pod.id, &out)).await.expect("CheckPod");
+    assert_eq!(answer.dump_rate_bytes_per_second, 1024);
+    assert_eq!(failed(&answer), ["time"], "{answer:#?}");
+    let (_, detail) = verdict(&answer, "time", "");
+    assert!(detail.contains("more than the deadline of 60 s"), "{detail}");
 }
 
 async fn a_pod_on_the_nodes_network_is_not_and_the_cli_says_why(tb: Testbed) {
@@ -147,11 +181,11 @@ async fn a_pod_on_the_nodes_network_is_not_and_the_cli_says_why(tb: Testbed) {
     let (_, detail) = verdict(&answer, "host-network", &cid);
     assert!(detail.contains("hostNetwork"), "{detail}");
 
-    // The CLI: its table names the reason, its JSON says no, and it exits 1.
+    // The CLI: its table names the reason, its JSON says no, and it exits 3.
     let prefix = &pod.id[..8];
     let dir = parent.path().display().to_string();
     let table = support::podckpt_cli(&shim, None, &["preflight", prefix, "--output-dir", &dir, "-o", "table"]);
-    assert_eq!(table.status.code(), Some(1), "{table:?}");
+    assert_eq!(table.status.code(), Some(podckpt::cli::NOT_CHECKPOINTABLE), "{table:?}");
     let stdout = String::from_utf8_lossy(&table.stdout);
     let header = stdout.lines().next().unwrap_or_default();
     assert!(header.starts_with("CHECK") && header.contains("RESULT"), "{stdout}");
@@ -164,7 +198,7 @@ async fn a_pod_on_the_nodes_network_is_not_and_the_cli_says_why(tb: Testbed) {
     let stderr = String::from_utf8_lossy(&table.stderr);
     assert!(stderr.contains("cannot be checkpointed: 1 check failed"), "{stderr}");
     let json = support::podckpt_cli(&shim, None, &["preflight", prefix, "--output-dir", &dir]);
-    assert_eq!(json.status.code(), Some(1));
+    assert_eq!(json.status.code(), Some(podckpt::cli::NOT_CHECKPOINTABLE));
     let json: Value = serde_json::from_slice(&json.stdout).expect("JSON");
     assert_eq!(json["checkpointable"], false);
     assert_eq!(json["pod_sandbox_id"], pod.id.as_str());
@@ -206,9 +240,7 @@ async fn a_target_with_too_little_space_is_not(tb: Testbed) {
     let shim = Shim::start(&tb);
     let mut client = shim.client().await;
     let pod = Pod::run(&mut client, &shim.socket, "cramped").await;
-    let cid = pod
-        .start_container(&mut client, &tb.image, "holder", &support::memory_counter(4))
-        .await;
+    let cid = holding(&pod, &mut client, &tb, "holder", 4).await;
     let tiny = Tiny::mount();
     // Not there yet: its file system is the tmpfs it would be made on.
     let out = tiny.0.path().join("ckpt");

@@ -1,6 +1,5 @@
 //! The shim and the runtime below going away and coming back.
 
-use std::process::Command;
 use std::time::Duration;
 
 use podckpt::api::cri;
@@ -125,7 +124,7 @@ async fn sigterm_lets_in_flight_calls_finish_and_removes_the_socket() {
 async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
     let Some(tb) = testbed() else { return };
     let shim = Shim::start(&tb);
-    let second = Command::new(env!("CARGO_BIN_EXE_podckptd"))
+    let second = crate::support::unit::podckptd()
         .args(["--config", "/dev/null", "--listen"])
         .arg(&shim.socket)
         .args(["--runtime-endpoint", &tb.endpoint()])

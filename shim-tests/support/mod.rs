@@ -6,6 +6,7 @@
 
 pub mod interop;
 pub mod raw;
+pub mod unit;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -341,7 +342,7 @@ impl Shim {
     }
 
     fn spawn(&mut self, endpoint: &str) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_podckptd"));
+        let mut command = unit::podckptd();
         command
             .arg("--listen")
             .arg(&self.socket)

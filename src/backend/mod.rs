@@ -60,6 +60,15 @@ pub enum BackendError {
     },
 }
 
+/// A pod that could not be paused whole: why, and the containers paused
+/// before it that could not be resumed again.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct PauseFailed {
+    pub error: BackendError,
+    pub still_paused: Vec<BackendError>,
+}
+
 /// The backend named `backend` (a handler config's `backend`), driving
 /// `runtime` with its state in `root`: the one place that knows them all,
 /// for podckptd's handlers and for the wrapper's restore alike.
@@ -201,12 +210,12 @@ pub trait Checkpointer: Send + Sync {
     fn restore(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError>;
 
     /// Pauses every container, or none: on a failure the ones already paused
-    /// are resumed before the error is returned.
-    async fn pause_pod(&self, containers: &[ContainerRef]) -> Result<(), BackendError> {
+    /// are resumed before the error is returned, with any that could not be.
+    async fn pause_pod(&self, containers: &[ContainerRef]) -> Result<(), PauseFailed> {
         for (i, container) in containers.iter().enumerate() {
-            if let Err(err) = self.pause(container).await {
-                self.resume_pod(&containers[..i]).await;
-                return Err(err);
+            if let Err(error) = self.pause(container).await {
+                let still_paused = self.resume_pod(&containers[..i]).await;
+                return Err(PauseFailed { error, still_paused });
             }
         }
         Ok(())

@@ -79,7 +79,7 @@ pub enum Command {
         #[arg(long)]
         start: bool,
     },
-    /// Check, pausing nothing, whether a pod can be checkpointed now, and every reason why not; exits 1 if not
+    /// Check, pausing nothing, whether a pod can be checkpointed now, and every reason why not; exits 3 if not
     Preflight {
         /// Pod sandbox ID (or a unique prefix)
         pod: String,
@@ -151,6 +151,11 @@ pub enum CliError {
     #[error("{0}")]
     NotCheckpointable(String),
 }
+
+/// The exit status of `podckpt preflight` when the pod cannot be
+/// checkpointed: apart from 1 (an error) and 2 (a usage error), so that a
+/// script can tell "no" from "could not ask".
+pub const NOT_CHECKPOINTABLE: i32 = 3;
 
 impl CliError {
     fn call(call: &'static str) -> impl FnOnce(tonic::Status) -> Self {

@@ -64,8 +64,10 @@ fn verdict(check: i32) -> &'static str {
     }
 }
 
+/// An id cut as crictl cuts it; a container id comes back as it was asked
+/// for, so it may be any text.
 fn short(id: &str) -> &str {
-    &id[..id.len().min(13)]
+    id.char_indices().nth(13).map_or(id, |(end, _)| &id[..end])
 }
 
 fn as_json(pod: &str, answer: &CheckPodResponse) -> serde_json::Value {

@@ -90,17 +90,21 @@ impl Default for Metrics {
         let pod_calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "podckpt_pod_calls",
-            "CheckpointPod and RestorePod calls answered by podckptd, by method and gRPC code",
+            "Calls podckptd answers itself (CheckpointPod, RestorePod, and its own pre-flight CheckPod), by method and gRPC code",
             pod_calls.clone(),
         );
         let pod_call_seconds =
             Family::<MethodLabels, Histogram>::new_with_constructor(|| Histogram::new(POD_CALL_BUCKETS));
         registry.register(
             "podckpt_pod_call_duration_seconds",
-            "Total time of CheckpointPod and RestorePod calls, by method",
+            "Total time of the calls podckptd answers itself, by method",
             pod_call_seconds.clone(),
         );
         let pod_calls_in_progress = Family::<MethodLabels, Gauge>::default();
+        // Shown at 0 from the start, not only after the first call.
+        for method in [crate::api::CHECKPOINT_POD_PATH, crate::api::RESTORE_POD_PATH] {
+            let _ = pod_calls_in_progress.get_or_create(&MethodLabels { method: method.into() });
+        }
         registry.register(
             "podckpt_pod_calls_in_progress",
             "CheckpointPod and RestorePod calls under way, by method; one whose caller has gone runs on to its end",
@@ -115,7 +119,7 @@ impl Default for Metrics {
         let verification_seconds = Histogram::new(STEP_BUCKETS);
         registry.register(
             "podckpt_restore_verification_duration_seconds",
-            "How long RestorePod took to verify a checkpoint against its manifest (short when it was sealed on this node)",
+            "How long RestorePod took to verify a checkpoint against its manifest, whether it passed or not (short when it was sealed on this node)",
             verification_seconds.clone(),
         );
         // 1 MiB to 256 GiB, by fours.
@@ -140,7 +144,7 @@ impl Default for Metrics {
         let journal_recovered = Counter::default();
         registry.register(
             "podckpt_journal_recovered_entries",
-            "Checkpoints a previous podckptd left paused, found in its journal at start and undone",
+            "Checkpoints a previous podckptd left under way (containers paused, or a half-written output), found in its journal at start and undone",
             journal_recovered.clone(),
         );
         Self {
@@ -181,7 +185,12 @@ impl PausedContainers {
 
 impl Drop for PausedContainers {
     fn drop(&mut self) {
-        self.gauge.dec_by(self.count);
+        // A checkpoint that panicked between pause and resume resumed
+        // nothing: its containers stay paused until the next daemon's
+        // journal recovery, and stay counted.
+        if !std::thread::panicking() {
+            self.gauge.dec_by(self.count);
+        }
     }
 }
 

@@ -66,11 +66,21 @@ impl PodService {
         let key = self.inner.journal.record(paused)?;
         // What the pod feels: from the first pause to the last resume.
         let freeze_started = Instant::now();
-        // A failed pause_pod resumes what it paused.
         let paused_gauge = self.inner.metrics.pausing(refs.len());
-        if let Err(err) = backend.checkpointer.pause_pod(&refs).await {
-            self.inner.journal.clear(&key)?;
-            return Err(err.into());
+        if let Err(failed) = backend.checkpointer.pause_pod(&refs).await {
+            // It resumed what it had paused; what it could not stays in the
+            // journal, for the next daemon to resume, and in the gauge.
+            paused_gauge.still_paused(failed.still_paused.len());
+            if failed.still_paused.is_empty() {
+                self.inner.journal.clear(&key)?;
+                return Err(failed.error.into());
+            }
+            let stuck: Vec<String> = failed.still_paused.iter().map(|e| e.to_string()).collect();
+            return Err(PodError::Internal(format!(
+                "{}; and some containers paused before it could not be resumed: {}",
+                failed.error,
+                stuck.join("; ")
+            )));
         }
         let capture = Capture {
             backend: backend.checkpointer.clone(),
@@ -380,7 +390,7 @@ fn validate_container_ids(ids: &[String]) -> Result<(), PodError> {
     Ok(())
 }
 
-fn validate_output(path: &str) -> Result<PathBuf, PodError> {
+pub(super) fn validate_output(path: &str) -> Result<PathBuf, PodError> {
     if path.is_empty() {
         return Err(PodError::InvalidArgument(
             "output_path is required: an absolute path to an empty directory".into(),

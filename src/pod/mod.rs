@@ -85,6 +85,16 @@ struct Inner {
     rates: preflight::rates::DumpRates,
 }
 
+fn pod_key(pod: &str) -> String {
+    format!("pod:{pod}")
+}
+
+fn pod_busy(pod: &str) -> PodError {
+    PodError::Busy(format!(
+        "pod {pod} is being checkpointed by another call; try again when it has finished"
+    ))
+}
+
 /// Releases a claim on a pod or an output directory when the operation
 /// ends, however it ends.
 struct Claim<'a> {
@@ -243,11 +253,13 @@ impl PodService {
     }
 
     fn claim(&self, pod: &str) -> Result<Claim<'_>, PodError> {
-        self.claim_key(format!("pod:{pod}")).ok_or_else(|| {
-            PodError::Busy(format!(
-                "pod {pod} is being checkpointed by another call; try again when it has finished"
-            ))
-        })
+        self.claim_key(pod_key(pod)).ok_or_else(|| pod_busy(pod))
+    }
+
+    /// Why a checkpoint of `pod` could not start now: another call holds it.
+    fn pod_in_use(&self, pod: &str) -> Option<PodError> {
+        let busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.contains(&pod_key(pod)).then(|| pod_busy(pod))
     }
 
     /// Two checkpoints written into one directory would mix their files.

@@ -109,10 +109,11 @@ impl PodService {
             engine_version,
         };
         let verifying = Instant::now();
-        let checkpoint = tokio::task::spawn_blocking(move || verify(&path, &configs, &restorer, &seals))
+        let verified = tokio::task::spawn_blocking(move || verify(&path, &configs, &restorer, &seals))
             .await
-            .map_err(PodError::task("verification"))??;
+            .map_err(PodError::task("verification"))?;
         self.inner.metrics.observe_verification(verifying.elapsed());
+        let checkpoint = verified?;
         tokio::time::timeout_at(started + limit, self.check_images(&checkpoint.containers))
             .await
             .unwrap_or(Err(PodError::DeadlineExceeded {

@@ -6,12 +6,14 @@ use std::path::Path;
 
 use serde_json::Value;
 
-/// One feature found that stops the checkpoint.
+/// One feature found: one that stops the checkpoint, or (`blocking` false)
+/// one that may, which the spec alone cannot tell.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unsupported {
+pub struct Finding {
     /// The check's name, as the pre-flight answer reports it.
     pub check: &'static str,
     pub detail: String,
+    pub blocking: bool,
 }
 
 /// How many paths a detail names before it says "and N more".
@@ -21,6 +23,8 @@ const LISTED: usize = 4;
 pub trait Node {
     /// Whether `path` is a Unix socket.
     fn is_socket(&self, path: &Path) -> bool;
+    /// Whether the directory `path` holds a Unix socket (not looking deeper).
+    fn holds_sockets(&self, path: &Path) -> bool;
     /// Whether the namespace file `path` (`/proc/PID/ns/KIND`) is the node's
     /// own namespace of that kind: a runtime may put a host-network container
     /// in "the pod's" namespace, which is the node's.
@@ -34,6 +38,18 @@ impl Node for ThisNode {
     fn is_socket(&self, path: &Path) -> bool {
         use std::os::unix::fs::FileTypeExt;
         std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+    }
+
+    fn holds_sockets(&self, path: &Path) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return false;
+        };
+        // A directory of a million files is not read whole for a hint.
+        entries
+            .take(4096)
+            .filter_map(Result::ok)
+            .any(|e| e.file_type().is_ok_and(|t| t.is_socket()))
     }
 
     fn is_node_namespace(&self, kind: &str, path: &Path) -> bool {
@@ -52,12 +68,19 @@ impl Node for ThisNode {
     }
 }
 
-/// Every feature of `spec` that the backend cannot carry. `whole_sandbox`:
-/// the backend saves the sandbox at once (gVisor), so namespaces shared in
-/// the pod travel together.
-pub fn unsupported(spec: &Value, whole_sandbox: bool, node: &impl Node) -> Vec<Unsupported> {
+/// Every feature of `spec` that the backend cannot carry, and (not
+/// blocking) those it may not. `whole_sandbox`: the backend saves the
+/// sandbox at once (gVisor), so namespaces shared in the pod travel together.
+pub fn unsupported(spec: &Value, whole_sandbox: bool, node: &impl Node) -> Vec<Finding> {
     let mut found = Vec::new();
-    let mut add = |check, detail: String| found.push(Unsupported { check, detail });
+    let mut note = |check, detail: String, blocking| {
+        found.push(Finding {
+            check,
+            detail,
+            blocking,
+        })
+    };
+    let mut add = |check, detail: String| note(check, detail, true);
     let namespaces = spec["linux"]["namespaces"]
         .as_array()
         .map(Vec::as_slice)
@@ -111,18 +134,23 @@ pub fn unsupported(spec: &Value, whole_sandbox: bool, node: &impl Node) -> Vec<U
             format!("uses a GPU ({why}): its memory and driver state cannot be saved"),
         );
     }
-    let sockets: Vec<String> = spec["mounts"]
+    let binds: Vec<(&str, &str)> = spec["mounts"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
         .filter(|m| is_bind(m))
         .filter_map(|m| Some((m["source"].as_str()?, m["destination"].as_str()?)))
-        .filter(|(source, _)| node.is_socket(Path::new(source)))
-        .map(|(source, destination)| format!("{source} at {destination}"))
         .collect();
+    let mounted = |of: &dyn Fn(&Path) -> bool| -> Vec<String> {
+        binds
+            .iter()
+            .filter(|(source, _)| of(Path::new(source)))
+            .map(|(source, destination)| format!("{source} at {destination}"))
+            .collect()
+    };
+    let sockets = mounted(&|p| node.is_socket(p));
     if !sockets.is_empty() {
-        let sockets: Vec<&str> = sockets.iter().map(String::as_str).collect();
         add(
             "socket-mount",
             format!(
@@ -131,10 +159,21 @@ pub fn unsupported(spec: &Value, whole_sandbox: bool, node: &impl Node) -> Vec<U
             ),
         );
     }
+    let socket_dirs = mounted(&|p| p.is_dir() && node.holds_sockets(p));
     if spec["process"]["terminal"].as_bool() == Some(true) {
         add(
             "tty",
             "has a terminal (tty: true): its pseudo-terminal belongs to the runtime's shim and is not saved".into(),
+        );
+    }
+    if !socket_dirs.is_empty() {
+        note(
+            "socket-mount",
+            format!(
+                "has directories of the node that hold Unix sockets bind-mounted ({}): a connection to one cannot be saved, and the spec cannot tell whether it has one",
+                listed(&socket_dirs)
+            ),
+            false,
         );
     }
     found
@@ -186,8 +225,9 @@ fn gpu(spec: &Value, devices: &[&str]) -> Option<String> {
     cdi.map(|key| format!("CDI annotation {key}"))
 }
 
-fn listed(items: &[&str]) -> String {
-    let shown = items[..items.len().min(LISTED)].join(", ");
+fn listed(items: &[impl AsRef<str>]) -> String {
+    let shown: Vec<&str> = items[..items.len().min(LISTED)].iter().map(AsRef::as_ref).collect();
+    let shown = shown.join(", ");
     match items.len().saturating_sub(LISTED) {
         0 => shown,
         more => format!("{shown} and {more} more"),
@@ -222,6 +262,10 @@ mod tests {
     impl Node for Fake {
         fn is_socket(&self, path: &Path) -> bool {
             path.ends_with("containerd.sock")
+        }
+
+        fn holds_sockets(&self, path: &Path) -> bool {
+            path == Path::new("/run/containerd")
         }
 
         fn is_node_namespace(&self, _kind: &str, path: &Path) -> bool {
@@ -284,6 +328,23 @@ mod tests {
         let mut spec = plain();
         spec["annotations"] = json!({"cdi.k8s.io/gpu": "nvidia.com/gpu=0"});
         assert_eq!(checks(&spec, false), ["gpu"]);
+    }
+
+    #[test]
+    fn a_directory_holding_sockets_is_a_hint_not_a_reason() {
+        let mut spec = plain();
+        spec["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/host-run", "source": "/run/containerd", "options": ["rbind"]}));
+        let found = unsupported(&spec, false, &Fake);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].check, found[0].blocking), ("socket-mount", false));
+        assert!(
+            found[0].detail.contains("/run/containerd at /host-run"),
+            "{}",
+            found[0].detail
+        );
     }
 
     #[test]

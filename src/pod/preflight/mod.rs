@@ -12,7 +12,9 @@ use std::path::Path;
 use tonic::{Request, Response, Status};
 
 use super::PodService;
-use super::checkpoint::{is_ready, is_running, refuse_chosen_criu_options, state_name, whole_pod_refusal};
+use super::checkpoint::{
+    is_ready, is_running, refuse_chosen_criu_options, state_name, validate_output, whole_pod_refusal,
+};
 use super::error::PodError;
 use super::sandbox_info;
 use crate::api::cri;
@@ -117,16 +119,20 @@ impl PodService {
             .check_containers(pod_id, &request.container_ids, whole_sandbox, &mut checks)
             .await?;
         let mut estimated = 0u64;
+        if let Some(busy) = self.pod_in_use(pod_id) {
+            checks.fail("busy", "", busy.to_string());
+        }
         for container in &selected {
             let size = self
                 .check_container(container, whole_sandbox.is_some(), &mut checks)
-                .await?;
+                .await;
             estimated = estimated
                 .saturating_add(size.resident)
                 .saturating_add(size.writable_layer);
         }
         answer.container_ids = selected.iter().map(|c| c.id.clone()).collect();
         answer.estimated_bytes = estimated;
+        check_output(&request.output_path, &mut checks);
         answer.free_bytes = check_space(&request.output_path, estimated, &mut checks);
         if let Some(backend) = &backend {
             let rate = self.inner.rates.median(backend.checkpointer.name());
@@ -200,40 +206,34 @@ impl PodService {
     }
 
     /// What the runtime's spec of one container asks for that the backend
-    /// cannot carry, and how much it would write.
-    async fn check_container(
-        &self,
-        container: &cri::Container,
-        whole_sandbox: bool,
-        checks: &mut Checks,
-    ) -> Result<Size, PodError> {
+    /// cannot carry, and how much it would write. A container that has gone
+    /// meanwhile, or that the runtime cannot describe, is a reason of its own.
+    async fn check_container(&self, container: &cri::Container, whole_sandbox: bool, checks: &mut Checks) -> Size {
         let id = container.id.as_str();
-        let (_, info) = self.verbose_status(id).await?;
-        let spec = &info["runtimeSpec"];
-        if spec.is_object() {
-            let found = features::unsupported(spec, whole_sandbox, &features::ThisNode);
-            if found.is_empty() {
-                checks.pass("features", id, "nothing the backend cannot carry");
-            }
-            for unsupported in found {
-                checks.fail(unsupported.check, id, unsupported.detail);
-            }
-        } else {
-            checks.skip("features", id, "the runtime reported no OCI spec to read");
-        }
-        if let Err(err) = refuse_chosen_criu_options(id, &info) {
-            checks.fail("criu-config", id, err.to_string());
+        match self.verbose_status(id).await {
+            Ok((_, info)) => check_spec(id, &info, whole_sandbox, checks),
+            Err(err) => checks.fail("container-state", id, format!("cannot read its status: {err}")),
         }
         let stats = self
             .runtime()
             .container_stats(cri::ContainerStatsRequest {
                 container_id: id.into(),
             })
-            .await
-            .map_err(PodError::runtime(format!("ContainerStats of {id}")))?
-            .into_inner()
-            .stats
-            .unwrap_or_default();
+            .await;
+        let stats = match stats {
+            Ok(stats) => stats.into_inner().stats.unwrap_or_default(),
+            Err(status) => {
+                checks.skip(
+                    "size",
+                    id,
+                    format!(
+                        "ContainerStats failed ({}); its size is not in the estimate",
+                        status.message()
+                    ),
+                );
+                return Size::default();
+            }
+        };
         let value = |v: Option<cri::UInt64Value>| v.map(|v| v.value).unwrap_or_default();
         let memory = stats.memory.unwrap_or_default();
         // CRIU writes the anonymous memory (rss); a runtime that reports none
@@ -244,10 +244,55 @@ impl PodService {
             rss => rss,
         };
         let writable_layer = value(stats.writable_layer.and_then(|w| w.used_bytes));
-        Ok(Size {
+        Size {
             resident,
             writable_layer,
-        })
+        }
+    }
+}
+
+/// The features of a container's spec, from the runtime's verbose info.
+fn check_spec(id: &str, info: &serde_json::Value, whole_sandbox: bool, checks: &mut Checks) {
+    let spec = &info["runtimeSpec"];
+    if spec.is_object() {
+        let found = features::unsupported(spec, whole_sandbox, &features::ThisNode);
+        if !found.iter().any(|f| f.blocking) {
+            checks.pass("features", id, "nothing the backend cannot carry");
+        }
+        for finding in found {
+            if finding.blocking {
+                checks.fail(finding.check, id, finding.detail);
+            } else {
+                checks.skip(finding.check, id, finding.detail);
+            }
+        }
+    } else {
+        checks.skip("features", id, "the runtime reported no OCI spec to read");
+    }
+    if let Err(err) = refuse_chosen_criu_options(id, info) {
+        checks.fail("criu-config", id, err.to_string());
+    }
+}
+
+/// The directory CheckpointPod would be given: an existing empty one, as it
+/// requires; one that does not exist yet is for the caller to make (as
+/// `podckpt checkpointp` does).
+fn check_output(output: &str, checks: &mut Checks) {
+    if output.is_empty() {
+        return;
+    }
+    let path = Path::new(output);
+    if path.is_absolute() && !path.exists() {
+        checks.skip(
+            "output-path",
+            "",
+            format!("{output} does not exist yet: CheckpointPod needs an existing empty directory (podckpt checkpointp makes it)"),
+        );
+        return;
+    }
+    match validate_output(output) {
+        Ok(_) => checks.pass("output-path", "", format!("{output} is an empty directory")),
+        Err(err) => checks.fail("output-path", "", err.to_string()),
     }
 }
 

@@ -1,0 +1,111 @@
+//! podckptd's systemd unit, as the tests start podckptd: every daemon a test
+//! starts runs under the unit's hardening directives, so a directive that
+//! stops runc, crun, runsc or CRIU fails the CheckpointPod and RestorePod
+//! suites. systemd does not run here; `setpriv` and `setrlimit` apply what
+//! it would. A directive this file cannot apply fails every test, until it
+//! is shown to still let the backends run and is taught here.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+const UNIT: &str = include_str!("../../systemd/podckptd.service");
+
+/// [Service] settings that confine nothing the backends need, or that
+/// systemd alone acts on (start, stop, restart, readiness).
+const NOT_CONFINING: &[&str] = &[
+    "Type",
+    "NotifyAccess",
+    "TimeoutStartSec",
+    "WatchdogSec",
+    "ExecStart",
+    "Restart",
+    "RestartSec",
+    "KillSignal",
+    "TimeoutStopSec",
+    "LimitNOFILE",
+    "RuntimeDirectory",
+    "RuntimeDirectoryMode",
+    "RuntimeDirectoryPreserve",
+];
+
+/// The unit's hardening, as this harness applies it.
+#[derive(Debug, Default)]
+pub struct Hardening {
+    pub no_new_privileges: bool,
+    /// Capabilities taken out of the bounding set, as setpriv names them.
+    pub dropped: Vec<String>,
+    pub limit_core: Option<u64>,
+}
+
+/// The unit's `[Service]` settings, by name; a repeated one keeps the last.
+fn service() -> BTreeMap<&'static str, &'static str> {
+    let mut section = "";
+    let mut settings = BTreeMap::new();
+    for line in UNIT.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[Service]"
+            && !line.is_empty()
+            && !line.starts_with('#')
+            && let Some((key, value)) = line.split_once('=')
+        {
+            settings.insert(key.trim(), value.trim());
+        }
+    }
+    settings
+}
+
+pub fn hardening() -> Hardening {
+    let mut hardening = Hardening::default();
+    for (key, value) in service() {
+        match key {
+            "NoNewPrivileges" => hardening.no_new_privileges = value == "yes",
+            "CapabilityBoundingSet" => {
+                let dropped = value
+                    .strip_prefix('~')
+                    .expect("CapabilityBoundingSet: the harness applies a deny list (~CAP_...)");
+                hardening.dropped = dropped
+                    .split_whitespace()
+                    .map(|c| c.strip_prefix("CAP_").expect("a capability name").to_lowercase())
+                    .collect();
+            }
+            "LimitCORE" => hardening.limit_core = Some(value.parse().expect("LimitCORE: a number")),
+            other if NOT_CONFINING.contains(&other) => {}
+            other => panic!(
+                "systemd/podckptd.service sets {other}={value}, which the test harness cannot apply to podckptd: \
+                 show that runc and CRIU still run under it and teach shim-tests/support/unit.rs"
+            ),
+        }
+    }
+    hardening
+}
+
+/// `podckptd`, to be run as the unit runs it.
+pub fn confined(program: &Path) -> Command {
+    let hardening = hardening();
+    let mut command = Command::new("setpriv");
+    if hardening.no_new_privileges {
+        command.arg("--no-new-privs");
+    }
+    if !hardening.dropped.is_empty() {
+        let dropped: Vec<String> = hardening.dropped.iter().map(|c| format!("-{c}")).collect();
+        command.args(["--bounding-set", &dropped.join(",")]);
+    }
+    command.arg("--").arg(program);
+    if let Some(core) = hardening.limit_core {
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, core, core)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    command
+}
+
+/// `podckptd` as the unit runs it.
+pub fn podckptd() -> Command {
+    confined(Path::new(env!("CARGO_BIN_EXE_podckptd")))
+}
