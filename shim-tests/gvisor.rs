@@ -11,8 +11,10 @@ use std::time::Duration;
 use serial_test::serial;
 
 use podckpt::api::cri;
+use podckpt::api::podckpt::{CheckPodRequest, Verdict};
 use podckpt::interposer::gvisor::WAITER_COMMAND;
 
+use crate::preflight;
 use crate::support::{self, COUNTER, GVISOR_HANDLER, Pod, RUNSC_ROOT, Shim, eventually, exec, testbed};
 
 /// The ids runsc knows under the handler's root.
@@ -168,8 +170,23 @@ async fn a_gvisor_pod_is_checkpointed_whole_and_keeps_running() {
     let (counter, writer) = pod.start_counter_and_writer(&mut client, &tb.image).await;
     assert!(support::count_reaches(&client, &counter, 3, Duration::from_secs(20)).await);
 
-    // A subset cannot be saved: refused, with nothing written.
+    // The pre-flight check sees it all first: runsc, which has no check of
+    // its own, and a subset that a whole-sandbox backend cannot take.
     let (_keep, out) = support::empty_output("ckpt");
+    let whole = preflight::check(&shim, preflight::request(&pod.id, &out)).await.expect("CheckPod");
+    assert!(whole.checkpointable, "{whole:#?}");
+    assert_eq!((whole.backend.as_str(), whole.engine_version.clone()), ("runsc", runsc_version()));
+    assert_eq!(preflight::verdict(&whole, "engine-check", "").0, Verdict::Skipped);
+    assert_eq!(preflight::verdict(&whole, "output-path", "").0, Verdict::Pass);
+    let subset = CheckPodRequest {
+        container_ids: vec![counter.clone()],
+        ..preflight::request(&pod.id, &out)
+    };
+    let subset = preflight::check(&shim, subset).await.expect("CheckPod");
+    assert_eq!(preflight::failed(&subset), ["whole-sandbox"], "{subset:#?}");
+    assert!(preflight::verdict(&subset, "whole-sandbox", "").1.contains(&writer), "{subset:#?}");
+
+    // A subset cannot be saved: refused, with nothing written.
     let err = support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter.clone()], &[])
         .await
         .expect_err("a subset of a gVisor pod");

@@ -25,14 +25,14 @@ on_each_runtime!(
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-async fn check(shim: &Shim, request: CheckPodRequest) -> Result<CheckPodResponse, tonic::Status> {
+pub(crate) async fn check(shim: &Shim, request: CheckPodRequest) -> Result<CheckPodResponse, tonic::Status> {
     let mut client = PreflightClient::new(support::channel(&shim.socket));
     let mut request = tonic::Request::new(request);
     request.set_timeout(LIMIT);
     client.check_pod(request).await.map(|r| r.into_inner())
 }
 
-fn request(pod: &str, output: &Path) -> CheckPodRequest {
+pub(crate) fn request(pod: &str, output: &Path) -> CheckPodRequest {
     CheckPodRequest {
         pod_sandbox_id: pod.into(),
         container_ids: vec![],
@@ -42,7 +42,7 @@ fn request(pod: &str, output: &Path) -> CheckPodRequest {
 }
 
 /// The verdict and detail of the check `name` (of `container`, or of the pod).
-fn verdict<'a>(answer: &'a CheckPodResponse, name: &str, container: &str) -> (Verdict, &'a str) {
+pub(crate) fn verdict<'a>(answer: &'a CheckPodResponse, name: &str, container: &str) -> (Verdict, &'a str) {
     let check = answer
         .checks
         .iter()
@@ -51,7 +51,7 @@ fn verdict<'a>(answer: &'a CheckPodResponse, name: &str, container: &str) -> (Ve
     (Verdict::try_from(check.verdict).unwrap(), check.detail.as_str())
 }
 
-fn failed(answer: &CheckPodResponse) -> Vec<&str> {
+pub(crate) fn failed(answer: &CheckPodResponse) -> Vec<&str> {
     answer
         .checks
         .iter()
