@@ -173,9 +173,14 @@ async fn a_gvisor_pod_is_checkpointed_whole_and_keeps_running() {
     // The pre-flight check sees it all first: runsc, which has no check of
     // its own, and a subset that a whole-sandbox backend cannot take.
     let (_keep, out) = support::empty_output("ckpt");
-    let whole = preflight::check(&shim, preflight::request(&pod.id, &out)).await.expect("CheckPod");
+    let whole = preflight::check(&shim, preflight::request(&pod.id, &out))
+        .await
+        .expect("CheckPod");
     assert!(whole.checkpointable, "{whole:#?}");
-    assert_eq!((whole.backend.as_str(), whole.engine_version.clone()), ("runsc", runsc_version()));
+    assert_eq!(
+        (whole.backend.as_str(), whole.engine_version.clone()),
+        ("runsc", runsc_version())
+    );
     assert_eq!(preflight::verdict(&whole, "engine-check", "").0, Verdict::Skipped);
     assert_eq!(preflight::verdict(&whole, "output-path", "").0, Verdict::Pass);
     let subset = CheckPodRequest {
@@ -184,7 +189,10 @@ async fn a_gvisor_pod_is_checkpointed_whole_and_keeps_running() {
     };
     let subset = preflight::check(&shim, subset).await.expect("CheckPod");
     assert_eq!(preflight::failed(&subset), ["whole-sandbox"], "{subset:#?}");
-    assert!(preflight::verdict(&subset, "whole-sandbox", "").1.contains(&writer), "{subset:#?}");
+    assert!(
+        preflight::verdict(&subset, "whole-sandbox", "").1.contains(&writer),
+        "{subset:#?}"
+    );
 
     // A subset cannot be saved: refused, with nothing written.
     let err = support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter.clone()], &[])
