@@ -278,25 +278,38 @@ async fn the_daemon_runs_under_the_units_hardening() {
             .unwrap_or_else(|| panic!("no {name} in {status}"))
     };
     assert_eq!(field("NoNewPrivs:"), "1");
-    let decoded = std::process::Command::new("capsh")
-        .arg(format!("--decode={}", field("CapBnd:")))
-        .output()
-        .expect("capsh (libcap2-bin)");
-    let decoded = String::from_utf8_lossy(&decoded.stdout);
-    let bounding: Vec<&str> = decoded.trim().split_once('=').unwrap().1.split(',').collect();
-    for cap in &hardening.dropped {
-        assert!(
-            !bounding.contains(&format!("cap_{cap}").as_str()),
-            "{cap} is still in {bounding:?}"
-        );
+    let decode = |set: &str| -> Vec<String> {
+        let decoded = std::process::Command::new("capsh")
+            .arg(format!("--decode={}", field(set)))
+            .output()
+            .expect("capsh (libcap2-bin)");
+        let decoded = String::from_utf8_lossy(&decoded.stdout);
+        match decoded.trim().split_once('=') {
+            Some((_, caps)) => caps.split(',').map(str::to_owned).collect(),
+            None => Vec::new(),
+        }
+    };
+    // What it may use, not only what it may gain.
+    for set in ["CapBnd:", "CapPrm:", "CapEff:", "CapInh:"] {
+        let caps = decode(set);
+        for cap in &hardening.dropped {
+            assert!(
+                !caps.contains(&format!("cap_{cap}")),
+                "{cap} is still in {set} {caps:?}"
+            );
+        }
     }
+    let effective = decode("CapEff:");
     for needed in [
         "cap_sys_admin",
         "cap_sys_ptrace",
         "cap_checkpoint_restore",
         "cap_net_admin",
     ] {
-        assert!(bounding.contains(&needed), "CRIU needs {needed}: {bounding:?}");
+        assert!(
+            effective.iter().any(|c| c == needed),
+            "CRIU needs {needed}: {effective:?}"
+        );
     }
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", shim.pid())).unwrap();
     let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();

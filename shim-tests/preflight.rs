@@ -117,6 +117,31 @@ async fn a_plain_pod_is_checkpointable_and_nothing_is_paused_or_written(tb: Test
     let answer = check(&shim, request(&pod.id, parent.path())).await.expect("CheckPod");
     assert_eq!(verdict(&answer, "output-path", "").0, Verdict::Pass);
 
+    // The CLI with no --output-dir checks the new directory checkpointp
+    // would make here, not the (non-empty) current directory, and makes none.
+    let here = tempfile::tempdir().unwrap();
+    std::fs::write(here.path().join("other"), b"").unwrap();
+    let cli = Command::new(env!("CARGO_BIN_EXE_podckpt"))
+        .current_dir(here.path())
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", shim.socket.display()))
+        .args(["preflight", &pod.id, "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(0), "{cli:?}");
+    let json: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(json["checkpointable"], true, "{json}");
+    let output = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "output-path")
+        .unwrap();
+    assert_eq!(output["verdict"], "skipped", "{json}");
+    let new_dir = format!("{}/podckpt-", here.path().canonicalize().unwrap().display());
+    assert!(output["detail"].as_str().unwrap().starts_with(&new_dir), "{json}");
+    assert_eq!(support::dir_names(here.path()), ["other"]);
+
     // Once a checkpoint of a MiB or more is measured, the time is judged.
     let big = holding(&pod, &mut client, &tb, "holder", 8).await;
     let (_keep, ckpt) = support::empty_output("measured");

@@ -170,7 +170,7 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     pub connect_timeout: Duration,
     pub state_dir: PathBuf,
-    /// Where metrics are served; `None`, they are not kept at all.
+    /// Where metrics are served; `None`, nothing is served and no call is counted.
     pub metrics_listen: Option<crate::metrics::server::Address>,
     pub access: AccessPolicy,
     /// Always has an entry for the default handler "".

@@ -39,7 +39,9 @@ pub struct Hardening {
     pub limit_core: Option<u64>,
 }
 
-/// The unit's `[Service]` settings, by name; a repeated one keeps the last.
+/// The unit's `[Service]` settings, by name. systemd combines some repeated
+/// settings (CapabilityBoundingSet=) and replaces others; the harness does
+/// neither, so a repeated one is refused.
 fn service() -> BTreeMap<&'static str, &'static str> {
     let mut section = "";
     let mut settings = BTreeMap::new();
@@ -51,7 +53,11 @@ fn service() -> BTreeMap<&'static str, &'static str> {
             && !line.starts_with('#')
             && let Some((key, value)) = line.split_once('=')
         {
-            settings.insert(key.trim(), value.trim());
+            let previous = settings.insert(key.trim(), value.trim());
+            assert!(
+                previous.is_none(),
+                "{key} is set twice in systemd/podckptd.service; set it once"
+            );
         }
     }
     settings
@@ -61,7 +67,13 @@ pub fn hardening() -> Hardening {
     let mut hardening = Hardening::default();
     for (key, value) in service() {
         match key {
-            "NoNewPrivileges" => hardening.no_new_privileges = value == "yes",
+            "NoNewPrivileges" => {
+                hardening.no_new_privileges = match value {
+                    "yes" | "true" | "on" | "1" => true,
+                    "no" | "false" | "off" | "0" => false,
+                    other => panic!("NoNewPrivileges={other}: not a boolean"),
+                }
+            }
             "CapabilityBoundingSet" => {
                 let dropped = value
                     .strip_prefix('~')
@@ -92,6 +104,9 @@ pub fn confined(program: &Path) -> Command {
     if !hardening.dropped.is_empty() {
         let dropped: Vec<String> = hardening.dropped.iter().map(|c| format!("-{c}")).collect();
         command.args(["--bounding-set", &dropped.join(",")]);
+        // As systemd starts a service: nothing inheritable, so that root's
+        // capabilities after exec are exactly the bounding set.
+        command.args(["--inh-caps", "-all"]);
     }
     command.arg("--").arg(program);
     if let Some(core) = hardening.limit_core {

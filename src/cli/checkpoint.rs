@@ -124,8 +124,9 @@ async fn running_containers(clients: &Clients, pod: &str) -> Result<Vec<String>,
     Ok(running)
 }
 
-/// The output directory as an absolute path to an empty directory.
-fn prepare_dir(dir: Option<PathBuf>, pod: &str) -> Result<PathBuf, CliError> {
+/// Where a checkpoint of `pod` goes: `dir`, or a new `podckpt-POD-TIME` in
+/// the current directory; absolute, symlinks resolved where it exists.
+pub(super) fn target_dir(dir: Option<PathBuf>, pod: &str) -> Result<PathBuf, CliError> {
     let cwd = std::env::current_dir().map_err(CliError::io("."))?;
     let dir = dir.unwrap_or_else(|| {
         let stamp = std::time::SystemTime::now()
@@ -135,6 +136,16 @@ fn prepare_dir(dir: Option<PathBuf>, pod: &str) -> Result<PathBuf, CliError> {
         PathBuf::from(format!("podckpt-{}-{stamp}", &pod[..pod.len().min(12)]))
     });
     let dir = if dir.is_absolute() { dir } else { cwd.join(dir) };
+    match dir.canonicalize() {
+        Ok(resolved) => Ok(resolved),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir),
+        Err(e) => Err(CliError::io(&dir)(e)),
+    }
+}
+
+/// The output directory as an absolute path to an empty directory.
+fn prepare_dir(dir: Option<PathBuf>, pod: &str) -> Result<PathBuf, CliError> {
+    let dir = target_dir(dir, pod)?;
     std::fs::create_dir_all(&dir).map_err(CliError::io(&dir))?;
     let dir = dir.canonicalize().map_err(CliError::io(&dir))?;
     if std::fs::read_dir(&dir).map_err(CliError::io(&dir))?.next().is_some() {

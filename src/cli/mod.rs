@@ -83,7 +83,7 @@ pub enum Command {
     Preflight {
         /// Pod sandbox ID (or a unique prefix)
         pod: String,
-        /// Where the checkpoint would be written: its free space is checked [default: the current directory, where checkpointp writes]
+        /// Where the checkpoint would be written: it must be empty if it exists, and its free space is checked [default: a new directory here, as checkpointp makes]
         #[arg(long = "output-dir", value_name = "DIR")]
         dir: Option<PathBuf>,
         /// Check only these containers (ID) [default: every running container of the pod]
@@ -153,8 +153,8 @@ pub enum CliError {
 }
 
 /// The exit status of `podckpt preflight` when the pod cannot be
-/// checkpointed: apart from 1 (an error) and 2 (a usage error), so that a
-/// script can tell "no" from "could not ask".
+/// checkpointed: apart from 1 (an error) and 2 (clap's, for a command line
+/// it cannot parse), so that a script can tell "no" from "could not ask".
 pub const NOT_CHECKPOINTABLE: i32 = 3;
 
 impl CliError {

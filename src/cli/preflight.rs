@@ -17,11 +17,8 @@ pub(super) async fn run(
     containers: Vec<String>,
 ) -> Result<(), CliError> {
     let pod = super::checkpoint::resolve_pod(clients, pod).await?;
-    // Where `podckpt checkpointp` would write: a new directory here.
-    let dir = match dir {
-        Some(dir) => std::path::absolute(&dir).map_err(CliError::io(&dir))?,
-        None => std::env::current_dir().map_err(CliError::io("."))?,
-    };
+    // Where `podckpt checkpointp` would write, with the same --output-dir.
+    let dir = super::checkpoint::target_dir(dir, &pod)?;
     let request = CheckPodRequest {
         pod_sandbox_id: pod.clone(),
         container_ids: containers,

@@ -53,15 +53,20 @@ impl Node for ThisNode {
     }
 
     fn is_node_namespace(&self, kind: &str, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
         let kind = match kind {
             "network" => "net",
             other => other,
         };
-        // init's, where it may be read, for podckptd could run in namespaces
-        // of its own; else ours, which the unit leaves the node's.
-        let node = std::fs::read_link(format!("/proc/1/ns/{kind}"))
-            .or_else(|_| std::fs::read_link(format!("/proc/self/ns/{kind}")));
-        match (std::fs::read_link(path), node) {
+        // A namespace is the same when its nsfs file is: compared by device
+        // and inode, which holds for /proc/PID/ns links and for the bind
+        // mounts a runtime pins them with (/var/run/netns/...) alike. The
+        // node's is init's, where it may be read, for podckptd could run in
+        // namespaces of its own; else ours, which the unit leaves the node's.
+        let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+        let node =
+            id(Path::new(&format!("/proc/1/ns/{kind}"))).or_else(|_| id(Path::new(&format!("/proc/self/ns/{kind}"))));
+        match (id(path), node) {
             (Ok(theirs), Ok(node)) => theirs == node,
             _ => false,
         }
