@@ -32,11 +32,7 @@ pub(super) async fn run(
     let dir = prepare_dir(dir, &pod)?;
     progress(
         format,
-        format_args!(
-            "Checkpointing pod {} into {} ...",
-            &pod[..pod.len().min(13)],
-            dir.display()
-        ),
+        format_args!("Checkpointing pod {} into {} ...", super::short(&pod), dir.display()),
     );
     let started = Instant::now();
     let request = CheckpointPodRequest {

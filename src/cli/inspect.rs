@@ -70,7 +70,7 @@ pub(super) fn run(format: Format, dir: &Path) -> Result<(), CliError> {
                 println!(
                     "{:<20} {:<14} {:<32} {:>10}  {}",
                     c["name"].as_str().unwrap_or(""),
-                    &id[..id.len().min(13)],
+                    super::short(id),
                     c["image"].as_str().unwrap_or(""),
                     human(c["bytes"].as_u64().unwrap_or(0)),
                     c["checkpointed"].as_str().unwrap_or("")

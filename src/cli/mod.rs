@@ -167,6 +167,13 @@ impl CliError {
     }
 }
 
+/// An id cut to 13 characters, as crictl shows ids. Ids may come from a
+/// checkpoint's files or be echoed back as a caller gave them, so they may
+/// be any text: cut on a character boundary.
+fn short(id: &str) -> &str {
+    id.char_indices().nth(13).map_or(id, |(end, _)| &id[..end])
+}
+
 /// Clients of podckptd: the pod calls, its own pre-flight check and the
 /// ordinary CRI through it.
 struct Clients {
@@ -248,6 +255,13 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn ids_are_cut_on_a_character_boundary() {
+        assert_eq!(short("0123456789abcdef"), "0123456789abc");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short("ééééééééééééééé"), "ééééééééééééé");
+    }
 
     /// clap checks a definition only when it parses; this checks every
     /// subcommand's, so a clash of names fails here and not on a node.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::{CliError, Clients, Format};
+use super::{CliError, Clients, Format, short};
 use crate::api::podckpt::{CheckPodRequest, CheckPodResponse, Verdict};
 use crate::archive::space::human;
 
@@ -59,12 +59,6 @@ fn verdict(check: i32) -> &'static str {
         Ok(Verdict::Skipped) => "skipped",
         Err(_) => "unknown",
     }
-}
-
-/// An id cut as crictl cuts it; a container id comes back as it was asked
-/// for, so it may be any text.
-fn short(id: &str) -> &str {
-    id.char_indices().nth(13).map_or(id, |(end, _)| &id[..end])
 }
 
 fn as_json(pod: &str, answer: &CheckPodResponse) -> serde_json::Value {
