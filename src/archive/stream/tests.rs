@@ -92,6 +92,15 @@ impl Landing {
         assert!(left.is_empty(), "left behind: {left:?}");
     }
 
+    /// Imports `stream` into a new landing: it must be refused with an error
+    /// that says `words`, and leave nothing behind.
+    fn assert_refused(stream: &[u8], identities: Option<&Identities>, case: &str, words: &str) {
+        let landing = Landing::new();
+        let err = landing.import(stream, identities).expect_err(case).to_string();
+        assert!(err.contains(words), "{case}: {err}");
+        landing.assert_untouched();
+    }
+
     fn assert_holds(&self, files: &BTreeMap<String, Vec<u8>>) {
         let dir = self.dir();
         for (name, bytes) in files {
@@ -210,10 +219,7 @@ fn an_encrypted_export_opens_only_with_its_key() {
         ),
     ];
     for (case, bytes, identities, words) in cases {
-        let landing = Landing::new();
-        let err = landing.import(&bytes, identities).expect_err(case);
-        assert!(err.to_string().contains(words), "{case}: {err}");
-        landing.assert_untouched();
+        Landing::assert_refused(&bytes, identities, case, words);
     }
 }
 
@@ -474,10 +480,7 @@ fn hostile_streams_are_refused_naming_the_entry_and_leave_nothing() {
         ),
     ];
     for (case, stream, words) in cases {
-        let landing = Landing::new();
-        let err = landing.import(&stream, None).expect_err(case).to_string();
-        assert!(err.contains(words), "{case}: {err}");
-        landing.assert_untouched();
+        Landing::assert_refused(&stream, None, case, words);
     }
 }
 
@@ -558,10 +561,7 @@ fn extension_headers_cannot_make_import_read_without_bound() {
         ),
     ];
     for (case, stream, words) in cases {
-        let landing = Landing::new();
-        let err = landing.import(&stream, None).expect_err(case).to_string();
-        assert!(err.contains(words), "{case}: {err}");
-        landing.assert_untouched();
+        Landing::assert_refused(&stream, None, case, words);
     }
 
     // A name longer than a tar header holds, as export writes it.
@@ -592,13 +592,7 @@ fn manifests_that_would_exhaust_the_cleanup_or_shadow_the_manifest_are_refused()
         manifest.files.insert(name.clone(), entry.clone());
         let mut entries = entries_of(source.path());
         entries[0].data = serde_json::to_vec(&manifest).unwrap();
-        let landing = Landing::new();
-        let err = landing
-            .import(&zstd_of(&tar_of(&entries)), None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(words), "{name}: {err}");
-        landing.assert_untouched();
+        Landing::assert_refused(&zstd_of(&tar_of(&entries)), None, &name, words);
     }
 }
 
