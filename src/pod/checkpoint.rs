@@ -134,10 +134,10 @@ impl PodService {
             let mut manifest =
                 Manifest::build_with(&output, backend.checkpointer.name(), &engine_version, pod_id, hashed)?;
             manifest.freeze_ms = Some(freeze_ms);
-            let manifest_json = serde_json::to_vec_pretty(&manifest)
+            let files = manifest.total_size();
+            let manifest = serde_json::to_vec_pretty(&manifest)
                 .map_err(|e| PodError::Internal(format!("encoding the manifest: {e}")))?;
-            let size = manifest.total_size() + manifest_json.len() as u64;
-            let manifest = manifest_json;
+            let size = files + manifest.len() as u64;
             if Instant::now() >= capture.deadline {
                 // The caller has given up: a checkpoint it never hears of must not appear.
                 return Err(capture.deadline_exceeded());

@@ -74,11 +74,8 @@ impl PodService {
         }
 
         let handler = sandbox_info::handler(&pod);
-        let backend = match self.backend_for(&handler) {
-            Ok(config) => self.backend(&handler, config).await,
-            Err(err) => Err(err),
-        };
-        let backend = match backend {
+        let backend = async { self.backend(&handler, self.backend_for(&handler)?).await };
+        let backend = match backend.await {
             Ok(backend) => Some(backend),
             Err(err) => {
                 checks.fail("backend", "", err.to_string());
