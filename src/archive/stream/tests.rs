@@ -158,20 +158,35 @@ fn a_checkpoint_goes_through_export_and_import_whole_and_private() {
 
 #[test]
 fn an_import_is_sealed_so_the_first_restore_need_not_hash_it() {
+    let (stream, _state, seals) = exported_with_seals();
+    let landing = Landing::new();
+    let imported = import(&stream[..], &landing.dir(), &sealing(&seals)).unwrap();
+    assert!(imported.sealed);
+    assert_sealed(&seals, &landing.dir());
+}
+
+/// A plain export of a checkpoint, and the seals of a state directory
+/// (kept as long as the returned guard) to import it with.
+fn exported_with_seals() -> (Vec<u8>, tempfile::TempDir, Seals) {
     let source = tempfile::tempdir().unwrap();
     checkpoint(source.path());
     let stream = exported(source.path(), &plain());
     let state = tempfile::tempdir().unwrap();
     let seals = Seals::open(state.path()).unwrap();
-    let landing = Landing::new();
-    let options = ImportOptions {
+    (stream, state, seals)
+}
+
+fn sealing(seals: &Seals) -> ImportOptions<'_> {
+    ImportOptions {
         identities: None,
-        seals: Some(&seals),
-    };
-    let imported = import(&stream[..], &landing.dir(), &options).unwrap();
-    assert!(imported.sealed);
-    let manifest = std::fs::read(landing.dir().join(MANIFEST)).unwrap();
-    let snapshot = seals.snapshot(&landing.dir()).unwrap().unwrap();
+        seals: Some(seals),
+    }
+}
+
+/// The seal of the checkpoint in `dir` holds for its manifest.
+fn assert_sealed(seals: &Seals, dir: &Path) {
+    let manifest = std::fs::read(dir.join(MANIFEST)).unwrap();
+    let snapshot = seals.snapshot(dir).unwrap().unwrap();
     assert!(seals.unchanged(&snapshot, &manifest).is_some());
 }
 
@@ -654,24 +669,14 @@ fn a_destination_others_could_change_is_refused() {
 
 #[test]
 fn the_seal_is_found_by_the_canonical_path_whatever_path_was_given() {
-    let source = tempfile::tempdir().unwrap();
-    checkpoint(source.path());
-    let stream = exported(source.path(), &plain());
-    let state = tempfile::tempdir().unwrap();
-    let seals = Seals::open(state.path()).unwrap();
+    let (stream, _state, seals) = exported_with_seals();
     let landing = Landing::new();
     std::fs::create_dir(landing.dir()).unwrap();
     let given = PathBuf::from(format!("{}/../in/", landing.dir().display()));
-    let options = ImportOptions {
-        identities: None,
-        seals: Some(&seals),
-    };
-    let imported = import(&stream[..], &given, &options).unwrap();
+    let imported = import(&stream[..], &given, &sealing(&seals)).unwrap();
     let canonical = std::fs::canonicalize(landing.dir()).unwrap();
     assert_eq!(imported.dir, canonical);
-    let manifest = std::fs::read(canonical.join(MANIFEST)).unwrap();
-    let snapshot = seals.snapshot(&canonical).unwrap().unwrap();
-    assert!(seals.unchanged(&snapshot, &manifest).is_some());
+    assert_sealed(&seals, &canonical);
 }
 
 /// How a stream is spoilt.
