@@ -20,13 +20,16 @@ case "${1:-}" in
     "") ;;
     *) echo "usage: $0 [--crio | --gvisor | --move]" >&2; exit 2 ;;
 esac
-bash contrib/testbed.sh up
+# The packages first: building podckpt needs protoc.
+bash contrib/testbed.sh install
 cargo build --release --locked --bin podckptd --bin podckpt --bin podckpt-runc --example counter_pod
 eval "$(bash contrib/testbed.sh env)"
-# containerd's "podckpt" runtime handler runs this podckpt-runc.
-install -D -m 0755 target/release/podckpt-runc "$PODCKPT_TESTBED_INTERPOSER"
-# Its "gvisor" handler runs the same binary as podckpt-runsc, in front of runsc.
-ln -sf podckpt-runc "$(dirname "$PODCKPT_TESTBED_INTERPOSER")/podckpt-runsc"
+# The runtimes' "podckpt" handlers run this podckpt-runc (and their "gvisor"
+# handler the same binary as podckpt-runsc): in place before they start,
+# which `testbed.sh start` insists on.
+install -D -m 0755 target/release/podckpt-runc "$PODCKPT_TESTBED_INTERPOSER.new"
+mv "$PODCKPT_TESTBED_INTERPOSER.new" "$PODCKPT_TESTBED_INTERPOSER"
+bash contrib/testbed.sh up
 
 work=$(mktemp -d /run/podckpt-demo.XXXXXX)
 sock="$work/podckpt.sock"
@@ -50,6 +53,9 @@ cleanup() {
     if [ -n "$shim_b" ]; then kill -TERM "$shim_b" 2>/dev/null && wait "$shim_b" || true; fi
     # The demo's pods live in their own namespace, and so do their log dirs.
     rm -rf "$work" /var/log/pods/podckpt-demo_*
+    # The test bed stays up for the next demo or test run, which reuse it.
+    echo "== the demo's pods and podckptd are removed; the test bed (containerd, CRI-O, node B) is still running."
+    echo "   Stop it with: contrib/testbed.sh stop"
 }
 trap cleanup EXIT
 if [ -n "$move" ]; then

@@ -9,7 +9,11 @@
 #   contrib/testbed.sh images    build the OCI test images into $PODCKPT_TESTBED_DIR/images
 #   contrib/testbed.sh start [containerd|crio]
 #                                start node A's containerd and node B's, and CRI-O (or
-#                                the containerds alone, or CRI-O alone), images loaded
+#                                the containerds alone, or CRI-O alone), images loaded;
+#                                first put in place every binary their configs name
+#                                (building podckpt-runc if there is none), and restart
+#                                a running test bed that another configuration or
+#                                build started (see `fingerprint`)
 #   contrib/testbed.sh stop      remove every pod, stop every runtime of both nodes,
 #                                leave nothing behind
 #   contrib/testbed.sh stop-daemon  stop node A's containerd alone; pods keep running
@@ -231,6 +235,65 @@ free_cgroup2_controllers() {
     done
 }
 
+# Everything the runtimes' configs name must exist before a runtime starts:
+# CRI-O drops a handler whose runtime_path is missing at start, with only a
+# warning, and never looks again. podckpt-runc (also under the names
+# podckpt-crun and podckpt-runsc) is built here if there is none; a newer
+# build (the tests', the demo's) replaces it in place, which needs no
+# restart: the runtimes run it afresh for every container.
+install_handler_binaries() {
+    mkdir -p "$BIN_DIR"
+    if [ ! -x "$BIN_DIR/podckpt-runc" ]; then
+        log "building podckpt-runc for the runtimes' podckpt handlers"
+        (cd "$HERE/.." && cargo build --locked --quiet --bin podckpt-runc)
+        install -m 0755 "$HERE/../target/debug/podckpt-runc" "$BIN_DIR/podckpt-runc.new"
+        mv "$BIN_DIR/podckpt-runc.new" "$BIN_DIR/podckpt-runc"
+    fi
+    ln -sfn podckpt-runc "$BIN_DIR/podckpt-crun"
+    ln -sfn podckpt-runc "$BIN_DIR/podckpt-runsc"
+    if ! cmp -s "$SHARED_BIN/pinns" "$BIN_DIR/pinns"; then
+        install -m 0755 "$SHARED_BIN/pinns" "$BIN_DIR/pinns"
+    fi
+}
+
+# What a running test bed was started from: this script and its config
+# templates, the directories they are filled in with, the runtime daemons'
+# own binaries, and which of the binaries the configs name were there. A
+# test bed started by another commit or checkout, by an older containerd or
+# CRI-O, or before podckpt-runc existed has another fingerprint, or none.
+fingerprint() {
+    {
+        cat "$HERE/testbed.sh" "$HERE"/testbed/*
+        echo "$TB_DIR_A $TB_RUN_A $TB_DIR_B $TB_RUN_B $SHARED_BIN"
+        sha256sum "$(command -v containerd)" "$SHARED_BIN/crio"
+        local b
+        for b in "$BIN_DIR"/podckpt-runc "$BIN_DIR"/podckpt-crun "$BIN_DIR"/podckpt-runsc "$BIN_DIR"/pinns \
+            runc crun runsc conmon containerd-shim-runc-v2; do
+            if [ -x "$b" ] || command -v "$b" >/dev/null; then echo "$b present"; else echo "$b missing"; fi
+        done
+    } | sha256sum | cut -d' ' -f1
+}
+FINGERPRINT_FILE="$TB_RUN_A/testbed.fingerprint"
+
+# Whether any runtime of the test bed (either node, or CRI-O) is running.
+any_running() {
+    running_pid >/dev/null && return 0
+    (use_node b && running_pid >/dev/null) && return 0
+    crio_pid >/dev/null
+}
+
+# A test bed left running by another configuration or build is stopped
+# whole, so that what starts next is what this checkout would start.
+restart_if_stale() {
+    local want=$1
+    any_running || return 0
+    local had
+    had=$(cat "$FINGERPRINT_FILE" 2>/dev/null || echo none)
+    [ "$had" = "$want" ] && return 0
+    log "the running test bed was started from another configuration or build (fingerprint $had, now $want): restarting it"
+    (use_node a && cmd_stop_all)
+}
+
 # Starts what is not running yet of the runtimes asked for: by default node
 # A's containerd, node B's containerd and CRI-O; "containerd" both
 # containerds; "crio" CRI-O alone. With PODCKPT_TESTBED_NODE=b, node B's
@@ -248,6 +311,12 @@ cmd_start() {
     fi
     free_cgroup2_controllers
     [ -f "$IMAGES_DIR/busybox.tar" ] || cmd_images
+    install_handler_binaries
+    local want
+    want=$(fingerprint)
+    restart_if_stale "$want"
+    mkdir -p "$TB_RUN_A"
+    echo "$want" >"$FINGERPRINT_FILE"
     if [ "$which" != crio ]; then
         start_containerd
         if [ "$SELECTED_NODE" = a ]; then (use_node b && start_containerd); fi
@@ -301,7 +370,6 @@ start_crio() {
         >"$TB_DIR/crio/net.d/20-podckpt-crio.conflist"
     # No signatures on our own images: the policy lets them in.
     echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$TB_DIR/crio/policy.json"
-    install -m 0755 "$SHARED_BIN/pinns" "$TB_RUN/bin/pinns"
     local img
     for img in busybox pause; do
         skopeo --policy "$TB_DIR/crio/policy.json" copy -q "oci-archive:$IMAGES_DIR/$img.tar" \
@@ -342,8 +410,18 @@ stop_crio() {
 # PODCKPT_TESTBED_NODE=b, node B alone.
 cmd_stop() {
     need_root
-    if [ "$SELECTED_NODE" = a ]; then (use_node b && stop_containerd); fi
-    stop_containerd
+    if [ "$SELECTED_NODE" = a ]; then
+        cmd_stop_all
+    else
+        stop_containerd
+    fi
+}
+
+# Both nodes, node B first, and CRI-O with node A.
+cmd_stop_all() {
+    (use_node b && stop_containerd)
+    (use_node a && stop_containerd)
+    rm -f "$FINGERPRINT_FILE"
 }
 
 # Removes every task and container the current node's containerd knows, then

@@ -44,4 +44,5 @@ mod pod_interop;
 mod preflight;
 mod resilience;
 mod restore;
+mod testbed;
 mod transfer;
