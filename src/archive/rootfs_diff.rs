@@ -31,8 +31,28 @@ pub fn write(upper: &Path, tar_path: &Path, deleted_path: &Path) -> Result<(), A
         let meta = entry
             .metadata()
             .map_err(|e| ArchiveError::Invalid(format!("{}: {e}", entry.path().display())))?;
-        if meta.file_type().is_char_device() && meta.rdev() == 0 {
+        let kind = meta.file_type();
+        if kind.is_char_device() && meta.rdev() == 0 {
             deleted.push(relative.to_string_lossy().into_owned());
+            continue;
+        }
+        if kind.is_socket() {
+            // A socket file is only a name: CRIU binds a listening socket
+            // at its path again on restore, and the tar format has no
+            // entry for one.
+            continue;
+        }
+        if kind.is_fifo() {
+            // tar 0.4's append_path_with_name names a FIFO by its source
+            // path, not the name given, and refuses it as absolute; the
+            // header is built here instead. A process that holds the FIFO
+            // open needs it back at its path.
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            header.set_entry_type(tar::EntryType::Fifo);
+            header.set_size(0);
+            tar.append_data(&mut header, relative, std::io::empty())
+                .map_err(ArchiveError::io(entry.path()))?;
             continue;
         }
         tar.append_path_with_name(entry.path(), relative)
@@ -115,6 +135,18 @@ pub fn apply(rootfs: &Path, diff_tar: &Path, deleted_files: &Path) -> Result<(),
         if kind.is_block_special() || kind.is_character_special() {
             return Err(bad(format!("rootfs diff entry {} is a device node", path.display())));
         }
+        if kind.is_fifo() {
+            // tar 0.4 would unpack it as an empty regular file.
+            let header = entry.header();
+            let field = |e: std::io::Error| bad(format!("{}: {e}", path.display()));
+            let (mode, uid, gid) = (
+                header.mode().map_err(field)?,
+                header.uid().map_err(field)?,
+                header.gid().map_err(field)?,
+            );
+            make_fifo_within(rootfs, &path, mode, uid as u32, gid as u32)?;
+            continue;
+        }
         let unpacked = entry.unpack_in(rootfs).map_err(|e| {
             bad(format!(
                 "unpacking {}: {e} ({:?})",
@@ -141,21 +173,62 @@ pub fn apply(rootfs: &Path, diff_tar: &Path, deleted_files: &Path) -> Result<(),
     Ok(())
 }
 
-/// Removes `rootfs/relative` unless a symbolic link on the way leads out.
-fn remove_within(rootfs: &Path, relative: &Path) -> Result<(), ArchiveError> {
-    let target = rootfs.join(relative);
-    let parent = target.parent().unwrap_or(rootfs);
+/// Whether `relative`'s parent lies inside `rootfs` with every link on the
+/// way resolved: `Ok(false)` when the parent does not exist.
+fn parent_within(rootfs: &Path, relative: &Path, what: &str) -> Result<bool, ArchiveError> {
+    let parent = rootfs
+        .join(relative)
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or(rootfs.to_owned());
     let root = rootfs.canonicalize().map_err(ArchiveError::io(rootfs))?;
     match parent.canonicalize() {
-        Ok(real) if real.starts_with(&root) => {}
-        Ok(_) => {
-            return Err(ArchiveError::Invalid(format!(
-                "deleted file {} lies behind a link out of the root",
-                relative.display()
-            )));
-        }
-        Err(_) => return Ok(()), // the parent is gone already
+        Ok(real) if real.starts_with(&root) => Ok(true),
+        Ok(_) => Err(ArchiveError::Invalid(format!(
+            "{what} {} lies behind a link out of the root",
+            relative.display()
+        ))),
+        Err(_) => Ok(false),
     }
+}
+
+/// Makes the FIFO `rootfs/relative` (replacing what is there) with its
+/// mode and owner, unless a symbolic link on the way leads out.
+fn make_fifo_within(rootfs: &Path, relative: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), ArchiveError> {
+    if !parent_within(rootfs, relative, "rootfs diff entry")? {
+        return Err(ArchiveError::Invalid(format!(
+            "rootfs diff entry {} comes before its directory",
+            relative.display()
+        )));
+    }
+    let target = rootfs.join(relative);
+    match std::fs::symlink_metadata(&target) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&target),
+        Ok(_) => std::fs::remove_file(&target),
+        Err(_) => Ok(()),
+    }
+    .map_err(ArchiveError::io(&target))?;
+    let io = |e: nix::Error| ArchiveError::io(&target)(std::io::Error::from(e));
+    nix::unistd::mkfifo(&target, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(io)?;
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        &target,
+        Some(uid.into()),
+        Some(gid.into()),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(io)?;
+    // After the owner: chown clears set-id bits.
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))
+        .map_err(ArchiveError::io(&target))
+}
+
+/// Removes `rootfs/relative` unless a symbolic link on the way leads out.
+fn remove_within(rootfs: &Path, relative: &Path) -> Result<(), ArchiveError> {
+    if !parent_within(rootfs, relative, "deleted file")? {
+        return Ok(()); // the parent is gone already
+    }
+    let target = rootfs.join(relative);
     let result = match std::fs::symlink_metadata(&target) {
         Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&target),
         Ok(_) => std::fs::remove_file(&target),
@@ -193,6 +266,29 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect();
         assert_eq!(names, vec![".", "etc", "etc/new"]);
+    }
+
+    #[test]
+    fn fifos_travel_and_sockets_are_left_out() {
+        use std::os::unix::fs::PermissionsExt;
+        let upper = tempfile::tempdir().unwrap();
+        std::fs::create_dir(upper.path().join("tmp")).unwrap();
+        nix::unistd::mkfifo(
+            &upper.path().join("tmp/tick"),
+            nix::sys::stat::Mode::from_bits_truncate(0o640),
+        )
+        .unwrap();
+        let _listening = std::os::unix::net::UnixListener::bind(upper.path().join("tmp/app.sock")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let (tar_path, deleted) = (out.path().join("rootfs-diff.tar"), out.path().join("deleted.files"));
+        write(upper.path(), &tar_path, &deleted).unwrap();
+
+        let rootfs = tempfile::tempdir().unwrap();
+        apply(rootfs.path(), &tar_path, &deleted).unwrap();
+        let fifo = std::fs::symlink_metadata(rootfs.path().join("tmp/tick")).unwrap();
+        assert!(fifo.file_type().is_fifo());
+        assert_eq!(fifo.permissions().mode() & 0o7777, 0o640);
+        assert!(!rootfs.path().join("tmp/app.sock").exists());
     }
 
     #[test]
@@ -247,6 +343,34 @@ mod tests {
         apply(rootfs.path(), &d.path().join("d.tar"), &d.path().join("deleted.json")).unwrap();
         assert_eq!(std::fs::read(rootfs.path().join("tmp/written")).unwrap(), b"hi\n");
         assert!(!rootfs.path().join("bin/yes").exists());
+    }
+
+    #[test]
+    fn a_fifo_behind_a_link_out_of_the_root_is_refused() {
+        let rootfs = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), rootfs.path().join("tmp")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(std::fs::File::create(dir.path().join("d.tar")).unwrap());
+        let mut fifo = tar::Header::new_gnu();
+        fifo.set_entry_type(tar::EntryType::Fifo);
+        fifo.set_mode(0o600);
+        fifo.set_size(0);
+        fifo.set_uid(0);
+        fifo.set_gid(0);
+        fifo.set_mtime(0);
+        fifo.set_cksum();
+        builder.append_data(&mut fifo, "tmp/f", std::io::empty()).unwrap();
+        builder.into_inner().unwrap();
+        std::fs::write(dir.path().join("deleted.json"), b"[]").unwrap();
+        let refused = apply(
+            rootfs.path(),
+            &dir.path().join("d.tar"),
+            &dir.path().join("deleted.json"),
+        );
+        let why = refused.unwrap_err().to_string();
+        assert!(why.contains("link out of the root"), "{why}");
+        assert!(!outside.path().join("f").exists());
     }
 
     #[test]
