@@ -321,3 +321,60 @@ async fn every_stack_gets_the_checks_answer_and_its_errors(tb: Testbed) {
         assert!(none.message.contains("pod_sandbox_id"), "{stack:?}: {none:?}");
     }
 }
+
+/// A pod made as crictl makes it by default, its containers in the pod's
+/// PID namespace: the answer is yes, as CheckpointPod and RestorePod do it
+/// (`restore::containers_sharing_the_pods_pid_namespace_come_back_while_others_fork`).
+/// Until one of its containers orphans a process: the pause adopts it, a
+/// capture of the container would go without it, and both the pre-flight
+/// check and CheckpointPod say so, naming it, with nothing paused or written.
+/// (containerd only: CRI-O gives such a pod's infra container an
+/// oom_score_adj this machine cannot set.)
+#[tokio::test]
+#[serial_test::serial]
+async fn an_orphan_in_the_pods_pid_namespace_is_named_and_refused() {
+    let Some(tb) = support::testbed() else { return };
+    let mut shim = Shim::start_with_metrics(&tb);
+    let mut client = shim.client().await;
+    let pod = Pod::run_edited(&mut client, &shim.socket, "shared-pid", "", |config| {
+        support::share_pod_pids(support::pod_namespaces(config))
+    })
+    .await;
+    let mut counter = support::container_config("counter", &tb.image, support::COUNTER);
+    support::share_pod_pids(support::container_namespaces(&mut counter));
+    let counter = pod.start_configured(&mut client, counter).await;
+    assert!(support::count_reaches(&client, &counter, 1, Duration::from_secs(10)).await);
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("ckpt");
+    let answer = check(&shim, request(&pod.id, &out)).await.expect("CheckPod");
+    assert!(answer.checkpointable, "{answer:#?}");
+    assert_eq!(verdict(&answer, "processes", &counter).0, Verdict::Pass);
+
+    // A daemon that forks away from its parent: `(sleep &)`.
+    let mut daemon = support::container_config("daemon", &tb.image, &format!("(sleep 1000 &); {}", support::COUNTER));
+    support::share_pod_pids(support::container_namespaces(&mut daemon));
+    let daemon = pod.start_configured(&mut client, daemon).await;
+    assert!(support::count_reaches(&client, &daemon, 1, Duration::from_secs(10)).await);
+    let answer = check(&shim, request(&pod.id, &out)).await.expect("CheckPod");
+    assert!(!answer.checkpointable);
+    assert_eq!(failed(&answer), ["processes"], "{answer:#?}");
+    let (_, why) = verdict(&answer, "processes", &daemon);
+    assert!(why.contains("(sleep)") && why.contains("adopted"), "{why}");
+    assert_eq!(verdict(&answer, "processes", &counter).0, Verdict::Pass);
+
+    std::fs::create_dir(&out).unwrap();
+    let refused = support::checkpoint_pod(&shim, &pod.id, &out, &[], &[])
+        .await
+        .expect_err("a checkpoint that would lose a process");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("container daemon") && refused.message().contains("(sleep)"),
+        "{}",
+        refused.message()
+    );
+    let metrics = shim.metrics().await;
+    assert_eq!(metrics.get("podckpt_checkpoint_freeze_duration_seconds_count"), 0.0);
+    assert_eq!(support::runc_status(&daemon), "running");
+    assert_eq!(support::dir_names(&out), Vec::<String>::new());
+    let _ = &mut shim;
+}

@@ -370,3 +370,114 @@ async fn seals_and_tokens_that_outlived_their_use_are_removed() {
         );
     }
 }
+
+/// The pod-wide PID namespace (shareProcessNamespace, and the CRI's
+/// default): every container's processes get their PIDs back in the new
+/// pod's one namespace, so a PID that another process of the new pod takes
+/// first would stop the restore. Here the first container forks all the
+/// time and keeps its children alive, as a worker pool does, while the
+/// second waits to be started: its saved PIDs are low, where the first
+/// one's new children land. (containerd only: CRI-O gives a pod-wide PID
+/// namespace's infra container an oom_score_adj this machine cannot set.)
+#[tokio::test]
+#[serial]
+async fn containers_sharing_the_pods_pid_namespace_come_back_while_others_fork() {
+    let Some(tb) = testbed() else { return };
+    let shim = Shim::start(&tb);
+    let mut client = shim.client().await;
+    let pod = Pod::run_edited(&mut client, &shim.socket, "shared-pid", "", |config| {
+        support::share_pod_pids(support::pod_namespaces(config))
+    })
+    .await;
+    let in_pod_namespace = |mut config: cri::ContainerConfig| {
+        support::share_pod_pids(support::container_namespaces(&mut config));
+        config
+    };
+    // Each round leaves a child alive for 30 s and waits without forking
+    // (`read -t` on a FIFO nobody writes): every PID it takes stays taken.
+    const FORKER: &str = "busybox mkfifo /tmp/tick; exec 3<>/tmp/tick; i=0; \
+        while :; do i=$((i+1)); echo $i > /tmp/count; sleep 30 & read -t 0.2 x <&3; done";
+    let started = |name: &str, script: &str| in_pod_namespace(support::container_config(name, &tb.image, script));
+    let forker = pod.start_configured(&mut client, started("forker", FORKER)).await;
+    // The counter's saved PIDs lie among the first the forker's children
+    // take in the new pod, unless those are kept above the checkpoint's.
+    assert!(support::count_reaches(&client, &forker, 3, Duration::from_secs(20)).await);
+    let counter = pod.start_configured(&mut client, started("counter", COUNTER)).await;
+    assert!(support::count_reaches(&client, &counter, 5, Duration::from_secs(10)).await);
+    let (_keep, out) = support::empty_output("shared-pid");
+    let before = count(&mut client, &counter).await;
+    checkpoint_pod(&shim, &pod.id, &out, &[], &[])
+        .await
+        .expect("CheckpointPod");
+    drop(pod);
+
+    let configs: Vec<_> = support::checkpointed_configs(&out, &["forker", "counter"])
+        .into_iter()
+        .map(in_pod_namespace)
+        .collect();
+    let call = RestoreCall::new(&out, &configs, "podckpt")
+        .with_sandbox(|config| support::share_pod_pids(support::pod_namespaces(config)));
+    let (restored_pod, restored) = call
+        .send(&shim, Some(Duration::from_secs(60)))
+        .await
+        .expect("RestorePod");
+    let id_of = |name: &str| restored.iter().find(|c| c.name == name).unwrap().container_id.clone();
+    support::start_restored(&shim, &id_of("forker")).await;
+    // The forker fills the new namespace with some 40 children before the
+    // counter comes back.
+    let resumed = count(&mut client, &id_of("forker")).await;
+    assert!(support::count_reaches(&client, &id_of("forker"), resumed + 40, Duration::from_secs(30)).await);
+    support::start_restored(&shim, &id_of("counter")).await;
+    // Every process the new pod made (but its first, the pause) has a PID
+    // above every saved one: the forker's new children too.
+    let saved: Vec<u32> = ["forker", "counter"]
+        .iter()
+        .flat_map(|name| saved_pids(&out, name))
+        .collect();
+    let highest = *saved.iter().max().unwrap();
+    let (listing, _) = exec(&mut client, &id_of("counter"), &["ls", "/proc"]).await;
+    let made: Vec<u32> = String::from_utf8_lossy(&listing)
+        .split_whitespace()
+        .filter_map(|entry| entry.parse().ok())
+        .filter(|pid| *pid != 1 && !saved.contains(pid))
+        .collect();
+    assert!(made.len() > 40, "the forker's new children are not there: {made:?}");
+    let below: Vec<&u32> = made.iter().filter(|pid| **pid <= highest).collect();
+    assert!(
+        below.is_empty(),
+        "new processes took PIDs {below:?}, at or below the checkpoint's highest, {highest}"
+    );
+    let now = count(&mut client, &id_of("counter")).await;
+    assert!(
+        now >= before,
+        "the counter restarted: {now} after restore, {before} before"
+    );
+    assert!(support::count_reaches(&client, &id_of("counter"), now + 1, Duration::from_secs(5)).await);
+    drop(restored_pod);
+}
+
+/// The PIDs of a checkpointed container's processes, as CRIU's own `crit`
+/// lists them from its images.
+fn saved_pids(checkpoint: &Path, name: &str) -> Vec<u32> {
+    let options: podckpt::archive::PodOptions =
+        serde_json::from_slice(&std::fs::read(checkpoint.join(podckpt::archive::POD_OPTIONS)).unwrap()).unwrap();
+    let images = checkpoint
+        .join(&options.containers[name])
+        .join(podckpt::archive::CHECKPOINT_DIR);
+    let out = Command::new("crit")
+        .arg("x")
+        .arg(&images)
+        .arg("ps")
+        .output()
+        .expect("running crit");
+    assert!(
+        out.status.success(),
+        "crit x ps: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}

@@ -515,6 +515,34 @@ pub fn kubelet_namespaces() -> cri::NamespaceOption {
     }
 }
 
+/// Puts a pod, or a container, in the pod-wide PID namespace
+/// (shareProcessNamespace; the CRI's default).
+pub fn share_pod_pids(options: Option<&mut cri::NamespaceOption>) {
+    options.expect("namespace options").pid = cri::NamespaceMode::Pod as i32;
+}
+
+/// The namespace options of a pod config made by `pod_config`.
+pub fn pod_namespaces(config: &mut cri::PodSandboxConfig) -> Option<&mut cri::NamespaceOption> {
+    config
+        .linux
+        .as_mut()?
+        .security_context
+        .as_mut()?
+        .namespace_options
+        .as_mut()
+}
+
+/// The namespace options of a container config made by `container_config`.
+pub fn container_namespaces(config: &mut cri::ContainerConfig) -> Option<&mut cri::NamespaceOption> {
+    config
+        .linux
+        .as_mut()?
+        .security_context
+        .as_mut()?
+        .namespace_options
+        .as_mut()
+}
+
 pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -745,6 +773,14 @@ impl RestoreCall {
             config,
             log_dir,
         }
+    }
+
+    /// The same call with the new sandbox's config changed by `edit`.
+    pub fn with_sandbox(mut self, edit: impl FnOnce(&mut cri::PodSandboxConfig)) -> Self {
+        use prost::Message;
+        edit(&mut self.config);
+        self.request.config = self.config.encode_to_vec();
+        self
     }
 
     /// The new pod's name, for looking it up in the runtime.

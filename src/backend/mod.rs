@@ -209,6 +209,22 @@ pub trait Checkpointer: Send + Sync {
     /// in the wrapper, once per container, synchronously.
     fn restore(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError>;
 
+    /// Processes of the running container whose first process on the node
+    /// is `init_pid` that a capture would silently leave out, each
+    /// described for a person; none for a backend that saves whole sandboxes.
+    fn left_out(&self, _init_pid: u32) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The highest PID the processes of a checkpointed container (`checkpoint`,
+    /// its folder) held in their PID namespace. A restore into a namespace
+    /// that others share (the pod's) needs every one of them free, so the
+    /// new pod's processes are made to take PIDs above it. None for a
+    /// backend that restores whole sandboxes, PID namespace and all.
+    fn highest_pid(&self, _checkpoint: &Path) -> Result<Option<u32>, RestoreError> {
+        Ok(None)
+    }
+
     /// Pauses every container, or none: on a failure the ones already paused
     /// are resumed before the error is returned, with any that could not be.
     async fn pause_pod(&self, containers: &[ContainerRef]) -> Result<(), PauseFailed> {

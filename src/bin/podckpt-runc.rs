@@ -50,12 +50,20 @@ fn main() -> ExitCode {
         Action::RestoreHeld { create, token } => {
             report(&create, interposer::restore_held(&runtime, &inv, &create, &token))
         }
+        Action::CreateAbovePidFloor { create, floor } => report(
+            &create,
+            interposer::pid_floor::create(&runtime, &args, &inv, &create, floor),
+        ),
     }
 }
 
 fn report(create: &cli::Create, result: Result<(), interposer::InterposerError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The runtime has reported its own failure; its exit code stands.
+        Err(interposer::InterposerError::Runtime(status)) => {
+            ExitCode::from(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1))
+        }
         Err(err) => {
             eprintln!("podckpt-runc: restoring {}: {err}", create.id.to_string_lossy());
             ExitCode::FAILURE

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod gvisor;
 pub mod held;
 pub mod identity;
+pub mod pid_floor;
 pub mod token;
 
 use std::ffi::{OsStr, OsString};
@@ -36,6 +37,9 @@ pub enum InterposerError {
     Io(String),
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    /// The real runtime failed on its own and has said why.
+    #[error("the runtime failed ({0})")]
+    Runtime(std::process::ExitStatus),
 }
 
 /// What to do with one invocation.
@@ -52,6 +56,9 @@ pub enum Action {
     Held { marker: PathBuf },
     /// `start` of a restored container: answer success.
     AlreadyStarted { marker: PathBuf },
+    /// `create` of a restored pod's sandbox whose PID namespace must be
+    /// kept clear of the checkpoint's PIDs (see `pid_floor`).
+    CreateAbovePidFloor { create: cli::Create, floor: u32 },
 }
 
 pub fn decide(inv: &cli::Invocation) -> Result<Action, InterposerError> {
@@ -65,7 +72,10 @@ pub fn decide(inv: &cli::Invocation) -> Result<Action, InterposerError> {
             };
             let spec = read_spec(&bundle_of(&create))?;
             let Some(token) = spec["annotations"][token::ANNOTATION].as_str().map(PathBuf::from) else {
-                return Ok(Action::PassThrough);
+                return Ok(match pid_floor::requested(&spec) {
+                    Some(floor) => Action::CreateAbovePidFloor { create, floor },
+                    None => Action::PassThrough,
+                });
             };
             Ok(match identity::CriRuntime::of(&spec) {
                 identity::CriRuntime::CriO => Action::RestoreHeld { create, token },

@@ -56,7 +56,7 @@ impl Target {
         archive::container_dir_name(self.id(), self.name())
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.info.get("pid").and_then(Value::as_u64).unwrap_or_default() as u32
     }
 }

@@ -22,6 +22,8 @@ use crate::api::pod::{
     RestorePodResponse, RestoredContainer, RunPodSandboxRequestBytes,
 };
 use crate::archive::{self, Manifest, PodOptions, ProcessRecord, Seals};
+use crate::backend::Checkpointer;
+use crate::interposer::pid_floor;
 use crate::interposer::token::{self, RestoreToken};
 
 /// A checkpoint that passed every check, and the caller's config for each
@@ -32,6 +34,9 @@ struct Verified {
     /// The image of the whole sandbox, for a backend that restores
     /// sandboxes whole; each container's processes are in it.
     sandbox: Option<PathBuf>,
+    /// The highest PID the containers' processes held: the new pod's PID
+    /// namespace gives out only PIDs above it (see `interposer::pid_floor`).
+    pid_floor: Option<u32>,
 }
 
 struct VerifiedContainer {
@@ -109,9 +114,14 @@ impl PodService {
             engine_version,
         };
         let verifying = Instant::now();
-        let verified = tokio::task::spawn_blocking(move || verify(&path, &configs, &restorer, &seals))
-            .await
-            .map_err(PodError::task("verification"))?;
+        let checkpointer = handler.checkpointer.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            let mut verified = verify(&path, &configs, &restorer, &seals)?;
+            verified.pid_floor = highest_pid(checkpointer.as_ref(), &verified)?;
+            Ok::<_, PodError>(verified)
+        })
+        .await
+        .map_err(PodError::task("verification"))?;
         self.inner.metrics.observe_verification(verifying.elapsed());
         let checkpoint = verified?;
         tokio::time::timeout_at(started + limit, self.check_images(&checkpoint.containers))
@@ -164,6 +174,10 @@ impl PodService {
         started: Instant,
     ) -> Result<RestorePodResponse, PodError> {
         let mut config = request.config.clone();
+        let mut sandbox_annotations = std::collections::HashMap::new();
+        if let Some(floor) = checkpoint.pid_floor {
+            sandbox_annotations.insert(pid_floor::ANNOTATION.to_owned(), floor.to_string());
+        }
         if let Some(image) = &checkpoint.sandbox {
             // The sandbox itself comes back from the image; its token names
             // the pod by UID, as the sandbox's id does not exist yet.
@@ -185,11 +199,14 @@ impl PodService {
             };
             let token_path = token.write(&self.inner.state_dir.join("restores"))?;
             created.tokens.push(token_path.clone());
+            sandbox_annotations.insert(token::SANDBOX_ANNOTATION.to_owned(), token_path.display().to_string());
+        }
+        if !sandbox_annotations.is_empty() {
             PodSandboxConfigAnnotations {
-                annotations: [(token::SANDBOX_ANNOTATION.to_owned(), token_path.display().to_string())].into(),
+                annotations: sandbox_annotations,
             }
             .encode(&mut config)
-            .map_err(|e| PodError::Internal(format!("encoding the sandbox's restore marker: {e}")))?;
+            .map_err(|e| PodError::Internal(format!("encoding the sandbox's restore markers: {e}")))?;
         }
         let run = RunPodSandboxRequestBytes {
             config,
@@ -534,7 +551,21 @@ fn verify(
         root,
         containers,
         sandbox,
+        pid_floor: None,
     })
+}
+
+/// The highest PID any of the verified containers' processes held, for a
+/// backend that restores containers one by one into the pod's namespaces.
+fn highest_pid(checkpointer: &dyn Checkpointer, checkpoint: &Verified) -> Result<Option<u32>, PodError> {
+    let mut highest = None;
+    for container in &checkpoint.containers {
+        let pid = checkpointer
+            .highest_pid(&container.folder)
+            .map_err(|e| invalid(&checkpoint.root, format!("container {}: {e}", container.name)))?;
+        highest = highest.max(pid);
+    }
+    Ok(highest)
 }
 
 /// Whether this restore is lazy: the request's option, else the handler's

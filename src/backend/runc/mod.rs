@@ -2,7 +2,9 @@
 //! or crun, which takes the same arguments).
 
 pub mod lazy;
+mod pstree;
 mod restore;
+pub mod tree;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -139,5 +141,19 @@ impl Checkpointer for OciRuntimeCheckpointer {
 
     fn restore(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError> {
         self.restore_container(request)
+    }
+
+    fn left_out(&self, init_pid: u32) -> Vec<String> {
+        tree::left_out(init_pid, &tree::Proc)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    fn highest_pid(&self, checkpoint: &Path) -> Result<Option<u32>, RestoreError> {
+        let image = checkpoint
+            .join(crate::archive::CHECKPOINT_DIR)
+            .join(pstree::PSTREE_IMAGE);
+        pstree::highest_pid(&image).map(Some)
     }
 }

@@ -74,9 +74,11 @@ impl Node for ThisNode {
 }
 
 /// Every feature of `spec` that the backend cannot carry, and (not
-/// blocking) those it may not. `whole_sandbox`: the backend saves the
-/// sandbox at once (gVisor), so namespaces shared in the pod travel together.
-pub fn unsupported(spec: &Value, whole_sandbox: bool, node: &impl Node) -> Vec<Finding> {
+/// blocking) those it may not. A PID namespace the pod's containers share
+/// is not one: a restore keeps the new pod's processes off the saved PIDs
+/// (`interposer::pid_floor`), and what such a pod's containers would leave
+/// out of a capture is a check of its own, on the running processes.
+pub fn unsupported(spec: &Value, node: &impl Node) -> Vec<Finding> {
     let mut found = Vec::new();
     let mut note = |check, detail: String, blocking| {
         found.push(Finding {
@@ -113,11 +115,6 @@ pub fn unsupported(spec: &Value, whole_sandbox: bool, node: &impl Node) -> Vec<F
         add(
             "host-pid",
             "runs in the node's PID namespace (hostPID): its processes' PIDs cannot be had again on restore".into(),
-        );
-    } else if !whole_sandbox && joined("pid").is_some_and(|p| !p.is_empty()) {
-        add(
-            "shared-pid-namespace",
-            "shares a PID namespace with other processes (shareProcessNamespace, or a target container): each container is restored on its own, and PIDs another process of the new pod takes first clash with the ones saved".into(),
         );
     }
     let devices: Vec<&str> = spec["linux"]["devices"]
@@ -278,16 +275,13 @@ mod tests {
         }
     }
 
-    fn checks(spec: &Value, whole_sandbox: bool) -> Vec<&'static str> {
-        unsupported(spec, whole_sandbox, &Fake)
-            .into_iter()
-            .map(|u| u.check)
-            .collect()
+    fn checks(spec: &Value) -> Vec<&'static str> {
+        unsupported(spec, &Fake).into_iter().map(|u| u.check).collect()
     }
 
     #[test]
     fn a_plain_container_has_nothing_unsupported() {
-        assert_eq!(checks(&plain(), false), Vec::<&str>::new());
+        assert_eq!(checks(&plain()), Vec::<&str>::new());
     }
 
     #[test]
@@ -299,40 +293,25 @@ mod tests {
             json!({"destination": "/run/c.sock", "source": "/run/containerd/containerd.sock", "options": ["bind"]}),
         );
         spec["process"]["terminal"] = json!(true);
-        assert_eq!(
-            checks(&spec, false),
-            [
-                "host-network",
-                "shared-pid-namespace",
-                "devices",
-                "gpu",
-                "socket-mount",
-                "tty"
-            ]
-        );
-        // A sandbox saved whole takes its shared PID namespace along.
-        assert!(!checks(&spec, true).contains(&"shared-pid-namespace"));
+        assert_eq!(checks(&spec), ["host-network", "devices", "gpu", "socket-mount", "tty"]);
         spec["linux"]["namespaces"] = json!([]);
-        assert!(checks(&spec, false).contains(&"host-pid"));
+        assert!(checks(&spec).contains(&"host-pid"));
         // containerd puts a host-network container in its pod's namespace,
         // which is the node's.
         spec["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}]);
-        assert_eq!(
-            checks(&spec, false),
-            ["host-network", "devices", "gpu", "socket-mount", "tty"]
-        );
+        assert_eq!(checks(&spec), ["host-network", "devices", "gpu", "socket-mount", "tty"]);
     }
 
     #[test]
     fn a_gpu_is_seen_in_the_environment_and_annotations_without_their_values() {
         let mut spec = plain();
         spec["process"]["env"] = json!(["NVIDIA_VISIBLE_DEVICES=GPU-secret-uuid"]);
-        let found = unsupported(&spec, false, &Fake);
+        let found = unsupported(&spec, &Fake);
         assert_eq!(found.len(), 1);
         assert!(!found[0].detail.contains("secret"), "{}", found[0].detail);
         let mut spec = plain();
         spec["annotations"] = json!({"cdi.k8s.io/gpu": "nvidia.com/gpu=0"});
-        assert_eq!(checks(&spec, false), ["gpu"]);
+        assert_eq!(checks(&spec), ["gpu"]);
     }
 
     #[test]
@@ -342,7 +321,7 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .push(json!({"destination": "/host-run", "source": "/run/containerd", "options": ["rbind"]}));
-        let found = unsupported(&spec, false, &Fake);
+        let found = unsupported(&spec, &Fake);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!((found[0].check, found[0].blocking), ("socket-mount", false));
         assert!(
@@ -360,7 +339,7 @@ mod tests {
                 .map(|n| json!({"path": format!("/dev/d{n}")}))
                 .collect::<Vec<_>>()
         );
-        let found = unsupported(&spec, false, &Fake);
+        let found = unsupported(&spec, &Fake);
         assert!(found[0].detail.contains("/dev/d3 and 3 more"), "{}", found[0].detail);
     }
 }

@@ -13,13 +13,14 @@ use tonic::{Request, Response, Status};
 
 use super::PodService;
 use super::checkpoint::{
-    is_ready, is_running, refuse_chosen_criu_options, state_name, validate_output, whole_pod_refusal,
+    is_ready, is_running, left_out_reason, refuse_chosen_criu_options, state_name, validate_output, whole_pod_refusal,
 };
 use super::error::PodError;
 use super::sandbox_info;
 use crate::api::cri;
 use crate::api::podckpt::{Check, CheckPodRequest, CheckPodResponse, Verdict, preflight_server::Preflight};
 use crate::archive::space::{self, human as bytes};
+use crate::backend::Checkpointer;
 
 /// The checks found so far.
 #[derive(Default)]
@@ -119,10 +120,9 @@ impl PodService {
         if let Some(busy) = self.pod_in_use(pod_id) {
             checks.fail("busy", "", busy.to_string());
         }
+        let checkpointer = backend.as_ref().map(|b| b.checkpointer.as_ref());
         for container in &selected {
-            let size = self
-                .check_container(container, whole_sandbox.is_some(), &mut checks)
-                .await;
+            let size = self.check_container(container, checkpointer, &mut checks).await;
             estimated = estimated
                 .saturating_add(size.resident)
                 .saturating_add(size.writable_layer);
@@ -205,10 +205,20 @@ impl PodService {
     /// What the runtime's spec of one container asks for that the backend
     /// cannot carry, and how much it would write. A container that has gone
     /// meanwhile, or that the runtime cannot describe, is a reason of its own.
-    async fn check_container(&self, container: &cri::Container, whole_sandbox: bool, checks: &mut Checks) -> Size {
+    async fn check_container(
+        &self,
+        container: &cri::Container,
+        checkpointer: Option<&dyn Checkpointer>,
+        checks: &mut Checks,
+    ) -> Size {
         let id = container.id.as_str();
         match self.verbose_status(id).await {
-            Ok((_, info)) => check_spec(id, &info, whole_sandbox, checks),
+            Ok((_, info)) => {
+                check_spec(id, &info, checks);
+                if let Some(checkpointer) = checkpointer {
+                    check_processes(id, &info, checkpointer, checks);
+                }
+            }
             Err(err) => checks.fail("container-state", id, format!("cannot read its status: {err}")),
         }
         let stats = self
@@ -249,11 +259,11 @@ impl PodService {
 }
 
 /// The features of a container's spec, from the runtime's verbose info.
-fn check_spec(id: &str, info: &serde_json::Value, whole_sandbox: bool, checks: &mut Checks) {
+fn check_spec(id: &str, info: &serde_json::Value, checks: &mut Checks) {
     let chosen_criu_config = refuse_chosen_criu_options(id, info).err();
     let spec = &info["runtimeSpec"];
     if spec.is_object() {
-        let found = features::unsupported(spec, whole_sandbox, &features::ThisNode);
+        let found = features::unsupported(spec, &features::ThisNode);
         if chosen_criu_config.is_none() && !found.iter().any(|f| f.blocking) {
             checks.pass("features", id, "nothing the backend cannot carry");
         }
@@ -269,6 +279,21 @@ fn check_spec(id: &str, info: &serde_json::Value, whole_sandbox: bool, checks: &
     }
     if let Some(err) = chosen_criu_config {
         checks.fail("criu-config", id, err.to_string());
+    }
+}
+
+/// Whether a capture would hold every process of the container, as
+/// CheckpointPod insists.
+fn check_processes(id: &str, info: &serde_json::Value, checkpointer: &dyn Checkpointer, checks: &mut Checks) {
+    let Some(pid) = info["pid"].as_u64().filter(|pid| *pid > 0) else {
+        checks.skip("processes", id, "the runtime reported no process of it");
+        return;
+    };
+    let missed = checkpointer.left_out(pid as u32);
+    if missed.is_empty() {
+        checks.pass("processes", id, "a capture holds every process of it");
+    } else {
+        checks.fail("processes", id, left_out_reason(&missed));
     }
 }
 
