@@ -30,6 +30,7 @@ macro_rules! on_each_runtime {
 mod support;
 
 mod access;
+mod annotation;
 mod checkpoint;
 mod cli;
 mod contract;

@@ -12,6 +12,8 @@ pub const DEFAULT_LISTEN: &str = "/run/podckpt/podckpt.sock";
 pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/podckpt/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/run/podckpt";
+/// Where checkpoints are kept by name: `ROOT/NAMESPACE/NAME`.
+pub const DEFAULT_CHECKPOINT_ROOT: &str = "/var/lib/podckpt/checkpoints";
 /// The runtime handler that runs podckpt-runc in the shipped containerd config.
 pub const RESTORE_HANDLER: &str = "podckpt";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -57,6 +59,12 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics on this loopback IP:PORT or unix:///PATH [default: off]
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Where checkpoints are kept by name, as ROOT/NAMESPACE/NAME [default: /var/lib/podckpt/checkpoints]
+    #[arg(long)]
+    pub checkpoint_root: Option<PathBuf>,
+    /// Restore a pod whose sandbox config carries podckpt.io/restore-from when the kubelet creates it [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub restore_from_annotation: Option<bool>,
 }
 
 /// How containers of one runtime handler are checkpointed.
@@ -132,6 +140,11 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// Prometheus metrics: a loopback IP:PORT or unix:///PATH; unset, off.
     pub metrics_listen: Option<String>,
+    /// Where checkpoints are kept by name: `ROOT/NAMESPACE/NAME`.
+    pub checkpoint_root: Option<PathBuf>,
+    /// Whether a pod annotated `podckpt.io/restore-from` is restored when
+    /// the kubelet creates it.
+    pub restore_from_annotation: Option<bool>,
     /// Extra uids allowed to call CheckpointPod and RestorePod.
     #[serde(default)]
     pub allowed_uids: Vec<u32>,
@@ -156,6 +169,8 @@ pub enum ConfigError {
     Endpoint(#[from] EndpointError),
     #[error("listen path {0} must be absolute")]
     RelativeListen(PathBuf),
+    #[error("{0} {1} must be an absolute path")]
+    RelativePath(&'static str, PathBuf),
     #[error("{0}")]
     Metrics(String),
 }
@@ -172,6 +187,11 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Where metrics are served; `None`, nothing is served and no call is counted.
     pub metrics_listen: Option<crate::metrics::server::Address>,
+    /// Where checkpoints are kept by name: `ROOT/NAMESPACE/NAME`.
+    pub checkpoint_root: PathBuf,
+    /// Whether RunPodSandbox and CreateContainer of a pod annotated
+    /// `podckpt.io/restore-from` restore it (see `pod::restore::by_annotation`).
+    pub restore_from_annotation: bool,
     pub access: AccessPolicy,
     /// Always has an entry for the default handler "".
     pub handlers: std::collections::BTreeMap<String, HandlerConfig>,
@@ -219,8 +239,21 @@ impl DaemonConfig {
             .or(file.metrics_listen)
             .map(|text| text.parse().map_err(ConfigError::Metrics))
             .transpose()?;
+        let checkpoint_root = args
+            .checkpoint_root
+            .clone()
+            .or(file.checkpoint_root)
+            .unwrap_or_else(|| DEFAULT_CHECKPOINT_ROOT.into());
+        if !checkpoint_root.is_absolute() {
+            return Err(ConfigError::RelativePath("checkpoint_root", checkpoint_root));
+        }
         Ok(Self {
             metrics_listen,
+            checkpoint_root,
+            restore_from_annotation: args
+                .restore_from_annotation
+                .or(file.restore_from_annotation)
+                .unwrap_or(false),
             state_dir: args
                 .state_dir
                 .clone()
@@ -328,6 +361,25 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(DaemonConfig::resolve(&args), Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn restore_by_annotation_is_off_unless_asked_for() {
+        let c = DaemonConfig::merge(&DaemonArgs::default(), FileConfig::default()).unwrap();
+        assert!(!c.restore_from_annotation);
+        assert_eq!(c.checkpoint_root, Path::new(DEFAULT_CHECKPOINT_ROOT));
+        let f = file("restore_from_annotation = true\ncheckpoint_root = \"/srv/ck\"\n");
+        let c = DaemonConfig::merge(&DaemonArgs::default(), f).unwrap();
+        assert!(c.restore_from_annotation);
+        assert_eq!(c.checkpoint_root, Path::new("/srv/ck"));
+        let args = DaemonArgs::parse_from(["podckptd", "--restore-from-annotation", "--checkpoint-root", "/x"]);
+        let c = DaemonConfig::merge(&args, file("restore_from_annotation = false\n")).unwrap();
+        assert!(c.restore_from_annotation);
+        let args = DaemonArgs::parse_from(["podckptd", "--checkpoint-root", "relative"]);
+        assert!(matches!(
+            DaemonConfig::merge(&args, FileConfig::default()),
+            Err(ConfigError::RelativePath(..))
+        ));
     }
 
     #[test]

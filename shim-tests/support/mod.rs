@@ -901,6 +901,42 @@ impl Drop for Pod {
     }
 }
 
+/// A sandbox a test made with raw calls (as a kubelet would), removed
+/// through `socket` when the guard goes, however the test ends.
+pub struct SandboxGuard {
+    pub id: String,
+    socket: PathBuf,
+}
+
+impl SandboxGuard {
+    pub fn new(socket: &Path, id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            socket: socket.to_owned(),
+        }
+    }
+}
+
+impl Drop for SandboxGuard {
+    fn drop(&mut self) {
+        remove_pod_blocking(&self.socket, &self.id);
+    }
+}
+
+/// Every container of a pod, in any state.
+pub async fn pod_containers(client: &mut Runtime, pod_id: &str) -> Vec<cri::Container> {
+    let filter = cri::ContainerFilter {
+        pod_sandbox_id: pod_id.into(),
+        ..Default::default()
+    };
+    client
+        .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+}
+
 /// Stops and removes a pod from a synchronous context (a Drop): Drop cannot
 /// await, a thread with its own runtime can.
 pub fn remove_pod_blocking(socket: &Path, id: &str) {

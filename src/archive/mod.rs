@@ -18,6 +18,7 @@ mod building;
 pub mod digest;
 pub mod durable;
 pub mod manifest;
+pub mod owned_path;
 pub mod record;
 pub mod rootfs_diff;
 pub mod seal;
@@ -134,6 +135,17 @@ pub fn write_json(path: &std::path::Path, value: &impl Serialize) -> Result<(), 
 pub fn create_private_dir(path: &std::path::Path) -> Result<(), ArchiveError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
+        .mode(DIR_MODE)
+        .create(path)
+        .map_err(ArchiveError::io(path))
+}
+
+/// Makes `path` and what is missing above it, mode 0700 from the start;
+/// an existing directory is left as it is.
+pub fn create_private_dir_all(path: &std::path::Path) -> Result<(), ArchiveError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
         .mode(DIR_MODE)
         .create(path)
         .map_err(ArchiveError::io(path))

@@ -21,7 +21,7 @@
 //! checkpoint for the next restore.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::statfs;
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use super::{ArchiveError, DIR_MODE, digest};
+use super::{ArchiveError, digest};
 
 /// Far more than a timestamp tick (1 to 10 ms).
 const RACY_NS: i128 = 100_000_000;
@@ -84,11 +84,7 @@ pub struct Seals {
 impl Seals {
     pub fn open(state_dir: &Path) -> Result<Self, ArchiveError> {
         let dir = state_dir.join("seals");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(&dir)
-            .map_err(ArchiveError::io(&dir))?;
+        super::create_private_dir_all(&dir)?;
         Ok(Self { dir })
     }
 

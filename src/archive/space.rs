@@ -20,6 +20,17 @@ pub fn available(dir: &Path) -> std::io::Result<Available> {
     })
 }
 
+/// The bytes of every regular file under `dir`, links not followed.
+pub fn tree_size(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Bytes for a person: B, KiB, MiB, GiB, TiB.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];

@@ -6,12 +6,21 @@ use std::time::Instant;
 use super::{CliError, Clients, Format, progress};
 use crate::api::cri;
 use crate::api::pod::CheckpointPodRequest;
+use crate::api::podckpt::{DeleteRequest, PrepareRequest};
+
+/// Where `checkpointp` writes.
+pub(super) enum Target {
+    /// A directory of the caller's, made if missing, or a new one here.
+    Dir(Option<PathBuf>),
+    /// By name, under podckptd's checkpoint root, in the pod's namespace.
+    Named(String),
+}
 
 pub(super) async fn run(
     clients: &Clients,
     format: Format,
     pod: &str,
-    dir: Option<PathBuf>,
+    target: Target,
     options: &[String],
     containers: Vec<String>,
 ) -> Result<(), CliError> {
@@ -29,7 +38,22 @@ pub(super) async fn run(
     } else {
         containers
     };
-    let dir = prepare_dir(dir, &pod)?;
+    let (dir, named) = match target {
+        Target::Dir(dir) => (prepare_dir(dir, &pod)?, None),
+        Target::Named(name) => {
+            let prepared = clients
+                .checkpoints
+                .clone()
+                .prepare(clients.request(PrepareRequest {
+                    pod_sandbox_id: pod.clone(),
+                    name: name.clone(),
+                }))
+                .await
+                .map_err(CliError::call("Checkpoints/Prepare"))?
+                .into_inner();
+            (PathBuf::from(prepared.path), Some((prepared.namespace, name)))
+        }
+    };
     progress(
         format,
         format_args!("Checkpointing pod {} into {} ...", super::short(&pod), dir.display()),
@@ -41,20 +65,36 @@ pub(super) async fn run(
         container_ids: containers,
         options,
     };
-    clients
+    let checkpointed = clients
         .pods
         .clone()
         .checkpoint_pod(clients.request(request))
         .await
-        .map_err(CliError::call("CheckpointPod"))?;
+        .map_err(CliError::call("CheckpointPod"));
+    if let (Err(_), Some((namespace, name))) = (&checkpointed, &named) {
+        // CheckpointPod left the directory empty; the name is free again.
+        let _ = clients
+            .checkpoints
+            .clone()
+            .delete(clients.request(DeleteRequest {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            }))
+            .await;
+    }
+    checkpointed?;
     let seconds = started.elapsed().as_secs_f64();
-    let bytes = super::inspect::tree_size(&dir);
+    let bytes = crate::archive::space::tree_size(&dir);
     let freeze_ms = super::inspect::freeze_ms(&dir);
     match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::json!({"pod_sandbox_id": pod, "checkpoint": dir, "seconds": seconds, "bytes": bytes, "freeze_ms": freeze_ms})
-        ),
+        Format::Json => {
+            let mut report = serde_json::json!({"pod_sandbox_id": pod, "checkpoint": dir, "seconds": seconds, "bytes": bytes, "freeze_ms": freeze_ms});
+            if let Some((namespace, name)) = &named {
+                report["namespace"] = namespace.as_str().into();
+                report["name"] = name.as_str().into();
+            }
+            println!("{report}")
+        }
         Format::Table => {
             progress(
                 format,

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use super::{CliError, Format};
-use crate::archive::space::human;
+use crate::archive::space::{human, tree_size};
 use crate::archive::{self, Manifest, PodOptions};
 
 /// How long the checkpoint in `dir` froze its pod, from its manifest.
@@ -87,15 +87,4 @@ pub(super) fn run(format: Format, dir: &Path) -> Result<(), CliError> {
 pub(super) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, CliError> {
     let bytes = std::fs::read(path).map_err(CliError::io(path))?;
     serde_json::from_slice(&bytes).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
-}
-
-/// Bytes of every regular file under `dir`.
-pub(super) fn tree_size(dir: &Path) -> u64 {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
 }

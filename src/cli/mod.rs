@@ -3,6 +3,7 @@
 mod checkpoint;
 pub(crate) mod configs;
 mod inspect;
+mod named;
 mod preflight;
 mod restore;
 mod transfer;
@@ -15,6 +16,7 @@ use tonic::transport::Channel;
 
 use crate::api::cri::runtime_service_client::RuntimeServiceClient;
 use crate::api::pod::runtime_service_client::RuntimeServiceClient as PodClient;
+use crate::api::podckpt::checkpoints_client::CheckpointsClient;
 use crate::api::podckpt::preflight_client::PreflightClient;
 use crate::endpoint::UnixEndpoint;
 
@@ -52,8 +54,11 @@ pub enum Command {
         /// Pod sandbox ID (or a unique prefix)
         pod: String,
         /// Output directory; created if missing, must be empty [default: ./podckpt-POD-TIME]
-        #[arg(short = 'o', long = "output-dir")]
+        #[arg(short = 'o', long = "output-dir", conflicts_with = "name")]
         dir: Option<PathBuf>,
+        /// Keep it by name, under podckptd's checkpoint root as NAMESPACE/NAME (the pod's namespace): what a pod's podckpt.io/restore-from annotation names
+        #[arg(long)]
+        name: Option<String>,
         /// Checkpoint option KEY=VALUE (podckpt.io/tcp-established, podckpt.io/file-locks, podckpt.io/tcp-skip-in-flight)
         #[arg(long = "option", value_name = "KEY=VALUE")]
         options: Vec<String>,
@@ -92,6 +97,20 @@ pub enum Command {
         /// Output format, as crictl's -o (the same as --output)
         #[arg(short = 'o', value_enum, value_name = "FORMAT")]
         format: Option<Format>,
+    },
+    /// List the checkpoints kept by name under podckptd's checkpoint root
+    Checkpoints {
+        /// Only this namespace's
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+    },
+    /// Remove a checkpoint kept by name
+    Rmcp {
+        /// Its namespace
+        #[arg(long, short = 'n')]
+        namespace: String,
+        /// Its name
+        name: String,
     },
     /// Show what a checkpoint holds and whether its checksums hold
     Inspectcp {
@@ -174,11 +193,12 @@ fn short(id: &str) -> &str {
     id.char_indices().nth(13).map_or(id, |(end, _)| &id[..end])
 }
 
-/// Clients of podckptd: the pod calls, its own pre-flight check and the
-/// ordinary CRI through it.
+/// Clients of podckptd: the pod calls, its own services (the pre-flight
+/// check, checkpoints by name) and the ordinary CRI through it.
 struct Clients {
     pods: PodClient<Channel>,
     preflight: PreflightClient<Channel>,
+    checkpoints: CheckpointsClient<Channel>,
     runtime: RuntimeServiceClient<Channel>,
     timeout: Duration,
 }
@@ -204,6 +224,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let clients = Clients {
         pods: PodClient::new(channel.clone()),
         preflight: PreflightClient::new(channel.clone()),
+        checkpoints: CheckpointsClient::new(channel.clone()),
         runtime: crate::cri_client::runtime(endpoint.path()),
         timeout: Duration::from_secs(cli.timeout),
     };
@@ -211,9 +232,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Checkpointp {
             pod,
             dir,
+            name,
             options,
             containers,
-        } => checkpoint::run(&clients, cli.output, &pod, dir, &options, containers).await,
+        } => {
+            let target = match name {
+                Some(name) => checkpoint::Target::Named(name),
+                None => checkpoint::Target::Dir(dir),
+            };
+            checkpoint::run(&clients, cli.output, &pod, target, &options, containers).await
+        }
+        Command::Checkpoints { namespace } => named::list(&clients, cli.output, namespace).await,
+        Command::Rmcp { namespace, name } => named::remove(&clients, cli.output, namespace, name).await,
         Command::Restorep {
             dir,
             config,
@@ -272,6 +302,7 @@ mod tests {
         assert!(matches!(cli.command, Command::Import { ref paths, .. } if paths.len() == 2));
         assert_eq!(cli.output, Format::Json);
         assert!(Cli::try_parse_from(["podckpt", "import", "a", "b", "c"]).is_err());
+        assert!(Cli::try_parse_from(["podckpt", "checkpointp", "abc", "--name", "warm", "-o", "dir"]).is_err());
         let cli = Cli::try_parse_from(["podckpt", "preflight", "abc", "-o", "json"]).unwrap();
         assert!(matches!(
             cli.command,

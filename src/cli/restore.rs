@@ -22,6 +22,7 @@ pub(super) async fn run(
     runtime_handler: String,
     start: bool,
 ) -> Result<(), CliError> {
+    warn_if_a_kubelet_runs();
     let dir = dir.canonicalize().map_err(CliError::io(dir))?;
     let options: PodOptions = read_json(&dir.join(archive::POD_OPTIONS))?;
     let pod_config = match (config, name) {
@@ -117,4 +118,25 @@ pub(super) async fn run(
         }
     }
     Ok(())
+}
+
+/// A kubelet removes, within its 2-second housekeeping, every sandbox whose
+/// pod it did not create ("Clean up containers for orphaned pod we had not
+/// seen before"), so a pod that RestorePod makes beside one does not live.
+/// Said on stderr whatever the output format, since it is not the output.
+fn warn_if_a_kubelet_runs() {
+    if let Some(pid) = running("kubelet") {
+        eprintln!(
+            "warning: a kubelet runs on this node (pid {pid}); it removes within seconds every pod it did not create itself, as this one will be. For a pod the kubelet keeps, let the kubelet create it with the annotation podckpt.io/restore-from: NAME (checkpoint it with `podckpt checkpointp --name NAME`)"
+        );
+    }
+}
+
+/// The pid of a process of this node whose command name is `name`.
+fn running(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == name))
 }

@@ -52,12 +52,7 @@ pub struct RestoreToken {
 impl RestoreToken {
     /// Writes the token into `dir` (created 0700); returns its path.
     pub fn write(&self, dir: &Path) -> Result<PathBuf, ArchiveError> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(archive::DIR_MODE)
-            .create(dir)
-            .map_err(ArchiveError::io(dir))?;
+        archive::create_private_dir_all(dir)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()

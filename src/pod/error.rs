@@ -15,6 +15,10 @@ pub enum PodError {
     FailedPrecondition(String),
     #[error("{0}")]
     PermissionDenied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     /// Another call holds what this one needs: the pod, or the output directory.
     #[error("{0}")]
     Busy(String),
@@ -54,6 +58,8 @@ impl From<PodError> for Status {
             PodError::InvalidArgument(_) => Code::InvalidArgument,
             PodError::FailedPrecondition(_) => Code::FailedPrecondition,
             PodError::PermissionDenied(_) => Code::PermissionDenied,
+            PodError::NotFound(_) => Code::NotFound,
+            PodError::AlreadyExists(_) => Code::AlreadyExists,
             PodError::Busy(_) => Code::Aborted,
             PodError::Runtime { status, .. } => status.code(),
             PodError::DeadlineExceeded { .. } => Code::DeadlineExceeded,

@@ -4,10 +4,12 @@
 
 pub(crate) mod capture;
 mod checkpoint;
+mod checkpoints;
 mod contract;
 pub mod error;
 mod housekeeping;
 pub mod journal;
+pub mod named;
 pub mod options;
 mod preflight;
 mod restore;
@@ -24,10 +26,11 @@ use tracing::{info, warn};
 
 use crate::api::cri::runtime_service_client::RuntimeServiceClient;
 use crate::api::pod::{
-    CheckpointPodRequest, CheckpointPodResponse, RestorePodRequest, RestorePodResponse,
+    CheckpointPodRequest, CheckpointPodResponse, CreateContainerRequestBytes, CreateContainerResponse,
+    RestorePodRequest, RestorePodResponse, RunPodSandboxRequestBytes, RunPodSandboxResponse,
     runtime_service_server::RuntimeService,
 };
-use crate::api::{CHECKPOINT_POD_PATH, RESTORE_POD_PATH};
+use crate::api::{CHECKPOINT_POD_PATH, CREATE_CONTAINER_PATH, RESTORE_POD_PATH, RUN_POD_SANDBOX_PATH};
 use crate::archive::Seals;
 use crate::backend;
 use crate::backend::Checkpointer;
@@ -35,6 +38,8 @@ use crate::config::{AccessPolicy, DaemonConfig, HandlerConfig};
 use crate::metrics::Metrics;
 use error::PodError;
 use journal::Journal;
+
+pub use restore::answers as restore_answers;
 
 /// The caller's credentials from its Unix socket, attached to each request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +88,11 @@ struct Inner {
     metrics: Metrics,
     /// How fast this node has checkpointed, for the pre-flight estimate.
     rates: preflight::rates::DumpRates,
+    /// Checkpoints kept by name: `checkpoint_root/NAMESPACE/NAME`.
+    named: named::NamedCheckpoints,
+    /// Whether a pod annotated `podckpt.io/restore-from` is restored when
+    /// the kubelet creates it.
+    restore_from_annotation: bool,
 }
 
 fn pod_key(pod: &str) -> String {
@@ -139,6 +149,8 @@ impl PodService {
             recovery: Arc::new(tokio::sync::RwLock::new(())),
             metrics,
             rates: preflight::rates::DumpRates::open(&config.state_dir),
+            named: named::NamedCheckpoints::new(&config.checkpoint_root),
+            restore_from_annotation: config.restore_from_annotation,
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -322,5 +334,38 @@ impl RuntimeService for PodService {
             })
             .await?;
         Ok(Response::new(restored))
+    }
+
+    /// Only ever given a pod annotated `podckpt.io/restore-from` (the
+    /// router sends every other to the runtime).
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<RunPodSandboxRequestBytes>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        self.authorize(&request, "RunPodSandbox with podckpt.io/restore-from")?;
+        self.tidy_in_background();
+        let deadline = crate::deadline::grpc_timeout(&request.metadata().clone().into_headers());
+        let this = self.clone();
+        let created = self
+            .detached(RUN_POD_SANDBOX_PATH, async move {
+                this.run_annotated_sandbox(deadline, request.into_inner()).await
+            })
+            .await?;
+        Ok(Response::new(created))
+    }
+
+    /// As `run_pod_sandbox`: a container of an annotated pod.
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequestBytes>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        self.authorize(&request, "CreateContainer with podckpt.io/restore-from")?;
+        let this = self.clone();
+        let created = self
+            .detached(CREATE_CONTAINER_PATH, async move {
+                this.create_annotated_container(request.into_inner()).await
+            })
+            .await?;
+        Ok(Response::new(created))
     }
 }

@@ -53,6 +53,28 @@ pub async fn pump(mut recv: RecvStream, mut send: SendStream<Bytes>) -> Result<O
     result
 }
 
+/// Reads a request body whole; trailers (a gRPC request has none) are
+/// dropped. Window capacity is released as it arrives.
+pub async fn read_whole(mut recv: RecvStream) -> Result<Bytes, h2::Error> {
+    let mut whole = bytes::BytesMut::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk?;
+        recv.flow_control().release_capacity(chunk.len())?;
+        whole.extend_from_slice(&chunk);
+    }
+    Ok(whole.freeze())
+}
+
+/// Sends `body`, a request read whole, as far as flow control allows, and
+/// ends the stream; an error resets it.
+pub async fn send_whole(mut send: SendStream<Bytes>, body: Bytes) -> Result<(), h2::Error> {
+    let result = send_data(&mut send, body, true).await;
+    if let Err(err) = &result {
+        send.send_reset(reason(err));
+    }
+    result
+}
+
 /// Writes an `http_body::Body` (one of our own responses) to `send`, and
 /// returns the gRPC status code its trailers carried.
 pub async fn pump_body<B>(body: B, mut send: SendStream<Bytes>) -> Result<Option<Code>, h2::Error>

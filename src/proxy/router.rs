@@ -1,5 +1,8 @@
-//! Routes each call: the pod checkpoint paths to our own service, every
-//! other path, known to us or not, to the runtime below, byte for byte.
+//! Routes each call: the pod checkpoint paths and podckpt's own services to
+//! us, every other path, known to us or not, to the runtime below, byte for
+//! byte. While podckptd restores pods by annotation, RunPodSandbox and
+//! CreateContainer are read whole first: those of a pod annotated
+//! `podckpt.io/restore-from` are ours, every other goes on as it came.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -17,7 +20,8 @@ use tracing::warn;
 use super::outcome::{self, Ended};
 use super::relay::{self, RecvBody};
 use super::upstream::Upstream;
-use crate::api::{self, pod::runtime_service_server::RuntimeServiceServer, podckpt::preflight_server::PreflightServer};
+use crate::api::podckpt::{checkpoints_server::CheckpointsServer, preflight_server::PreflightServer};
+use crate::api::{self, pod::runtime_service_server::RuntimeServiceServer};
 use crate::deadline::grpc_timeout;
 use crate::metrics::Metrics;
 use crate::pod::{PeerCredentials, PodService};
@@ -30,10 +34,32 @@ pub struct Router {
 struct Inner {
     upstream: Upstream,
     own: RuntimeServiceServer<PodService>,
-    /// podckpt's own service beside the CRI.
+    /// podckpt's own services beside the CRI.
     preflight: PreflightServer<PodService>,
+    checkpoints: CheckpointsServer<PodService>,
+    /// Whether RunPodSandbox and CreateContainer are read before they are
+    /// passed on (podckptd restores pods by annotation).
+    inspect: bool,
     /// Kept only when served: with none, a call costs nothing more.
     metrics: Option<Metrics>,
+}
+
+/// How a call is served.
+enum Route {
+    /// The pod calls and podckpt's own services.
+    Own,
+    /// RunPodSandbox and CreateContainer while podckptd restores pods by
+    /// annotation: read whole, then ours or passed on.
+    Inspect,
+    /// Everything else: to the runtime, byte for byte.
+    Forward,
+}
+
+/// What goes up to the runtime: the caller's stream as it comes, or a
+/// request already read whole.
+enum Upload {
+    Stream(RecvStream),
+    Whole(Bytes),
 }
 
 impl Router {
@@ -41,6 +67,8 @@ impl Router {
     pub fn new(upstream: Upstream, pods: PodService, metrics: Option<Metrics>) -> Self {
         // Our own answers are small; the limits matter only for what callers send us.
         let preflight = PreflightServer::new(pods.clone());
+        let checkpoints = CheckpointsServer::new(pods.clone());
+        let inspect = pods.restores_by_annotation();
         let own = RuntimeServiceServer::new(pods)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
@@ -49,6 +77,8 @@ impl Router {
                 upstream,
                 own,
                 preflight,
+                checkpoints,
+                inspect,
                 metrics,
             }),
         }
@@ -63,11 +93,13 @@ impl Router {
     ) {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
-        let own = api::is_own_path(&path);
-        let result = if own {
-            self.serve_own(request, respond, peer).await
-        } else {
-            self.forward(request, respond).await
+        let (own, result) = match self.route(&path) {
+            Route::Own => (true, self.serve_own(request.map(RecvBody::new), respond, peer).await),
+            Route::Forward => {
+                let (parts, recv) = request.into_parts();
+                (false, self.forward(parts, Upload::Stream(recv), respond).await)
+            }
+            Route::Inspect => self.inspect(request, respond, peer).await,
         };
         let elapsed = started.elapsed();
         outcome::log(&path, own, &result, elapsed);
@@ -77,18 +109,56 @@ impl Router {
         }
     }
 
-    async fn serve_own(
+    fn route(&self, path: &str) -> Route {
+        if api::is_own_path(path) {
+            Route::Own
+        } else if self.inner.inspect && (path == api::RUN_POD_SANDBOX_PATH || path == api::CREATE_CONTAINER_PATH) {
+            Route::Inspect
+        } else {
+            Route::Forward
+        }
+    }
+
+    /// Reads the call whole, and serves it as ours if its pod asks for a
+    /// restore, else passes it on as it came; returns whether it was ours.
+    async fn inspect(
         &self,
         request: Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+        peer: Option<PeerCredentials>,
+    ) -> (bool, Result<Option<Ended>, h2::Error>) {
+        let (parts, recv) = request.into_parts();
+        let body = match relay::read_whole(recv).await {
+            Ok(body) => body,
+            Err(err) => return (false, Err(err)),
+        };
+        let ours = grpc_message(&body).is_some_and(|message| crate::pod::restore_answers(parts.uri.path(), message));
+        if ours {
+            let request = Request::from_parts(parts, http_body_util::Full::new(body));
+            (true, self.serve_own(request, respond, peer).await)
+        } else {
+            (false, self.forward(parts, Upload::Whole(body), respond).await)
+        }
+    }
+
+    async fn serve_own<B>(
+        &self,
+        mut request: Request<B>,
         mut respond: SendResponse<Bytes>,
         peer: Option<PeerCredentials>,
-    ) -> Result<Option<Ended>, h2::Error> {
-        let mut request = request.map(RecvBody::new);
+    ) -> Result<Option<Ended>, h2::Error>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
         if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
         }
-        let served = if request.uri().path().starts_with(api::OWN_SERVICE_PREFIX) {
+        let path = request.uri().path();
+        let served = if path.starts_with(api::PREFLIGHT_SERVICE) {
             self.inner.preflight.clone().oneshot(request).await
+        } else if path.starts_with(api::CHECKPOINTS_SERVICE) {
+            self.inner.checkpoints.clone().oneshot(request).await
         } else {
             self.inner.own.clone().oneshot(request).await
         };
@@ -115,13 +185,16 @@ impl Router {
     /// Relays the call to the runtime; returns the status the caller got.
     async fn forward(
         &self,
-        request: Request<RecvStream>,
+        mut parts: http::request::Parts,
+        upload: Upload,
         mut respond: SendResponse<Bytes>,
     ) -> Result<Option<Ended>, h2::Error> {
-        let deadline = grpc_timeout(request.headers());
-        let (mut parts, recv) = request.into_parts();
+        let deadline = grpc_timeout(&parts.headers);
         parts.uri = upstream_uri(parts.uri);
-        let request_done = recv.is_end_stream();
+        let request_done = match &upload {
+            Upload::Stream(recv) => recv.is_end_stream(),
+            Upload::Whole(body) => body.is_empty(),
+        };
         let (response, send) = match self
             .inner
             .upstream
@@ -138,10 +211,16 @@ impl Router {
         // The request body streams up while we wait for the answer; CRI calls
         // send theirs whole at once, so this finishes first in practice.
         let upload = async {
-            if !request_done {
-                // An upload error has already reset both streams; the answer
-                // side then sees the reset.
-                let _ = relay::pump(recv, send).await;
+            // An upload error has already reset both streams; the answer
+            // side then sees the reset.
+            match upload {
+                _ if request_done => {}
+                Upload::Stream(recv) => {
+                    let _ = relay::pump(recv, send).await;
+                }
+                Upload::Whole(body) => {
+                    let _ = relay::send_whole(send, body).await;
+                }
             }
         };
         let download = async {
@@ -207,6 +286,14 @@ fn send_status(respond: &mut SendResponse<Bytes>, status: tonic::Status) -> Resu
         .map(|_| Some(sent))
 }
 
+/// The one message of a unary gRPC request body, if it is one, whole and
+/// uncompressed: a flag byte, a 4-byte big-endian length, the message.
+fn grpc_message(body: &[u8]) -> Option<&[u8]> {
+    let (&compressed, rest) = body.split_first()?;
+    let (length, message) = rest.split_first_chunk::<4>()?;
+    (compressed == 0 && u32::from_be_bytes(*length) as usize == message.len()).then_some(message)
+}
+
 /// HTTP/2 needs a scheme and authority on every request; keep the caller's
 /// and fill in only what a minimal client left out.
 fn upstream_uri(uri: Uri) -> Uri {
@@ -224,6 +311,16 @@ fn upstream_uri(uri: Uri) -> Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unary_message_is_read_only_whole_and_uncompressed() {
+        assert_eq!(grpc_message(b"\0\0\0\0\x02hi"), Some(&b"hi"[..]));
+        assert_eq!(grpc_message(b"\0\0\0\0\0"), Some(&b""[..]));
+        assert_eq!(grpc_message(b"\x01\0\0\0\x02hi"), None);
+        assert_eq!(grpc_message(b"\0\0\0\0\x03hi"), None);
+        assert_eq!(grpc_message(b"\0\0\0\0\x01hi"), None);
+        assert_eq!(grpc_message(b"\0\0"), None);
+    }
 
     #[test]
     fn fills_in_only_what_is_missing() {

@@ -1,21 +1,14 @@
 //! Where an import writes: a directory that nobody but this user can
-//! change while root writes into it, emptied again (or removed, if the
+//! change while root writes into it (see `archive::owned_path`: the
+//! stream's names are the sender's), emptied again (or removed, if the
 //! import made it) unless the import commits.
-//!
-//! Why the whole path is checked: import runs as root, and the stream's
-//! names are the sender's. If another user could write the directory, or
-//! rename any directory above it, they could swap a part of the path for a
-//! symbolic link mid-import and have root write, or on failure delete,
-//! wherever it points. So every directory from `/` down must belong to root
-//! or to this user and be writable by no one else, unless it is sticky (as
-//! `/tmp` is), where others may not rename what is not theirs.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
 use super::StreamError;
+use crate::archive::owned_path::{self, Sticky};
 use crate::archive::{Building, create_private_dir, durable};
 
 pub(super) struct Destination {
@@ -103,32 +96,13 @@ fn canonical(path: &Path) -> Result<PathBuf, StreamError> {
     std::fs::canonicalize(path).map_err(StreamError::io(path.display().to_string()))
 }
 
-#[derive(PartialEq)]
-enum Sticky {
-    Allowed,
-    Refused,
-}
-
 /// Refuses `dir` (canonical) if anyone but root and this user could change
-/// it or any directory above it; `sticky` says whether `dir` itself may be
-/// writable by others with the sticky bit.
+/// it or any directory above it.
 fn check_path(dir: &Path, sticky_dir: Sticky) -> Result<(), StreamError> {
-    let me = nix::unistd::geteuid().as_raw();
-    for at in dir.ancestors() {
-        let meta = std::fs::metadata(at).map_err(StreamError::io(at.display().to_string()))?;
-        let owner_ok = meta.uid() == 0 || meta.uid() == me;
-        let others_write = meta.mode() & 0o022 != 0;
-        let sticky = meta.mode() & 0o1000 != 0;
-        let sticky_ok = sticky && (at != dir || sticky_dir == Sticky::Allowed);
-        let safe = owner_ok && (!others_write || sticky_ok);
-        if !safe {
-            return Err(StreamError::Destination(format!(
-                "{} is owned by uid {} with mode {:o}: another user could redirect what is written under it; import into a directory that only root can change",
-                at.display(),
-                meta.uid(),
-                meta.mode() & 0o7777
-            )));
-        }
+    match owned_path::changeable_by_others(dir, sticky_dir).map_err(StreamError::io(dir.display().to_string()))? {
+        None => Ok(()),
+        Some(why) => Err(StreamError::Destination(format!(
+            "{why}; import into a directory that only root can change"
+        ))),
     }
-    Ok(())
 }

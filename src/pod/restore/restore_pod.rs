@@ -1,0 +1,175 @@
+//! RestorePod: verify the checkpoint, and that the caller's configs describe
+//! the processes it holds, before anything exists; then create the sandbox
+//! and the containers from the caller's own configs, each marked for
+//! podckpt-runc to restore; undo everything if any step fails.
+
+use std::path::Path;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::time::Instant;
+use tracing::info;
+
+use super::super::error::PodError;
+use super::super::options;
+use super::verify::{VerifiedCheckpoint, VerifiedContainer};
+use super::{Created, PodService, lazy_pages, marker};
+use crate::api::cri;
+use crate::api::pod::{
+    CreateContainerRequestBytes, RestorePodRequest, RestorePodResponse, RestoredContainer, RunPodSandboxRequestBytes,
+};
+use crate::interposer::token::RestoreToken;
+
+/// How the wrapper is to restore each container: written into its token.
+struct How {
+    /// The handler's backend kind (its config's `backend`).
+    backend: String,
+    lazy_pages: bool,
+}
+
+impl PodService {
+    pub(in crate::pod) async fn restore(
+        &self,
+        deadline: Option<Duration>,
+        request: RestorePodRequest,
+    ) -> Result<RestorePodResponse, PodError> {
+        let started = Instant::now();
+        let limit = deadline.ok_or_else(|| {
+            PodError::InvalidArgument(
+                "RestorePod needs a deadline on the call: the CRI requires one, and a restore that is never cut off could leave a half-made pod".into(),
+            )
+        })?;
+        if request.config.is_empty() {
+            return Err(PodError::InvalidArgument(
+                "config (the new sandbox's PodSandboxConfig) is required".into(),
+            ));
+        }
+        let handler = &request.runtime_handler;
+        let backend = self.backend(handler, self.restore_backend(handler)?).await?;
+        let asked = options::parse_restore(&request.options)?.lazy_pages;
+        let lazy_pages = lazy_pages(&backend, handler, asked)?;
+        let restorer = self.restorer(handler, &backend).await?;
+        let checkpoint = self
+            .verify_checkpoint(Path::new(&request.checkpoint_path), restorer, &backend)
+            .await?;
+        let configs = request.container_configs.clone();
+        let containers = checkpoint.admit_all(&configs)?;
+        let checking_images = async {
+            for container in &containers {
+                self.check_image(container).await?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout_at(started + limit, checking_images)
+            .await
+            .unwrap_or(Err(PodError::DeadlineExceeded {
+                limit,
+                undone: "nothing was created",
+            }))?;
+        let verified_ms = started.elapsed().as_millis() as u64;
+
+        let mut created = Created::default();
+        let how = How {
+            backend: backend.config.backend.clone(),
+            lazy_pages,
+        };
+        let work = self.create_all(&request, &checkpoint, &containers, &how, &mut created, started);
+        let result = tokio::time::timeout_at(started + limit, work)
+            .await
+            .unwrap_or(Err(PodError::DeadlineExceeded {
+                limit,
+                undone: "the half-restored sandbox and its containers were removed",
+            }));
+        match result {
+            Ok(response) => {
+                info!(
+                    pod = %response.pod_sandbox_id,
+                    containers = response.restored_containers.len(),
+                    from = %checkpoint.root.display(),
+                    lazy_pages,
+                    verified_ms,
+                    sandbox_ms = created.sandbox_ms,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "pod restored (containers CREATED)"
+                );
+                Ok(response)
+            }
+            Err(err) => {
+                self.undo(created).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn create_all(
+        &self,
+        request: &RestorePodRequest,
+        checkpoint: &VerifiedCheckpoint,
+        containers: &[VerifiedContainer],
+        how: &How,
+        created: &mut Created,
+        started: Instant,
+    ) -> Result<RestorePodResponse, PodError> {
+        let state_dir = &self.inner.state_dir;
+        let sandbox_token = match &checkpoint.sandbox {
+            // The sandbox itself comes back from the image; its token names
+            // the pod by UID, as the sandbox's id does not exist yet.
+            Some(image) => Some(RestoreToken {
+                checkpoint: image.clone(),
+                sandbox_id: String::new(),
+                container_name: String::new(),
+                pod_uid: pod_uid(&request.config)?,
+                backend: how.backend.clone(),
+                lazy_pages: false,
+            }),
+            None => None,
+        };
+        let annotations =
+            marker::sandbox_annotations(state_dir, checkpoint.pid_floor, sandbox_token, &mut created.tokens)?;
+        let run = RunPodSandboxRequestBytes {
+            config: marker::annotate_sandbox(&request.config, annotations)?,
+            runtime_handler: request.runtime_handler.clone(),
+        };
+        let sandbox_id = self.create_sandbox(run, created).await?;
+        created.sandbox_ms = started.elapsed().as_millis() as u64;
+
+        let mut restored = Vec::new();
+        for container in containers {
+            let token = RestoreToken {
+                checkpoint: checkpoint.sandbox.clone().unwrap_or_else(|| container.folder.clone()),
+                sandbox_id: sandbox_id.clone(),
+                container_name: container.name.clone(),
+                pod_uid: String::new(),
+                backend: how.backend.clone(),
+                lazy_pages: how.lazy_pages,
+            };
+            let (token_path, marked) = marker::mark_container(state_dir, &token, &container.config)?;
+            created.tokens.push(token_path);
+            let create = CreateContainerRequestBytes {
+                pod_sandbox_id: sandbox_id.clone(),
+                config: marked,
+                sandbox_config: request.config.clone(),
+            };
+            let container_id = self.create_marked_container(&container.name, create).await?;
+            restored.push(RestoredContainer {
+                name: container.name.clone(),
+                container_id,
+            });
+        }
+        Ok(RestorePodResponse {
+            pod_sandbox_id: sandbox_id,
+            restored_containers: restored,
+        })
+    }
+}
+
+/// The UID of the pod an encoded PodSandboxConfig describes, which a
+/// sandbox restored whole is known by until it has an id.
+pub(super) fn pod_uid(config: &[u8]) -> Result<String, PodError> {
+    cri::PodSandboxConfig::decode(config)
+        .ok()
+        .and_then(|c| c.metadata)
+        .map(|m| m.uid)
+        .filter(|uid| !uid.is_empty())
+        .ok_or_else(|| PodError::InvalidArgument("config.metadata.uid is needed to restore a whole sandbox".into()))
+}
