@@ -18,6 +18,12 @@
 #                                leave nothing behind
 #   contrib/testbed.sh stop-daemon  stop node A's containerd alone; pods keep running
 #   contrib/testbed.sh up [containerd|crio]   install + images + start
+#   contrib/testbed.sh kubelet-start SOCKET
+#                                a kubelet 1.36 (../shared/bin), standalone, whose runtime is
+#                                the podckptd at SOCKET (static pods from its manifest dir)
+#   contrib/testbed.sh kubelet-stop
+#                                its pods stopped, the kubelet stopped, the host settings it
+#                                changed put back, its mounts gone
 #   contrib/testbed.sh env       print the variables the tests read
 #   PODCKPT_TESTBED_NODE=b contrib/testbed.sh start|stop|stop-daemon|restart|status
 #                                the same for node B's containerd alone
@@ -110,7 +116,7 @@ install_packages() {
     local trixie_pkgs=(containerd runc crun criu checkpointctl containernetworking-plugins
         golang-1.24-go golang-google-grpc-dev python3-pip python3-pycriu runsc
         conmon skopeo libseccomp2 libsqlite3-0)
-    local pkgs=(busybox-static protobuf-compiler iproute2 python3 python3.11 age zstd util-linux libcap2-bin)
+    local pkgs=(busybox-static protobuf-compiler iproute2 python3 python3.11 age zstd util-linux libcap2-bin curl)
     if have_all_packages; then
         log "packages already installed"
         return
@@ -142,7 +148,7 @@ EOF
 
 have_all_packages() {
     local b
-    for b in containerd ctr runc crun runsc conmon skopeo criu crit checkpointctl protoc busybox age age-keygen zstd ip setpriv capsh python3 "$GO" "$INTEROP_PYTHON_BASE"; do
+    for b in containerd ctr runc crun runsc conmon skopeo criu crit checkpointctl protoc busybox age age-keygen zstd ip setpriv capsh curl python3 "$GO" "$INTEROP_PYTHON_BASE"; do
         command -v "$b" >/dev/null || return 1
     done
     [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || return 1
@@ -417,8 +423,9 @@ cmd_stop() {
     fi
 }
 
-# Both nodes, node B first, and CRI-O with node A.
+# The kubelet, both nodes, node B first, and CRI-O with node A.
 cmd_stop_all() {
+    if kubelet_pid >/dev/null || [ -f "$KL_DIR/sysctls" ]; then cmd_kubelet_stop; fi
     (use_node b && stop_containerd)
     (use_node a && stop_containerd)
     rm -f "$FINGERPRINT_FILE"
@@ -493,6 +500,80 @@ stop_containerd() {
     log "node $NODE stopped"
 }
 
+# The test bed's kubelet: standalone, one at a time, in front of a podckptd
+# the caller runs. It changes three host sysctls (vm.overcommit_memory,
+# kernel.panic, kernel.panic_on_oops), saved here before it starts and put
+# back when it stops.
+KL_DIR="$TB_DIR_A/kubelet"
+KL_PIDFILE="$TB_RUN_A/kubelet.pid"
+KL_SYSCTLS="vm.overcommit_memory kernel.panic kernel.panic_on_oops"
+KL_HEALTHZ=http://127.0.0.1:10348/healthz
+KL_PODS=https://127.0.0.1:10350/pods
+
+kubelet_pid() {
+    [ -f "$KL_PIDFILE" ] || return 1
+    local pid; pid=$(cat "$KL_PIDFILE")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+cmd_kubelet_start() {
+    need_root
+    local socket=${1:-}
+    [ -S "$socket" ] || { log "kubelet-start needs podckptd's socket (got '${socket}')"; exit 2; }
+    [ -x "$SHARED_BIN/kubelet" ] || { log "no kubelet in $SHARED_BIN"; exit 1; }
+    # One at a time: a leftover is stopped first, its settings put back.
+    if kubelet_pid >/dev/null; then cmd_kubelet_stop; fi
+    rm -rf "$KL_DIR/manifests" "$KL_DIR/logs"
+    mkdir -p "$KL_DIR/manifests" "$KL_DIR/logs" "$KL_DIR/root" "$TB_RUN_A"
+    local key
+    for key in $KL_SYSCTLS; do echo "$key=$(sysctl -n "$key")"; done >"$KL_DIR/sysctls"
+    sed -e "s|@KL_DIR@|$KL_DIR|g" -e "s|@SOCKET@|$socket|g" "$HERE/testbed/kubelet-config.yaml" >"$KL_DIR/config.yaml"
+    : >"$KL_DIR/kubelet.log"
+    setsid "$SHARED_BIN/kubelet" --config "$KL_DIR/config.yaml" --root-dir "$KL_DIR/root" \
+        --cert-dir "$KL_DIR/root/pki" --hostname-override podckpt-node \
+        >>"$KL_DIR/kubelet.log" 2>&1 </dev/null &
+    echo $! >"$KL_PIDFILE"
+    local i
+    for i in $(seq 1 300); do
+        if curl -fs "$KL_HEALTHZ" >/dev/null 2>&1; then break; fi
+        kubelet_pid >/dev/null || { log "the kubelet died; see $KL_DIR/kubelet.log"; tail -20 "$KL_DIR/kubelet.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    curl -fs "$KL_HEALTHZ" >/dev/null || { log "the kubelet is not healthy; see $KL_DIR/kubelet.log"; exit 1; }
+    log "kubelet $(kubelet_pid) running on podckptd $socket, manifests in $KL_DIR/manifests"
+}
+
+# The pods the kubelet runs (its /pods, through its loopback port).
+kubelet_running_pods() {
+    curl -fsk "$KL_PODS" 2>/dev/null | python3 -c 'import json,sys
+print(sum(1 for p in json.load(sys.stdin).get("items") or [] for c in p.get("status", {}).get("containerStatuses") or [] if "running" in c.get("state", {})))' 2>/dev/null || echo 0
+}
+
+cmd_kubelet_stop() {
+    need_root
+    local pid
+    if pid=$(kubelet_pid); then
+        # Its pods first, while it runs: it stops what it started.
+        rm -f "$KL_DIR/manifests"/*
+        for _ in $(seq 1 300); do [ "$(kubelet_running_pods)" = 0 ] && break; sleep 0.1; done
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$KL_PIDFILE"
+    if [ -f "$KL_DIR/sysctls" ]; then
+        local setting
+        while read -r setting; do sysctl -qw "$setting" || true; done <"$KL_DIR/sysctls"
+        rm -f "$KL_DIR/sysctls"
+    fi
+    # The kubelet bind-mounts its root directory onto itself, and volumes below it.
+    local m
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done < <(
+        awk -v d="$KL_DIR" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo | sort -r)
+    rm -rf "$KL_DIR/root"
+    log "kubelet stopped"
+}
+
 # The same whichever node PODCKPT_TESTBED_NODE selects: node A's parts,
 # and node B's with the suffix _B.
 cmd_env() {
@@ -508,6 +589,8 @@ cmd_env() {
         echo "PODCKPT_TEST_RUNC_ROOT_B=$RUNC_ROOT"
     )
     echo "PODCKPT_TESTBED=$HERE/testbed.sh"
+    # The kubelet's static pod manifests and its log (kubelet-start).
+    echo "PODCKPT_TEST_KUBELET_DIR=$KL_DIR"
     # Where both nodes' "podckpt" runtime handler finds podckpt-runc.
     echo "PODCKPT_TESTBED_INTERPOSER=$BIN_DIR/podckpt-runc"
     # The interop tests' grpc-go client, and the interpreter (with grpcio)
@@ -527,6 +610,8 @@ case "${1:-}" in
     stop-daemon) need_root; if pid=$(running_pid); then kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; fi; rm -f "$PIDFILE" ;;
     up) cmd_install; cmd_images; cmd_start "${2:-}" ;;
     env) cmd_env ;;
+    kubelet-start) cmd_kubelet_start "${2:-}" ;;
+    kubelet-stop) cmd_kubelet_stop ;;
     status) if pid=$(running_pid); then echo "running pid $pid socket $SOCK"; else echo "stopped"; exit 3; fi ;;
-    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,25p' "$0" >&2; exit 2 ;;
 esac

@@ -290,11 +290,7 @@ async fn a_gvisor_pod_comes_back_whole_in_new_sandboxes() {
         }
         let (counter, writer) = (id_of("counter"), id_of("writer"));
         assert!(
-            Path::new(RUNSC_ROOT)
-                .join("podckpt-waiters")
-                .join(&counter)
-                .join(podckpt::interposer::RESTORE_RECORD)
-                .exists(),
+            support::was_restored(&counter),
             "the counter was started afresh, not restored"
         );
         let now = support::count(&mut client, &counter).await;

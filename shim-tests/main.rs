@@ -37,6 +37,7 @@ mod contract;
 mod crio;
 mod gvisor;
 mod interop;
+mod kubelet;
 mod lazy;
 mod lifecycle;
 mod operability;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod interop;
+pub mod kubelet;
 pub mod raw;
 pub mod unit;
 
@@ -866,14 +867,19 @@ pub async fn start_restored(shim: &Shim, cid: &str) {
 }
 
 /// Whether podckpt-runc restored the container (rather than the runtime
-/// starting its config's command): it leaves a record in the runtime's state.
+/// starting its config's command): it leaves a record in the runtime's state
+/// (for gVisor, beside its waiter).
 pub fn was_restored(container_id: &str) -> bool {
-    [RUNC_ROOT, CRIO_RUNC_ROOT, NODE_B_RUNC_ROOT].iter().any(|root| {
-        Path::new(root)
-            .join(container_id)
-            .join(podckpt::interposer::RESTORE_RECORD)
-            .exists()
-    })
+    let gvisor = Path::new(RUNSC_ROOT).join("podckpt-waiters");
+    [RUNC_ROOT, CRIO_RUNC_ROOT, NODE_B_RUNC_ROOT]
+        .iter()
+        .map(Path::new)
+        .chain([gvisor.as_path()])
+        .any(|root| {
+            root.join(container_id)
+                .join(podckpt::interposer::RESTORE_RECORD)
+                .exists()
+        })
 }
 
 /// Where the test bed's containerd looks for podckpt-runc (its "podckpt"

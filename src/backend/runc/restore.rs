@@ -65,6 +65,10 @@ impl OciRuntimeCheckpointer {
             .status()
             .map_err(|e| RestoreError::Io(format!("running {}: {e}", runtime.display())));
         let engine_seconds = started.elapsed().as_secs_f64();
+        let _ = std::fs::copy(
+            work.join("restore.log"),
+            format!("/tmp/restore-{}.log", std::process::id()),
+        );
         let status = match (status, supervisor) {
             (Ok(status), Some(supervisor)) if status.success() => {
                 supervisor.hand_over(self.init_pid(request)?)?;
