@@ -10,15 +10,20 @@
 #   contrib/demo.sh --move     the pod moves to the test bed's node B (its own containerd and
 #                              podckptd): exported encrypted to node B's key, imported, restored
 #                              there, while node A's pod keeps running
+#   contrib/demo.sh --kubelet  a real kubelet (1.36.2, standalone) runs the counter pod from its
+#                              manifest; it is checkpointed by name, and its manifest replaced by
+#                              one annotated podckpt.io/restore-from: the kubelet's own pod comes
+#                              back restored and counts on
 set -euo pipefail
 cd "$(dirname "$0")/.."
-handler="" restore_handler=podckpt config=/dev/null runtime=containerd move=""
+handler="" restore_handler=podckpt config=/dev/null runtime=containerd move="" kubelet=""
 case "${1:-}" in
     --gvisor) handler=gvisor restore_handler=gvisor ;;
     --crio) runtime=crio ;;
     --move) move=1 ;;
+    --kubelet) kubelet=1 ;;
     "") ;;
-    *) echo "usage: $0 [--crio | --gvisor | --move]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--crio | --gvisor | --move | --kubelet]" >&2; exit 2 ;;
 esac
 # The packages first: building podckpt needs protoc.
 bash contrib/testbed.sh install
@@ -37,6 +42,11 @@ if [ -n "$handler" ]; then
     config="$work/config.toml"
     printf '[handlers.gvisor]\nbackend = "runsc"\nruntime = "runsc"\nroot = "/run/podckpt-testbed/runsc/k8s.io"\nrestore = true\n' >"$config"
 fi
+if [ -n "$kubelet" ]; then
+    # The node restores pods by annotation, from checkpoints kept by name.
+    config="$work/config.toml"
+    printf 'restore_from_annotation = true\ncheckpoint_root = "%s"\n' "$work/checkpoints" >"$config"
+fi
 endpoint=$PODCKPT_TEST_CONTAINERD
 # CRI-O's "podckpt" handler runs the same podckpt-runc; podckptd reads each
 # handler's runc root from the runtime it fronts.
@@ -47,6 +57,8 @@ shim=$!
 pods=() pods_b=() shim_b=""
 sock_b="$work/node-b.sock"
 cleanup() {
+    # The kubelet stops its pods when it stops; what it made is removed next.
+    if [ -n "$kubelet" ]; then bash contrib/testbed.sh kubelet-stop || true; fi
     for p in "${pods[@]}"; do ./target/release/examples/counter_pod rmp "$sock" "$p" 2>/dev/null || true; done
     for p in "${pods_b[@]}"; do ./target/release/examples/counter_pod rmp "$sock_b" "$p" 2>/dev/null || true; done
     kill -TERM "$shim" 2>/dev/null && wait "$shim" || true
@@ -68,6 +80,64 @@ for _ in $(seq 1 100); do [ -S "$sock" ] && { [ -z "$move" ] || [ -S "$sock_b" ]
 podckpt() { ./target/release/podckpt --runtime-endpoint "unix://$sock" "$@"; }
 podckpt_b() { ./target/release/podckpt --runtime-endpoint "unix://$sock_b" "$@"; }
 counter() { ./target/release/examples/counter_pod "$@"; }
+
+if [ -n "$kubelet" ]; then
+    manifests="$PODCKPT_TEST_KUBELET_DIR/manifests"
+    bash contrib/testbed.sh kubelet-start "$sock"
+    echo "== a kubelet (1.36.2, standalone) runs the counter pod from its manifest, through podckptd"
+    # The counter's manifest; with a name, annotated to restore from that checkpoint.
+    manifest() {
+        cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: counter
+  namespace: default${1:+
+  annotations:
+    podckpt.io/restore-from: $1}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: counter
+    image: $PODCKPT_TEST_BUSYBOX_IMAGE
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "i=0; while :; do i=\$((i+1)); echo \$i > /tmp/count; echo count \$i; sleep 1; done"]
+    livenessProbe:
+      exec:
+        command: ["cat", "/tmp/count"]
+      periodSeconds: 2
+EOF
+    }
+    # Whole or not at all: the kubelet passes over hidden files.
+    place() { manifest "$@" >"$manifests/.counter.yaml" && mv "$manifests/.counter.yaml" "$manifests/counter.yaml"; }
+    place
+    cat "$manifests/counter.yaml"
+    read -r pod cid _ < <(counter find "$sock" counter-podckpt-node)
+    pods+=("$pod")
+    sleep 5
+    echo "counter = $(counter count "$sock" "$cid")"
+    echo "== podckpt checkpointp POD --name warm: kept by name, in the pod's namespace"
+    podckpt checkpointp "$pod" --name warm
+    podckpt checkpoints
+    echo "== the manifest is replaced by one that names the checkpoint"
+    before=$(counter count "$sock" "$cid")
+    rm "$manifests/counter.yaml"
+    while [ "$(counter find "$sock" counter-podckpt-node 2>/dev/null | cut -d' ' -f1)" = "$pod" ]; do sleep 0.5; done
+    place warm
+    grep -A1 annotations "$manifests/counter.yaml"
+    read -r new_pod new_cid attempt < <(counter find "$sock" counter-podckpt-node)
+    pods+=("$new_pod")
+    echo "the kubelet's new pod $new_pod, container $new_cid (attempt $attempt)"
+    for _ in 1 2 3; do
+        echo "counter = $(counter count "$sock" "$new_cid")  (was $before when the old pod went)"
+        sleep 1
+    done
+    sleep 10
+    read -r still_pod still_cid attempt < <(counter find "$sock" counter-podckpt-node)
+    echo "10 s later the kubelet keeps it: pod $still_pod, container $still_cid, attempt $attempt"
+    echo "counter = $(counter count "$sock" "$still_cid")"
+    exit 0
+fi
 
 echo "== a counter pod, through podckptd in front of $runtime${handler:+ (runtime handler $handler)}"
 read -r pod cid < <(counter run "$sock" "$PODCKPT_TEST_BUSYBOX_IMAGE" "$handler")

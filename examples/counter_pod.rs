@@ -3,6 +3,8 @@
 //!   counter_pod run SOCKET IMAGE    starts a counter pod, prints "POD_ID CONTAINER_ID"
 //!   counter_pod count SOCKET CID    prints the counter's current value
 //!   counter_pod rmp SOCKET POD_ID   stops and removes a pod
+//!   counter_pod find SOCKET NAME    waits (up to 90 s) for a ready pod NAME with a running
+//!                                   container, prints "POD_ID CONTAINER_ID ATTEMPT"
 
 use anyhow::{Context, bail};
 use podckpt::api::cri;
@@ -13,7 +15,7 @@ const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo c
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(verb), Some(socket)) = (args.first(), args.get(1)) else {
-        bail!("usage: counter_pod run SOCKET IMAGE [HANDLER] | count SOCKET CONTAINER | rmp SOCKET POD");
+        bail!("usage: counter_pod run SOCKET IMAGE [HANDLER] | count SOCKET CONTAINER | rmp SOCKET POD | find SOCKET NAME");
     };
     let arg = args.get(2).context("missing argument")?;
     let mut rt = podckpt::cri_client::runtime(std::path::Path::new(socket));
@@ -102,6 +104,35 @@ async fn main() -> anyhow::Result<()> {
                 pod_sandbox_id: arg.clone(),
             })
             .await?;
+        }
+        "find" => {
+            let started = std::time::Instant::now();
+            loop {
+                let pods = rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
+                let ready = pods.iter().filter(|p| {
+                    p.state == cri::PodSandboxState::SandboxReady as i32
+                        && p.metadata.as_ref().is_some_and(|m| &m.name == arg)
+                });
+                for pod in ready {
+                    let filter = cri::ContainerFilter {
+                        pod_sandbox_id: pod.id.clone(),
+                        state: Some(cri::ContainerStateValue {
+                            state: cri::ContainerState::ContainerRunning as i32,
+                        }),
+                        ..Default::default()
+                    };
+                    let request = cri::ListContainersRequest { filter: Some(filter) };
+                    if let Some(c) = rt.list_containers(request).await?.into_inner().containers.first() {
+                        let attempt = c.metadata.as_ref().map_or(0, |m| m.attempt);
+                        println!("{} {} {attempt}", pod.id, c.id);
+                        return Ok(());
+                    }
+                }
+                if started.elapsed() > std::time::Duration::from_secs(90) {
+                    bail!("no ready pod {arg} with a running container");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
         }
         other => bail!("unknown verb {other}"),
     }
