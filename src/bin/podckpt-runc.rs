@@ -46,18 +46,25 @@ fn main() -> ExitCode {
             let _ = std::fs::remove_file(marker);
             ExitCode::SUCCESS
         }
-        Action::Restore { create, token } => report(&create, interposer::restore(&runtime, &inv, &create, &token)),
+        Action::Restore { create, token } => {
+            report(&inv, &create, interposer::restore(&runtime, &inv, &create, &token))
+        }
         Action::RestoreHeld { create, token } => {
-            report(&create, interposer::restore_held(&runtime, &inv, &create, &token))
+            report(&inv, &create, interposer::restore_held(&runtime, &inv, &create, &token))
         }
         Action::CreateAbovePidFloor { create, floor } => report(
+            &inv,
             &create,
             interposer::pid_floor::create(&runtime, &args, &inv, &create, floor),
         ),
     }
 }
 
-fn report(create: &cli::Create, result: Result<(), interposer::InterposerError>) -> ExitCode {
+/// The outcome as the shim sees it: the exit code, and our reason on
+/// stderr and as the runtime log's last error, which is what containerd's
+/// runc shim puts in its answer (the kubelet's event), where runc's own
+/// last words ("container does not exist") would say nothing.
+fn report(inv: &cli::Invocation, create: &cli::Create, result: Result<(), interposer::InterposerError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // The runtime has reported its own failure; its exit code stands.
@@ -65,7 +72,9 @@ fn report(create: &cli::Create, result: Result<(), interposer::InterposerError>)
             ExitCode::from(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1))
         }
         Err(err) => {
-            eprintln!("podckpt-runc: restoring {}: {err}", create.id.to_string_lossy());
+            let message = format!("podckpt-runc: restoring {}: {err}", create.id.to_string_lossy());
+            eprintln!("{message}");
+            cli::log_error(inv, &message);
             ExitCode::FAILURE
         }
     }

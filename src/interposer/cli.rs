@@ -21,6 +21,11 @@ pub struct Invocation {
     /// The global flags, exactly as given.
     pub global: Vec<OsString>,
     pub root: Option<OsString>,
+    /// Where the runtime is to log (`--log`), and whether as JSON lines
+    /// (`--log-format json`): containerd's runc shim reports a failed
+    /// command's last error-level line from there.
+    pub log: Option<OsString>,
+    pub log_json: bool,
     pub command: Option<OsString>,
     /// The command's own arguments, exactly as given.
     pub rest: Vec<OsString>,
@@ -53,16 +58,19 @@ pub fn parse(args: &[OsString]) -> Invocation {
             break;
         }
         inv.global.push(args[i].clone());
-        if GLOBAL_WITH_VALUE.contains(&flag) && inline.is_none() {
+        let value = if GLOBAL_WITH_VALUE.contains(&flag) && inline.is_none() {
             i += 1;
-            if let Some(value) = args.get(i) {
-                inv.global.push(value.clone());
-                if flag == "--root" {
-                    inv.root = Some(value.clone());
-                }
-            }
-        } else if flag == "--root" {
-            inv.root = inline.map(OsString::from);
+            let value = args.get(i).cloned();
+            inv.global.extend(value.clone());
+            value
+        } else {
+            inline.map(OsString::from)
+        };
+        match flag {
+            "--root" => inv.root = value,
+            "--log" => inv.log = value,
+            "--log-format" => inv.log_json = value.is_some_and(|v| v == "json"),
+            _ => {}
         }
         i += 1;
     }
@@ -107,6 +115,23 @@ pub fn parse_create(rest: &[OsString]) -> Option<Create> {
     Some(create)
 }
 
+/// Appends `message` as an error to the runtime's log, as runc writes one
+/// (logrus, JSON or text), so that a shim that reports the runtime's last
+/// logged error reports ours, not what runc logged before it.
+pub fn log_error(inv: &Invocation, message: &str) {
+    use std::io::Write;
+    let Some(path) = &inv.log else { return };
+    let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    let line = if inv.log_json {
+        serde_json::json!({"level": "error", "msg": message, "time": time}).to_string()
+    } else {
+        format!("time={time:?} level=error msg={message:?}")
+    };
+    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).create(true).open(path) {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +157,8 @@ mod tests {
             "abc",
         ]));
         assert_eq!(inv.root.as_deref(), Some(OsStr::new("/run/containerd/runc/k8s.io")));
+        assert_eq!(inv.log.as_deref(), Some(OsStr::new("/x/log.json")));
+        assert!(inv.log_json);
         assert_eq!(inv.command.as_deref(), Some(OsStr::new("create")));
         assert_eq!(inv.global.len(), 6);
         let create = parse_create(&inv.rest).unwrap();
@@ -139,6 +166,35 @@ mod tests {
         assert_eq!(create.pid_file.as_deref(), Some(OsStr::new("/b/init.pid")));
         assert_eq!(create.id, "abc");
         assert!(!create.no_pivot);
+    }
+
+    #[test]
+    fn an_error_is_logged_where_the_shim_reads_the_runtimes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.json");
+        std::fs::write(&log, "{\"level\":\"error\",\"msg\":\"container does not exist\"}\n").unwrap();
+        let inv = parse(&os(&[
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format=json",
+            "create",
+            "x",
+        ]));
+        log_error(&inv, "podckpt-runc: restoring x: \"why\"");
+        let last: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().last().unwrap()).unwrap();
+        assert_eq!(
+            (last["level"].as_str(), last["msg"].as_str()),
+            (Some("error"), Some("podckpt-runc: restoring x: \"why\""))
+        );
+        let text = dir.path().join("log");
+        let inv = parse(&os(&["--log", text.to_str().unwrap(), "create", "x"]));
+        log_error(&inv, "why");
+        assert!(
+            std::fs::read_to_string(&text)
+                .unwrap()
+                .contains("level=error msg=\"why\"")
+        );
     }
 
     #[test]
