@@ -15,7 +15,9 @@ const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo c
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(verb), Some(socket)) = (args.first(), args.get(1)) else {
-        bail!("usage: counter_pod run SOCKET IMAGE [HANDLER] | count SOCKET CONTAINER | rmp SOCKET POD | find SOCKET NAME");
+        bail!(
+            "usage: counter_pod run SOCKET IMAGE [HANDLER] | count SOCKET CONTAINER | rmp SOCKET POD | find SOCKET NAME"
+        );
     };
     let arg = args.get(2).context("missing argument")?;
     let mut rt = podckpt::cri_client::runtime(std::path::Path::new(socket));
@@ -108,7 +110,11 @@ async fn main() -> anyhow::Result<()> {
         "find" => {
             let started = std::time::Instant::now();
             loop {
-                let pods = rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
+                let pods = rt
+                    .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+                    .await?
+                    .into_inner()
+                    .items;
                 let ready = pods.iter().filter(|p| {
                     p.state == cri::PodSandboxState::SandboxReady as i32
                         && p.metadata.as_ref().is_some_and(|m| &m.name == arg)

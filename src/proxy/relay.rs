@@ -68,7 +68,12 @@ pub async fn read_whole(mut recv: RecvStream) -> Result<Bytes, h2::Error> {
 /// Sends `body`, a request read whole, as far as flow control allows, and
 /// ends the stream; an error resets it.
 pub async fn send_whole(mut send: SendStream<Bytes>, body: Bytes) -> Result<(), h2::Error> {
-    let result = send_data(&mut send, body, true).await;
+    // As `pump` sends a first chunk: with the HEADERS, in one write.
+    let result = if body.len() <= UNRESERVED_FIRST_CHUNK {
+        send.send_data(body, true)
+    } else {
+        send_data(&mut send, body, true).await
+    };
     if let Err(err) = &result {
         send.send_reset(reason(err));
     }
