@@ -31,6 +31,7 @@ mod support;
 
 mod access;
 mod annotation;
+mod capture_failures;
 mod checkpoint;
 mod cli;
 mod contract;

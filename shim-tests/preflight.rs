@@ -38,6 +38,7 @@ pub(crate) fn request(pod: &str, output: &Path) -> CheckPodRequest {
         container_ids: vec![],
         output_path: output.display().to_string(),
         deadline_seconds: LIMIT.as_secs(),
+        options: Default::default(),
     }
 }
 

@@ -30,6 +30,14 @@ pub struct CaptureOptions {
     pub tcp_skip_in_flight: bool,
 }
 
+/// Why a running container cannot be captured as it is: the pre-flight
+/// check that reports it, and the reason, for a person.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unfit {
+    pub check: &'static str,
+    pub reason: String,
+}
+
 /// Where one container's capture goes.
 pub struct CaptureDirs<'a> {
     /// The process images (the container folder's `checkpoint/`).
@@ -49,6 +57,17 @@ pub enum BackendError {
         container: String,
         status: std::process::ExitStatus,
         stderr: String,
+    },
+    /// The engine (CRIU) failed to capture a container: its own last
+    /// errors, and its whole log while it can still be read (in the
+    /// capture's work directory, which goes with the failed checkpoint).
+    #[error("{binary} checkpoint {container} failed ({status}): {why}")]
+    CaptureFailed {
+        binary: PathBuf,
+        container: String,
+        status: std::process::ExitStatus,
+        why: String,
+        log: Option<PathBuf>,
     },
     #[error("{0}")]
     Unsupported(String),
@@ -209,10 +228,11 @@ pub trait Checkpointer: Send + Sync {
     /// in the wrapper, once per container, synchronously.
     fn restore(&self, request: &RestoreRequest<'_>) -> Result<Restored, RestoreError>;
 
-    /// Processes of the running container whose first process on the node
-    /// is `init_pid` that a capture would silently leave out, each
-    /// described for a person; none for a backend that saves whole sandboxes.
-    fn left_out(&self, _init_pid: u32) -> Vec<String> {
+    /// What of the running container whose first process on the node is
+    /// `init_pid` a capture with `options`, by the engine of
+    /// `engine_version`, would fail on or silently go without; known before
+    /// anything is paused. None for a backend that saves whole sandboxes.
+    fn unfit(&self, _init_pid: u32, _options: &CaptureOptions, _engine_version: &str) -> Vec<Unfit> {
         Vec::new()
     }
 

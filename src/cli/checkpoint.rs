@@ -25,14 +25,7 @@ pub(super) async fn run(
     containers: Vec<String>,
 ) -> Result<(), CliError> {
     let pod = resolve_pod(clients, pod).await?;
-    let options = options
-        .iter()
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| CliError::Usage(format!("--option {kv:?}: expected KEY=VALUE")))
-        })
-        .collect::<Result<_, _>>()?;
+    let options = super::parse_options(options)?;
     let containers = if containers.is_empty() {
         running_containers(clients, &pod).await?
     } else {

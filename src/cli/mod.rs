@@ -91,6 +91,9 @@ pub enum Command {
         /// Where the checkpoint would be written: it must be empty if it exists, and its free space is checked [default: a new directory here, as checkpointp makes]
         #[arg(long = "output-dir", value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// The option KEY=VALUE checkpointp would be given (what a capture can carry depends on them)
+        #[arg(long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
         /// Check only these containers (ID) [default: every running container of the pod]
         #[arg(long = "container", value_name = "ID")]
         containers: Vec<String>,
@@ -211,6 +214,18 @@ impl Clients {
     }
 }
 
+/// `--option KEY=VALUE` arguments as the pod calls' options map.
+fn parse_options(options: &[String]) -> Result<std::collections::HashMap<String, String>, CliError> {
+    options
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| CliError::Usage(format!("--option {kv:?}: expected KEY=VALUE")))
+        })
+        .collect()
+}
+
 /// Progress goes to stderr so that stdout stays parseable.
 fn progress(format: Format, message: std::fmt::Arguments<'_>) {
     if format == Format::Table {
@@ -254,9 +269,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Preflight {
             pod,
             dir,
+            options,
             containers,
             format,
-        } => preflight::run(&clients, format.unwrap_or(cli.output), &pod, dir, containers).await,
+        } => preflight::run(&clients, format.unwrap_or(cli.output), &pod, dir, &options, containers).await,
         Command::Inspectcp { dir } => inspect::run(cli.output, &dir),
         Command::Export {
             dir,

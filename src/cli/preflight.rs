@@ -14,8 +14,10 @@ pub(super) async fn run(
     format: Format,
     pod: &str,
     dir: Option<PathBuf>,
+    options: &[String],
     containers: Vec<String>,
 ) -> Result<(), CliError> {
+    let options = super::parse_options(options)?;
     let pod = super::checkpoint::resolve_pod(clients, pod).await?;
     // Where `podckpt checkpointp` would write, with the same --output-dir.
     let dir = super::checkpoint::target_dir(dir, &pod)?;
@@ -25,6 +27,7 @@ pub(super) async fn run(
         output_path: dir.display().to_string(),
         // The deadline `podckpt checkpointp` would give, with the same --timeout.
         deadline_seconds: clients.timeout.as_secs(),
+        options,
     };
     let answer = clients
         .preflight

@@ -17,9 +17,10 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::error::PodError;
+use super::kept_logs::KeptLogs;
 use crate::api::cri;
 use crate::archive::{self, ContainerConfigDump, FileEntry, ProcessRecord, rootfs_diff};
-use crate::backend::{CaptureDirs, CaptureOptions, Checkpointer, ContainerRef};
+use crate::backend::{BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef};
 
 /// How long a capture may run on past the deadline before it is killed.
 /// CRIU cannot be stopped safely halfway (its parasite code is running
@@ -71,6 +72,8 @@ pub struct Capture {
     pub checkpointed_at: String,
     pub deadline: Instant,
     pub limit: Duration,
+    /// Where the logs of failed captures are kept.
+    pub kept_logs: KeptLogs,
 }
 
 impl Capture {
@@ -121,6 +124,37 @@ impl Capture {
         }
     }
 
+    /// A failed capture as the caller hears of it: the engine's own reason,
+    /// its whole log kept (the output directory is emptied), and a code
+    /// that says whether the caller can change what failed it.
+    fn explain(&self, target: &Target, err: BackendError) -> PodError {
+        let BackendError::CaptureFailed { why, log, .. } = &err else {
+            return err.into();
+        };
+        let kept = log.as_deref().map(|log| self.kept_logs.keep(log, target.id()));
+        let kept_note = match &kept {
+            Some(Ok(path)) => format!("; CRIU's whole log is kept at {}", path.display()),
+            Some(Err(e)) => format!("; CRIU's log could not be kept: {e}"),
+            None => String::new(),
+        };
+        warn!(
+            container = %target.id(),
+            name = target.name(),
+            %why,
+            kept = ?kept.as_ref().and_then(|k| k.as_ref().ok()),
+            "capture failed"
+        );
+        let said = format!(
+            "container {} ({}): CRIU could not checkpoint it: {why}",
+            target.name(),
+            target.id()
+        );
+        match caller_can_change(why) {
+            Some(hint) => PodError::FailedPrecondition(format!("{said}; {hint}{kept_note}")),
+            None => PodError::Internal(format!("{said}{kept_note}")),
+        }
+    }
+
     pub fn deadline_exceeded(&self) -> PodError {
         PodError::DeadlineExceeded {
             limit: self.limit,
@@ -155,7 +189,9 @@ impl Capture {
             images: &images,
             work: &work,
         };
-        self.backend.capture(&container, &dirs, &self.options).await?;
+        if let Err(err) = self.backend.capture(&container, &dirs, &self.options).await {
+            return Err(self.explain(target, err));
+        }
         let dumped_ms = started.elapsed().as_millis() as u64;
         for name in [archive::DUMP_LOG, archive::STATS_DUMP] {
             let from = work.join(name);
@@ -224,6 +260,26 @@ impl Capture {
             "sandbox captured"
         );
         Ok(hash_folder(folder, archive::SANDBOX_DIR.to_owned()))
+    }
+}
+
+/// What the caller can do about a capture CRIU refused, when the reason
+/// is the container's, not the node's: CRIU's own wording, from its source.
+fn caller_can_change(why: &str) -> Option<&'static str> {
+    if why.contains("--tcp-established") {
+        Some(
+            "it holds established TCP connections: checkpoint it with the option podckpt.io/tcp-established=true to save them (they are restored too), or close them first",
+        )
+    } else if why.contains("--file-locks") {
+        Some("it holds file locks: checkpoint it with the option podckpt.io/file-locks=true to save them")
+    } else if why.contains("External socket is used") {
+        Some("it holds a Unix socket connected to a peer outside the container, which a checkpoint cannot carry")
+    } else if why.contains("Can't dump ghost file") {
+        Some(
+            "it holds open a deleted file larger than CRIU saves (1 MiB): have it close the file, or keep the file, before the checkpoint",
+        )
+    } else {
+        None
     }
 }
 

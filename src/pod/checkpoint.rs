@@ -52,13 +52,16 @@ impl PodService {
                 .await?;
         }
         for target in &targets {
-            let missed = backend.checkpointer.left_out(target.pid());
-            if !missed.is_empty() {
+            let unfit = backend
+                .checkpointer
+                .unfit(target.pid(), &options.capture, &engine_version);
+            if !unfit.is_empty() {
+                let reasons: Vec<&str> = unfit.iter().map(|u| u.reason.as_str()).collect();
                 return Err(PodError::FailedPrecondition(format!(
                     "container {} ({}): {}",
                     target.name(),
                     target.id(),
-                    left_out_reason(&missed)
+                    reasons.join("; ")
                 )));
             }
         }
@@ -100,6 +103,7 @@ impl PodService {
             checkpointed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             deadline: started + deadline,
             limit: deadline,
+            kept_logs: super::kept_logs::KeptLogs::new(&self.inner.state_dir),
         };
         let mut captured = capture.all(targets.to_vec()).await;
         if backend.checkpointer.captures_sandbox()
@@ -365,21 +369,6 @@ pub(super) fn whole_pod_refusal(
     Some(format!(
         "pod {pod_id}'s backend, {backend}, saves the whole sandbox at once and cannot capture a subset of its containers: container_ids must name every running container; missing {missing:?}"
     ))
-}
-
-/// Why a container whose capture would go without the processes `missed`
-/// is not checkpointed: a restore would bring it back without them, and
-/// nobody would be told.
-pub(super) fn left_out_reason(missed: &[String]) -> String {
-    let listed: Vec<&str> = missed.iter().take(4).map(String::as_str).collect();
-    let more = match missed.len().saturating_sub(listed.len()) {
-        0 => String::new(),
-        n => format!(" and {n} more"),
-    };
-    format!(
-        "{}{more} left the tree of its first process: orphaned in the pod's shared PID namespace, the pod's first process adopted them, and a checkpoint saves a container from its first process down, so it would go without them; have the container wait for its children (or run an init such as tini as its first process), or give it a PID namespace of its own (no shareProcessNamespace)",
-        listed.join(", ")
-    )
 }
 
 /// runc hands CRIU (which runs as root) the configuration file that the

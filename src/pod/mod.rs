@@ -9,6 +9,7 @@ mod contract;
 pub mod error;
 mod housekeeping;
 pub mod journal;
+pub mod kept_logs;
 pub mod named;
 pub mod options;
 mod preflight;

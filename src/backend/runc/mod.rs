@@ -1,9 +1,11 @@
 //! CRIU through an OCI runtime's own checkpoint and restore commands (runc,
 //! or crun, which takes the same arguments).
 
+mod criu_log;
 pub mod lazy;
 mod pstree;
 mod restore;
+mod sockets;
 pub mod tree;
 
 use std::os::unix::ffi::OsStrExt;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, RestoreError, RestoreRequest, Restored,
-    command,
+    Unfit, command,
 };
 
 /// The state directory containerd's runc shim uses for CRI containers.
@@ -101,7 +103,30 @@ impl Checkpointer for OciRuntimeCheckpointer {
         if options.tcp_skip_in_flight {
             args.push("--tcp-skip-in-flight".as_ref());
         }
-        self.run("checkpoint", container, &args).await
+        match self.run("checkpoint", container, &args).await {
+            // runc's own words are "criu failed: type NOTIFY errno 0" and
+            // the path of a log that goes with the failed checkpoint; CRIU's
+            // log says why.
+            Err(BackendError::Failed {
+                binary, status, stderr, ..
+            }) => {
+                let log = dirs.work.join(crate::archive::DUMP_LOG);
+                let text = std::fs::read_to_string(&log).ok();
+                let why = text
+                    .as_deref()
+                    .map(criu_log::last_errors)
+                    .filter(|why| !why.is_empty())
+                    .unwrap_or(stderr);
+                Err(BackendError::CaptureFailed {
+                    binary,
+                    container: container.id.clone(),
+                    status,
+                    why,
+                    log: text.is_some().then_some(log),
+                })
+            }
+            other => other,
+        }
     }
 
     /// Processes of this runtime still checkpointing one of `containers`,
@@ -143,11 +168,47 @@ impl Checkpointer for OciRuntimeCheckpointer {
         self.restore_container(request)
     }
 
-    fn left_out(&self, init_pid: u32) -> Vec<String> {
-        tree::left_out(init_pid, &tree::Proc)
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+    fn unfit(&self, init_pid: u32, options: &CaptureOptions, engine_version: &str) -> Vec<Unfit> {
+        let mut found = Vec::new();
+        let missed = tree::left_out(init_pid, &tree::Proc);
+        if !missed.is_empty() {
+            found.push(Unfit {
+                check: "processes",
+                reason: tree::left_out_reason(&missed),
+            });
+        }
+        let inodes = tree::captured(init_pid, &tree::Proc)
+            .into_iter()
+            .flat_map(sockets::socket_inodes)
+            .collect();
+        let tcp = sockets::tcp(&sockets::tables(init_pid), &inodes);
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let listed = |sockets: &[&sockets::TcpSocket]| -> String {
+            let shown: Vec<&str> = sockets.iter().take(4).map(|s| s.description.as_str()).collect();
+            format!("{} TCP socket(s): {}", sockets.len(), shown.join(", "))
+        };
+        let all: Vec<&sockets::TcpSocket> = tcp.iter().collect();
+        let connected: Vec<&sockets::TcpSocket> = tcp.iter().filter(|s| s.connected).collect();
+        if !all.is_empty() && !engine_version.is_empty() && !sockets::engine_saves_tcp(engine_version, &release) {
+            found.push(Unfit {
+                check: "tcp-sockets",
+                reason: format!(
+                    "holds {}, and this node's CRIU {engine_version} cannot save TCP sockets on its kernel {release}: from 6.16 the kernel refuses SO_PASSSEC on them, which CRIU asks for before 4.2; install CRIU 4.2 or later on the node",
+                    listed(&all)
+                ),
+            });
+        } else if !connected.is_empty() && !options.tcp_established {
+            found.push(Unfit {
+                check: "tcp-connections",
+                reason: format!(
+                    "holds {} connected, which CRIU saves only when asked: checkpoint it with the option podckpt.io/tcp-established=true (they are restored too), or close them first",
+                    listed(&connected)
+                ),
+            });
+        }
+        found
     }
 
     fn highest_pid(&self, checkpoint: &Path) -> Result<Option<u32>, RestoreError> {

@@ -91,7 +91,7 @@ impl OciRuntimeCheckpointer {
             return Err(RestoreError::Failed {
                 runtime: runtime.to_owned(),
                 status,
-                why: criu_errors(&log),
+                why: super::criu_log::last_errors(&log),
             });
         }
         Ok(Restored { engine_seconds })
@@ -155,19 +155,6 @@ pub(super) fn check_mounts(checkpoint: &Path, spec: &Value) -> Result<(), Restor
     )))
 }
 
-/// CRIU's error lines (`Error (file:line): ...`), the last few, joined: what
-/// the caller's error message carries of a failed restore.
-fn criu_errors(log: &str) -> String {
-    let errors: Vec<&str> = log
-        .lines()
-        .filter_map(|line| line.split_once("Error (").map(|(_, rest)| rest))
-        .filter_map(|rest| rest.split_once("): ").map(|(_, message)| message.trim()))
-        // Logged on every run without CAP_SYS_RESOURCE, and harmless.
-        .filter(|message| !message.starts_with("rlimit:"))
-        .collect();
-    errors[errors.len().saturating_sub(3)..].join("; ")
-}
-
 /// The value of a global flag (`--criu PATH` or `--criu=PATH`).
 fn global_value(request: &RestoreRequest<'_>, name: &str) -> Option<PathBuf> {
     let mut flags = request.global.iter();
@@ -203,19 +190,6 @@ mod tests {
         let lacking = serde_json::json!({"mounts": [mount("/dev/shm", "bind", &[])]});
         let err = check_mounts(dir.path(), &lacking).unwrap_err().to_string();
         assert!(err.contains(r#"["/etc/hosts"]"#), "{err}");
-    }
-
-    #[test]
-    fn criu_errors_are_the_last_error_lines() {
-        let log = "(00.001) 1: Warn (criu/x.c:1): ignored\n\
-                   (00.001) 1: Error (criu/util.c:1): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
-                   (00.002) 1: Error (criu/mount.c:10): mnt: No mapping for 42:/etc/hostname mountpoint\n\
-                   (00.003) Error (criu/cr-restore.c:2): Restoring FAILED.\n";
-        assert_eq!(
-            criu_errors(log),
-            "mnt: No mapping for 42:/etc/hostname mountpoint; Restoring FAILED."
-        );
-        assert_eq!(criu_errors("all well\n"), "");
     }
 
     #[test]

@@ -72,6 +72,46 @@ pub fn left_out(init: u32, processes: &impl Processes) -> Vec<LeftOut> {
     found
 }
 
+/// Why a container whose capture would go without the processes `missed`
+/// is unfit: a restore would bring it back without them, and nobody would
+/// be told.
+pub fn left_out_reason(missed: &[LeftOut]) -> String {
+    let listed: Vec<String> = missed.iter().take(4).map(ToString::to_string).collect();
+    let more = match missed.len().saturating_sub(listed.len()) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    format!(
+        "{}{more} left the tree of its first process: orphaned in the pod's shared PID namespace, the pod's first process adopted them, and a checkpoint saves a container from its first process down, so it would go without them; have the container wait for its children (or run an init such as tini as its first process), or give it a PID namespace of its own (no shareProcessNamespace)",
+        listed.join(", ")
+    )
+}
+
+/// The processes a capture holds: `init` and every descendant of it.
+pub fn captured(init: u32, processes: &impl Processes) -> Vec<u32> {
+    let Some(mounts) = processes.namespace(init, "mnt") else {
+        return Vec::new();
+    };
+    processes
+        .pids()
+        .into_iter()
+        .filter(|pid| processes.namespace(*pid, "mnt") == Some(mounts))
+        .filter(|pid| {
+            let mut at = *pid;
+            for _ in 0..4096 {
+                if at == init {
+                    return true;
+                }
+                match processes.parent(at) {
+                    Some(parent) if parent != 0 && parent != at => at = parent,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .collect()
+}
+
 /// The node's /proc.
 pub struct Proc;
 
@@ -164,6 +204,18 @@ mod tests {
             ]
         );
         assert_eq!(found[0].to_string(), "PID 310 (worker)");
+    }
+
+    #[test]
+    fn a_capture_holds_the_first_process_and_its_descendants() {
+        let node = pod(&[
+            (302, (301, 30, 9, "grandchild")),
+            (320, (100, 30, 9, "exec")),
+            (310, (200, 30, 9, "orphan")),
+        ]);
+        let mut held = captured(300, &node);
+        held.sort();
+        assert_eq!(held, [300, 301, 302]);
     }
 
     #[test]

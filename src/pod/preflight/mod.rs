@@ -13,14 +13,14 @@ use tonic::{Request, Response, Status};
 
 use super::PodService;
 use super::checkpoint::{
-    is_ready, is_running, left_out_reason, refuse_chosen_criu_options, state_name, validate_output, whole_pod_refusal,
+    is_ready, is_running, refuse_chosen_criu_options, state_name, validate_output, whole_pod_refusal,
 };
 use super::error::PodError;
 use super::sandbox_info;
 use crate::api::cri;
 use crate::api::podckpt::{Check, CheckPodRequest, CheckPodResponse, Verdict, preflight_server::Preflight};
 use crate::archive::space::{self, human as bytes};
-use crate::backend::Checkpointer;
+use crate::backend::{CaptureOptions, Checkpointer};
 
 /// The checks found so far.
 #[derive(Default)]
@@ -60,6 +60,8 @@ struct Size {
 impl PodService {
     pub(super) async fn preflight(&self, request: CheckPodRequest) -> Result<CheckPodResponse, PodError> {
         let pod_id = request.pod_sandbox_id.as_str();
+        // Options CheckpointPod would refuse are the caller's mistake too.
+        let options = super::options::parse(&request.options)?.capture;
         // An unknown pod is the caller's mistake, not an answer of "no".
         let pod = self.any_pod_status(pod_id).await?;
         let mut checks = Checks::default();
@@ -122,7 +124,9 @@ impl PodService {
         }
         let checkpointer = backend.as_ref().map(|b| b.checkpointer.as_ref());
         for container in &selected {
-            let size = self.check_container(container, checkpointer, &mut checks).await;
+            let size = self
+                .check_container(container, checkpointer, &options, &answer.engine_version, &mut checks)
+                .await;
             estimated = estimated
                 .saturating_add(size.resident)
                 .saturating_add(size.writable_layer);
@@ -209,6 +213,8 @@ impl PodService {
         &self,
         container: &cri::Container,
         checkpointer: Option<&dyn Checkpointer>,
+        options: &CaptureOptions,
+        engine_version: &str,
         checks: &mut Checks,
     ) -> Size {
         let id = container.id.as_str();
@@ -216,7 +222,7 @@ impl PodService {
             Ok((_, info)) => {
                 check_spec(id, &info, checks);
                 if let Some(checkpointer) = checkpointer {
-                    check_processes(id, &info, checkpointer, checks);
+                    check_processes(id, &info, checkpointer, options, engine_version, checks);
                 }
             }
             Err(err) => checks.fail("container-state", id, format!("cannot read its status: {err}")),
@@ -282,18 +288,26 @@ fn check_spec(id: &str, info: &serde_json::Value, checks: &mut Checks) {
     }
 }
 
-/// Whether a capture would hold every process of the container, as
-/// CheckpointPod insists.
-fn check_processes(id: &str, info: &serde_json::Value, checkpointer: &dyn Checkpointer, checks: &mut Checks) {
+/// Whether a capture with these options would hold every process of the
+/// container and what they hold, as CheckpointPod insists before it pauses.
+fn check_processes(
+    id: &str,
+    info: &serde_json::Value,
+    checkpointer: &dyn Checkpointer,
+    options: &CaptureOptions,
+    engine_version: &str,
+    checks: &mut Checks,
+) {
     let Some(pid) = info["pid"].as_u64().filter(|pid| *pid > 0) else {
         checks.skip("processes", id, "the runtime reported no process of it");
         return;
     };
-    let missed = checkpointer.left_out(pid as u32);
-    if missed.is_empty() {
-        checks.pass("processes", id, "a capture holds every process of it");
-    } else {
-        checks.fail("processes", id, left_out_reason(&missed));
+    let unfit = checkpointer.unfit(pid as u32, options, engine_version);
+    if unfit.is_empty() {
+        checks.pass("processes", id, "nothing that a capture would go without or fail on");
+    }
+    for found in unfit {
+        checks.fail(found.check, id, found.reason);
     }
 }
 
