@@ -40,6 +40,7 @@ pub(super) async fn run(
                 .prepare(clients.request(PrepareRequest {
                     pod_sandbox_id: pod.clone(),
                     name: name.clone(),
+                    owner: String::new(),
                 }))
                 .await
                 .map_err(CliError::call("Checkpoints/Prepare"))?

@@ -9,7 +9,8 @@ use super::PodService;
 use super::error::PodError;
 use crate::api::podckpt::checkpoints_server::Checkpoints;
 use crate::api::podckpt::{
-    DeleteRequest, DeleteResponse, ListRequest, ListResponse, NamedCheckpoint, PrepareRequest, PrepareResponse,
+    CheckpointedContainer, DeleteRequest, DeleteResponse, ListRequest, ListResponse, NamedCheckpoint,
+    PrepareRequest, PrepareResponse,
 };
 use crate::archive;
 
@@ -23,9 +24,9 @@ impl PodService {
             .map(|m| m.namespace)
             .unwrap_or_default();
         let named = self.inner.named.clone();
-        let name = request.name;
+        let (name, owner) = (request.name, request.owner);
         let ns = namespace.clone();
-        let path = tokio::task::spawn_blocking(move || named.prepare(&ns, &name))
+        let path = tokio::task::spawn_blocking(move || named.prepare(&ns, &name, &owner))
             .await
             .map_err(PodError::task("preparing a checkpoint directory"))??;
         Ok(PrepareResponse {
@@ -41,12 +42,14 @@ impl PodService {
                 .list()?
                 .into_iter()
                 .filter(|(namespace, _, _)| request.namespace.is_empty() || *namespace == request.namespace)
-                .map(|(namespace, name, path)| NamedCheckpoint {
-                    committed: archive::is_committed(&path),
-                    bytes: archive::space::tree_size(&path),
-                    path: path.display().to_string(),
-                    namespace,
-                    name,
+                .map(|(namespace, name, path)| {
+                    let mut listed = describe(&path);
+                    listed.owner = named.owner(&namespace, &name);
+                    NamedCheckpoint {
+                        namespace,
+                        name,
+                        ..listed
+                    }
                 })
                 .collect();
             Ok(ListResponse {
@@ -71,6 +74,50 @@ impl PodService {
         }
         Ok(DeleteResponse {})
     }
+}
+
+/// What a checkpoint directory holds, from its own files: its size always;
+/// the rest only once it is committed (a manifest written), and as far as
+/// its files say.
+fn describe(path: &std::path::Path) -> NamedCheckpoint {
+    let mut listed = NamedCheckpoint {
+        path: path.display().to_string(),
+        committed: archive::is_committed(path),
+        bytes: archive::space::tree_size(path),
+        ..Default::default()
+    };
+    if !listed.committed {
+        return listed;
+    }
+    let read = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(path.join(name)).ok()?).ok()
+    };
+    if let Some(manifest) = read(archive::MANIFEST) {
+        listed.freeze_ms = manifest["freeze_ms"].as_u64().unwrap_or_default();
+        listed.backend = manifest["backend"].as_str().unwrap_or_default().to_owned();
+        listed.engine_version = manifest["engine_version"].as_str().unwrap_or_default().to_owned();
+        listed.created = manifest["created"].as_str().unwrap_or_default().to_owned();
+    }
+    if let Some(pod) = read(archive::POD_DUMP) {
+        listed.pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        listed.pod_uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    }
+    let containers = read(archive::POD_OPTIONS)
+        .and_then(|options| serde_json::from_value::<archive::PodOptions>(options).ok())
+        .map(|options| options.containers)
+        .unwrap_or_default();
+    listed.containers = containers
+        .into_iter()
+        .map(|(name, folder)| {
+            let record = read(&format!("{folder}/{}", archive::PROCESS_RECORD)).unwrap_or_default();
+            CheckpointedContainer {
+                name,
+                image: record["image"].as_str().unwrap_or_default().to_owned(),
+                image_id: record["image_id"].as_str().unwrap_or_default().to_owned(),
+            }
+        })
+        .collect();
+    listed
 }
 
 #[tonic::async_trait]

@@ -89,9 +89,21 @@ impl NamedCheckpoints {
         }
     }
 
+    /// Where the owner of checkpoint `name` of `namespace` is kept: beside
+    /// it, under a name no checkpoint can have.
+    fn owner_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root.join(namespace).join(format!(".{name}.owner"))
+    }
+
+    /// The owner Prepare was given for it, if any.
+    pub fn owner(&self, namespace: &str, name: &str) -> String {
+        std::fs::read_to_string(self.owner_path(namespace, name)).unwrap_or_default()
+    }
+
     /// Makes the empty, private directory for checkpoint `name` of
-    /// `namespace`, and the root and namespace directories above it.
-    pub fn prepare(&self, namespace: &str, name: &str) -> Result<PathBuf, PodError> {
+    /// `namespace`, and the root and namespace directories above it; keeps
+    /// `owner` beside it, if given.
+    pub fn prepare(&self, namespace: &str, name: &str, owner: &str) -> Result<PathBuf, PodError> {
         let path = self.path(namespace, name)?;
         let namespace_dir = path.parent().expect("ROOT/NAMESPACE/NAME");
         archive::create_private_dir_all(namespace_dir)?;
@@ -105,6 +117,11 @@ impl NamedCheckpoints {
                 )));
             }
             Err(e) => return Err(e.into()),
+        }
+        let owner_path = self.owner_path(namespace, name);
+        let _ = std::fs::remove_file(&owner_path);
+        if !owner.is_empty() {
+            archive::write_private(&owner_path, owner.as_bytes())?;
         }
         // Its name survives a power cut before the checkpoint is committed.
         archive::durable::sync_dir(namespace_dir)?;
@@ -121,6 +138,7 @@ impl NamedCheckpoints {
         }
         self.refuse_if_redirectable(path.parent().expect("ROOT/NAMESPACE/NAME"), Sticky::Refused)?;
         std::fs::remove_dir_all(&path).map_err(ArchiveError::io(&path))?;
+        let _ = std::fs::remove_file(self.owner_path(namespace, name));
         archive::durable::sync_dir(path.parent().expect("ROOT/NAMESPACE/NAME"))?;
         Ok(true)
     }
@@ -207,7 +225,8 @@ mod tests {
         let named = NamedCheckpoints::new(dir.path().join("root"));
         let found = named.find("team-a", "warm").unwrap_err();
         assert!(matches!(found, PodError::NotFound(_)), "{found}");
-        let path = named.prepare("team-a", "warm").unwrap();
+        let path = named.prepare("team-a", "warm", "podcheckpoint/u-1").unwrap();
+        assert_eq!(named.owner("team-a", "warm"), "podcheckpoint/u-1");
         assert_eq!(path, dir.path().join("root/team-a/warm"));
         use std::os::unix::fs::PermissionsExt;
         for made in [dir.path().join("root"), dir.path().join("root/team-a"), path.clone()] {
@@ -218,7 +237,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            named.prepare("team-a", "warm"),
+            named.prepare("team-a", "warm", ""),
             Err(PodError::AlreadyExists(_))
         ));
         assert_eq!(named.find("team-a", "warm").unwrap(), path);
@@ -229,6 +248,7 @@ mod tests {
         );
         assert!(named.delete("team-a", "warm").unwrap());
         assert!(!named.delete("team-a", "warm").unwrap());
+        assert_eq!(named.owner("team-a", "warm"), "");
         assert!(!path.exists());
         assert!(matches!(
             named.path("team-a", "../etc"),
@@ -246,7 +266,7 @@ mod tests {
         std::fs::create_dir_all(root.join("team-a")).unwrap();
         std::fs::set_permissions(root.join("team-a"), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let named = NamedCheckpoints::new(&root);
-        let refused = named.prepare("team-a", "warm").unwrap_err();
+        let refused = named.prepare("team-a", "warm", "").unwrap_err();
         assert!(refused.to_string().contains("another user could redirect"), "{refused}");
     }
 }
