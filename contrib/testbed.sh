@@ -24,6 +24,12 @@
 #   contrib/testbed.sh kubelet-stop
 #                                its pods stopped, the kubelet stopped, the host settings it
 #                                changed put back, its mounts gone
+#   contrib/testbed.sh cluster-start | cluster-stop
+#                                etcd and kube-apiserver 1.36 (testbed/cluster.sh), for the kubelet
+#                                started with `kubelet-start SOCKET cluster` (node podckpt-node)
+#   contrib/testbed.sh cluster-namespace NS | cluster-daemonsets | agent-image BINARY
+#                                what a controller-manager would do that pods need; the node
+#                                agent's image, from a podckpt-agent binary
 #   contrib/testbed.sh env       print the variables the tests read
 #   PODCKPT_TESTBED_NODE=b contrib/testbed.sh start|stop|stop-daemon|restart|status
 #                                the same for node B's containerd alone
@@ -35,6 +41,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BUSYBOX_IMAGE=podckpt.local/busybox:latest
 PAUSE_IMAGE=podckpt.local/pause:latest
+# deploy/kubernetes/daemonset.yaml's image, built from a podckpt-agent binary.
+AGENT_IMAGE=podckpt.local/podckpt-agent:0.1.0
 NS=k8s.io
 # Node A: the test bed's first containerd, and its CRI-O.
 TB_DIR_A=${PODCKPT_TESTBED_DIR:-/var/lib/podckpt-testbed}
@@ -105,6 +113,7 @@ need_root() {
 cmd_install() {
     need_root
     install_packages
+    install_kubectl
     install_interop_go
     install_interop_python
 }
@@ -115,8 +124,8 @@ install_packages() {
     # trixie's python3 anyway, so pip comes from there too.
     local trixie_pkgs=(containerd runc crun criu checkpointctl containernetworking-plugins
         golang-1.24-go golang-google-grpc-dev python3-pip python3-pycriu runsc
-        conmon skopeo libseccomp2 libsqlite3-0)
-    local pkgs=(busybox-static protobuf-compiler iproute2 python3 python3.11 age zstd util-linux libcap2-bin curl)
+        conmon skopeo libseccomp2 libsqlite3-0 etcd-server)
+    local pkgs=(busybox-static protobuf-compiler iproute2 python3 python3.11 age zstd util-linux libcap2-bin curl openssl)
     if have_all_packages; then
         log "packages already installed"
         return
@@ -148,7 +157,7 @@ EOF
 
 have_all_packages() {
     local b
-    for b in containerd ctr runc crun runsc conmon skopeo criu crit checkpointctl protoc busybox age age-keygen zstd ip setpriv capsh curl python3 "$GO" "$INTEROP_PYTHON_BASE"; do
+    for b in containerd ctr runc crun runsc conmon skopeo criu crit checkpointctl protoc busybox age age-keygen zstd ip setpriv capsh curl openssl etcd python3 "$GO" "$INTEROP_PYTHON_BASE"; do
         command -v "$b" >/dev/null || return 1
     done
     [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || return 1
@@ -426,6 +435,7 @@ cmd_stop() {
 # The kubelet, both nodes, node B first, and CRI-O with node A.
 cmd_stop_all() {
     if kubelet_pid >/dev/null || [ -f "$KL_DIR/sysctls" ]; then cmd_kubelet_stop; fi
+    if pid_of "$CL_API_PIDFILE" >/dev/null || pid_of "$CL_ETCD_PIDFILE" >/dev/null; then cmd_cluster_stop; fi
     (use_node b && stop_containerd)
     (use_node a && stop_containerd)
     rm -f "$FINGERPRINT_FILE"
@@ -518,8 +528,12 @@ kubelet_pid() {
 
 cmd_kubelet_start() {
     need_root
-    local socket=${1:-}
+    local socket=${1:-} mode=${2:-standalone}
     [ -S "$socket" ] || { log "kubelet-start needs podckptd's socket (got '${socket}')"; exit 2; }
+    case "$mode" in
+        standalone | cluster) ;;
+        *) log "kubelet-start SOCKET [cluster]: unknown mode $mode"; exit 2 ;;
+    esac
     [ -x "$SHARED_BIN/kubelet" ] || { log "no kubelet in $SHARED_BIN"; exit 1; }
     # One at a time: a leftover is stopped first, its settings put back.
     if kubelet_pid >/dev/null; then cmd_kubelet_stop; fi
@@ -527,11 +541,19 @@ cmd_kubelet_start() {
     mkdir -p "$KL_DIR/manifests" "$KL_DIR/logs" "$KL_DIR/root" "$TB_RUN_A"
     local key
     for key in $KL_SYSCTLS; do echo "$key=$(sysctl -n "$key")"; done >"$KL_DIR/sysctls"
-    sed -e "s|@KL_DIR@|$KL_DIR|g" -e "s|@SOCKET@|$socket|g" "$HERE/testbed/kubelet-config.yaml" >"$KL_DIR/config.yaml"
+    local keep=STANDALONE drop=CLUSTER registered=()
+    if [ "$mode" = cluster ]; then
+        [ -f "$NODE_KUBECONFIG" ] || { log "no control plane: contrib/testbed.sh cluster-start first"; exit 2; }
+        keep=CLUSTER drop=STANDALONE
+        registered=(--kubeconfig "$NODE_KUBECONFIG" --node-ip "$CL_NODE_IP")
+    fi
+    sed -e "/@$drop@/d" -e "s|@$keep@||" -e "s|@KL_DIR@|$KL_DIR|g" -e "s|@SOCKET@|$socket|g" \
+        -e "s|@NODE_IP@|$CL_NODE_IP|g" -e "s|@PKI@|$CL_PKI|g" "$HERE/testbed/kubelet-config.yaml" >"$KL_DIR/config.yaml"
+    echo "$mode" >"$KL_DIR/mode"
     : >"$KL_DIR/kubelet.log"
     setsid "$SHARED_BIN/kubelet" --config "$KL_DIR/config.yaml" --root-dir "$KL_DIR/root" \
         --cert-dir "$KL_DIR/root/pki" --hostname-override podckpt-node \
-        >>"$KL_DIR/kubelet.log" 2>&1 </dev/null &
+        "${registered[@]}" >>"$KL_DIR/kubelet.log" 2>&1 </dev/null &
     echo $! >"$KL_PIDFILE"
     local i
     for i in $(seq 1 300); do
@@ -543,9 +565,15 @@ cmd_kubelet_start() {
     log "kubelet $(kubelet_pid) running on podckptd $socket, manifests in $KL_DIR/manifests"
 }
 
-# The pods the kubelet runs (its /pods, through its loopback port).
+# The pods the kubelet runs (its /pods: on loopback standalone; registered,
+# on the node's address, as the API server asks it).
 kubelet_running_pods() {
-    curl -fsk "$KL_PODS" 2>/dev/null | python3 -c 'import json,sys
+    local url=$KL_PODS auth=()
+    if [ "$(cat "$KL_DIR/mode" 2>/dev/null)" = cluster ]; then
+        url="https://$CL_NODE_IP:10350/pods"
+        auth=(--cert "$CL_PKI/apiserver-kubelet-client.crt" --key "$CL_PKI/apiserver-kubelet-client.key")
+    fi
+    curl -fsk "${auth[@]}" "$url" 2>/dev/null | python3 -c 'import json,sys
 print(sum(1 for p in json.load(sys.stdin).get("items") or [] for c in p.get("status", {}).get("containerStatuses") or [] if "running" in c.get("state", {})))' 2>/dev/null || echo 0
 }
 
@@ -591,6 +619,9 @@ cmd_env() {
     echo "PODCKPT_TESTBED=$HERE/testbed.sh"
     # The kubelet's static pod manifests and its log (kubelet-start).
     echo "PODCKPT_TEST_KUBELET_DIR=$KL_DIR"
+    # The control plane's kubectl and its admin kubeconfig (cluster-start).
+    echo "PODCKPT_TEST_KUBECTL=$KUBECTL"
+    echo "PODCKPT_TEST_KUBECONFIG=$ADMIN_KUBECONFIG"
     # Where both nodes' "podckpt" runtime handler finds podckpt-runc.
     echo "PODCKPT_TESTBED_INTERPOSER=$BIN_DIR/podckpt-runc"
     # The interop tests' grpc-go client, and the interpreter (with grpcio)
@@ -598,6 +629,10 @@ cmd_env() {
     echo "PODCKPT_INTEROP_GO=$INTEROP_GO"
     echo "PODCKPT_INTEROP_PYTHON=$INTEROP_VENV/bin/python"
 }
+
+# The control plane (etcd, kube-apiserver, kubectl): contrib/testbed/cluster.sh.
+# shellcheck source=testbed/cluster.sh
+. "$HERE/testbed/cluster.sh"
 
 case "${1:-}" in
     install) cmd_install ;;
@@ -610,8 +645,13 @@ case "${1:-}" in
     stop-daemon) need_root; if pid=$(running_pid); then kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; fi; rm -f "$PIDFILE" ;;
     up) cmd_install; cmd_images; cmd_start "${2:-}" ;;
     env) cmd_env ;;
-    kubelet-start) cmd_kubelet_start "${2:-}" ;;
+    kubelet-start) cmd_kubelet_start "${2:-}" "${3:-}" ;;
     kubelet-stop) cmd_kubelet_stop ;;
+    cluster-start) cmd_cluster_start ;;
+    cluster-stop) cmd_cluster_stop ;;
+    cluster-namespace) cmd_cluster_namespace "${2:-}" ;;
+    cluster-daemonsets) cmd_cluster_daemonsets ;;
+    agent-image) cmd_agent_image "${2:-}" ;;
     status) if pid=$(running_pid); then echo "running pid $pid socket $SOCK"; else echo "stopped"; exit 3; fi ;;
-    *) sed -n '2,25p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,31p' "$0" >&2; exit 2 ;;
 esac

@@ -39,6 +39,7 @@ mod crio;
 mod gvisor;
 mod interop;
 mod kubelet;
+mod kubernetes;
 mod lazy;
 mod lifecycle;
 mod operability;

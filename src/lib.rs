@@ -4,6 +4,7 @@
 //! every CRI call at the HTTP/2 level ([`proxy`]) and answers the pod-level
 //! checkpoint calls itself ([`pod`]).
 
+pub mod agent;
 pub mod api;
 pub mod archive;
 pub mod backend;

@@ -34,17 +34,31 @@ def tar_info(name, kind, mode, size=0, linkname=""):
 PAUSE_SCRIPT = '#!/bin/sh\ntrap "exit 0" TERM INT\nwhile :; do sleep 3600 & wait $!; done\n'
 
 
-def build_layer(busybox_path, pause=False):
+def build_layer(busybox_path, pause=False, files=()):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        made = set()
         for d in ["bin", "dev", "etc", "proc", "sys", "tmp", "var", "run", "root"]:
             mode = 0o1777 if d == "tmp" else 0o755
             tar.addfile(tar_info(d + "/", tarfile.DIRTYPE, mode))
-        with open(busybox_path, "rb") as f:
-            data = f.read()
-        tar.addfile(tar_info("bin/busybox", tarfile.REGTYPE, 0o755, len(data)), io.BytesIO(data))
-        for applet in APPLETS:
-            tar.addfile(tar_info("bin/" + applet, tarfile.SYMTYPE, 0o777, linkname="busybox"))
+            made.add(d)
+        if busybox_path:
+            with open(busybox_path, "rb") as f:
+                data = f.read()
+            tar.addfile(tar_info("bin/busybox", tarfile.REGTYPE, 0o755, len(data)), io.BytesIO(data))
+            for applet in APPLETS:
+                tar.addfile(tar_info("bin/" + applet, tarfile.SYMTYPE, 0o777, linkname="busybox"))
+        # Files of the host (a binary and the libraries it links), parents first.
+        for source, dest in files:
+            parts = dest.strip("/").split("/")
+            for i in range(1, len(parts)):
+                d = "/".join(parts[:i])
+                if d not in made:
+                    tar.addfile(tar_info(d + "/", tarfile.DIRTYPE, 0o755))
+                    made.add(d)
+            with open(source, "rb") as f:
+                data = f.read()
+            tar.addfile(tar_info("/".join(parts), tarfile.REGTYPE, 0o755, len(data)), io.BytesIO(data))
         for name, text in [("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
                            ("etc/group", "root:x:0:\n")]:
             raw = text.encode()
@@ -68,14 +82,18 @@ def canonical(obj):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--busybox", required=True)
+    ap.add_argument("--busybox", help="a static busybox to make the image's shell and tools of")
+    ap.add_argument("--file", action="append", default=[], metavar="SOURCE=DEST",
+                    help="a host file to put at DEST in the image (repeatable)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--name", required=True, help="image reference, e.g. podckpt.local/busybox:latest")
     ap.add_argument("--pause", action="store_true", help="add /pause, a sleep that ends on SIGTERM")
+    ap.add_argument("--entrypoint", help="the image's entrypoint, which a pod's args follow")
     ap.add_argument("--cmd", nargs=argparse.REMAINDER, required=True)
     args = ap.parse_args()
 
-    layer = build_layer(args.busybox, args.pause)
+    files = [tuple(spec.split("=", 1)) for spec in args.file]
+    layer = build_layer(args.busybox, args.pause, files)
     tmp = args.out + ".tmp"
     with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as out:
         for d in ["blobs/", "blobs/sha256/"]:
@@ -84,7 +102,8 @@ def main():
         config = {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Cmd": args.cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+            "config": dict({"Cmd": args.cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+                           **({"Entrypoint": [args.entrypoint]} if args.entrypoint else {})),
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         }
         config_digest, config_size = blob(out, canonical(config))

@@ -97,7 +97,11 @@ async fn main() {
     );
     println!("| rounds | passed | failed | median s |");
     println!("|---|---|---|---|");
-    let median = if seconds.is_empty() { 0.0 } else { support::median(seconds.clone()) };
+    let median = if seconds.is_empty() {
+        0.0
+    } else {
+        support::median(seconds.clone())
+    };
     println!("| {rounds} | {} | {} | {median:.3} |", seconds.len(), failures.len());
     for (round, status) in &failures {
         println!("\nround {round}: {:?}: {}", status.code(), status.message());

@@ -53,7 +53,7 @@ impl Kubelet {
         // A static pod's UID is a hash of its manifest: pods an earlier run
         // left would count as this run's, restarts and all, from the
         // kubelet's first look at the runtime.
-        kubelet.remove_static_pods();
+        remove_kubelet_pods(&kubelet.runtime);
         let status = script("kubelet-start", Some(&shim.socket));
         assert!(status.success(), "testbed.sh kubelet-start failed: {status}");
         Some(kubelet)
@@ -110,39 +110,33 @@ impl Kubelet {
     }
 }
 
-impl Kubelet {
-    /// Removes every static pod's sandbox (the kubelet's own, by their
-    /// `kubernetes.io/config.source` annotation), with its containers: the
-    /// kubelet stops what it ran when its manifest goes, and removes it
-    /// only a minute later.
-    fn remove_static_pods(&self) {
-        let socket = self.runtime.clone();
-        let ids = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new().unwrap().block_on(async move {
-                super::sandboxes(&mut super::runtime_client(&socket).await)
-                    .await
-                    .into_iter()
-                    .filter(|s| {
-                        s.annotations
-                            .get("kubernetes.io/config.source")
-                            .is_some_and(|v| v == "file")
-                    })
-                    .map(|s| s.id)
-                    .collect::<Vec<_>>()
-            })
+/// Removes, through `runtime`, every sandbox a kubelet made (its
+/// `kubernetes.io/config.source` annotation: static pods, and the API
+/// server's) with its containers: a kubelet stops what it ran when it
+/// stops or its manifest goes, and removes it only a minute later.
+pub fn remove_kubelet_pods(runtime: &Path) {
+    let socket = runtime.to_owned();
+    let ids = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async move {
+            super::sandboxes(&mut super::runtime_client(&socket).await)
+                .await
+                .into_iter()
+                .filter(|s| s.annotations.contains_key("kubernetes.io/config.source"))
+                .map(|s| s.id)
+                .collect::<Vec<_>>()
         })
-        .join()
-        .unwrap_or_default();
-        for id in ids {
-            super::remove_pod_blocking(&self.runtime, &id);
-        }
+    })
+    .join()
+    .unwrap_or_default();
+    for id in ids {
+        super::remove_pod_blocking(runtime, &id);
     }
 }
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
         let status = script("kubelet-stop", None);
-        self.remove_static_pods();
+        remove_kubelet_pods(&self.runtime);
         if !status.success() && !std::thread::panicking() {
             panic!("testbed.sh kubelet-stop failed: {status}");
         }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod interop;
 pub mod kubelet;
 pub mod raw;
@@ -307,9 +308,26 @@ impl Shim {
         Self::launch(tb, "", 5, None, true)
     }
 
+    /// A daemon reading `toml` that listens at `socket`, a fixed path that
+    /// something else (a DaemonSet's hostPath) names.
+    pub fn start_listening_at(tb: &Testbed, toml: &str, socket: &Path) -> Self {
+        Self::launch_at(tb, toml, 5, None, false, Some(socket))
+    }
+
     fn launch(tb: &Testbed, toml: &str, grace_seconds: u64, logging: Option<&'static str>, metrics: bool) -> Self {
+        Self::launch_at(tb, toml, grace_seconds, logging, metrics, None)
+    }
+
+    fn launch_at(
+        tb: &Testbed,
+        toml: &str,
+        grace_seconds: u64,
+        logging: Option<&'static str>,
+        metrics: bool,
+        socket: Option<&Path>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("podckpt.sock");
+        let socket = socket.map_or_else(|| dir.path().join("podckpt.sock"), Path::to_owned);
         let metrics = metrics.then(|| dir.path().join("metrics.sock"));
         // The node's own /etc/podckpt/config.toml stays out of the tests.
         let config = dir.path().join("config.toml");

@@ -9,8 +9,8 @@ use super::PodService;
 use super::error::PodError;
 use crate::api::podckpt::checkpoints_server::Checkpoints;
 use crate::api::podckpt::{
-    CheckpointedContainer, DeleteRequest, DeleteResponse, ListRequest, ListResponse, NamedCheckpoint,
-    PrepareRequest, PrepareResponse,
+    CheckpointedContainer, DeleteRequest, DeleteResponse, ListRequest, ListResponse, NamedCheckpoint, PrepareRequest,
+    PrepareResponse,
 };
 use crate::archive;
 
