@@ -8,6 +8,10 @@ trap 'bash contrib/testbed.sh stop' EXIT
 # The tests find the test bed's parts (containerd's socket, the interop
 # clients, ...) where `testbed.sh env` says.
 while IFS= read -r var; do export "$var"; done < <(bash contrib/testbed.sh env)
+# The node agent's image is built from its release binary, as a user's is
+# (contrib/images/build-agent-image.sh); the Kubernetes test loads it.
+cargo build --release --locked --bin podckpt-agent
+export PODCKPT_TEST_AGENT="$PWD/target/release/podckpt-agent"
 # A failing test's message is what a CI log must keep; backtraces of every
 # panic (set by some CI environments) bury it.
 export RUST_BACKTRACE=0

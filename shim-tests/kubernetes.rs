@@ -417,9 +417,71 @@ async fn a_podcheckpoint_is_taken_and_restored_by_annotation_all_through_kubectl
         completed
     );
 
-    // Deleted: the checkpoint goes with it.
+    // The same agent as systemd/podckpt-agent.service runs it, in place of
+    // the DaemonSet's: confined as the unit confines it, with a kubeconfig
+    // of the agent's ServiceAccount.
+    cluster.kubectl(&["-n", "podckpt-system", "delete", "daemonset", "podckpt-agent"]);
+    cluster.kubectl(&[
+        "-n",
+        "podckpt-system",
+        "delete",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=podckpt-agent",
+        "--timeout=60s",
+    ]);
+    let token = cluster.kubectl(&[
+        "-n",
+        "podckpt-system",
+        "create",
+        "token",
+        "podckpt-agent",
+        "--duration=1h",
+    ]);
+    let server = cluster.kubectl(&["config", "view", "-o", "jsonpath={.clusters[0].cluster.server}"]);
+    let ca = cluster.kubectl(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority}",
+    ]);
+    let kubeconfig = root.path().join("agent.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{server}\", certificate-authority: \"{ca}\"}}\n\
+             users:\n- name: agent\n  user: {{token: \"{}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: agent}}\ncurrent-context: c\n",
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let mut unit_agent = support::unit::confined(support::unit::AGENT, Path::new(env!("CARGO_BIN_EXE_podckpt-agent")))
+        .args([
+            "--podckptd",
+            &format!("unix://{PODCKPTD_SOCKET}"),
+            "--log-format",
+            "json",
+        ])
+        .env("NODE_NAME", "podckpt-node")
+        .env("KUBECONFIG", &kubeconfig)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the agent, as its unit runs it");
+    ok(
+        cluster.apply(Some("alice"), &podcheckpoint("by-unit", "restored")),
+        "a PodCheckpoint for the unit's agent",
+    );
+    let (reason, message) = phase(&cluster, "by-unit", &["CheckpointCompleted", "CheckpointFailed"]);
+    assert_eq!(reason, "CheckpointCompleted", "{message}");
+    cluster.kubectl(&["-n", NS, "delete", "podcheckpoint", "by-unit", "--timeout=60s"]);
+    assert!(!root.path().join(NS).join("by-unit").exists());
+
+    // Deleted: the checkpoint goes with it (the finalizer was the DaemonSet
+    // agent's; the unit's removes it alike).
     cluster.kubectl(&["-n", NS, "delete", "podcheckpoint", "warm", "--timeout=60s"]);
     assert!(!path.exists(), "the checkpoint outlived its PodCheckpoint");
+    let _ = unit_agent.kill();
+    let _ = unit_agent.wait();
     for name in ["restored", "big"] {
         cluster.kubectl(&["-n", NS, "delete", "pod", name, "--timeout=60s"]);
     }

@@ -265,7 +265,7 @@ async fn the_daemon_runs_under_the_units_hardening() {
     let Some(tb) = support::testbed() else {
         return;
     };
-    let hardening = support::unit::hardening();
+    let hardening = support::unit::hardening(support::unit::PODCKPTD);
     assert!(hardening.no_new_privileges, "the unit sets NoNewPrivileges=yes");
     assert!(hardening.dropped.contains(&"sys_module".to_owned()), "{hardening:?}");
     let shim = Shim::start(&tb);

@@ -244,18 +244,12 @@ print(sum(1 for p in json.load(sys.stdin)["items"] for o in p["metadata"].get("o
     done
 }
 
-# The agent's image, from a podckpt-agent binary: it, the libraries it
-# links, and nothing else; loaded into node A's containerd.
+# The agent's image, from a podckpt-agent binary (as a user builds it:
+# contrib/images/build-agent-image.sh), loaded into node A's containerd.
 cmd_agent_image() {
     local binary=${1:?the podckpt-agent binary}
     mkdir -p "$IMAGES_DIR"
-    local files=(--file "$binary=/usr/local/bin/podckpt-agent")
-    local lib
-    for lib in $(ldd "$binary" | awk '/=>/ {print $3} /ld-linux/ {print $1}' | sort -u); do
-        files+=(--file "$(readlink -f "$lib")=$lib")
-    done
-    python3 "$HERE/images/build-oci.py" --out "$IMAGES_DIR/podckpt-agent.tar" --name "$AGENT_IMAGE" \
-        --entrypoint /usr/local/bin/podckpt-agent "${files[@]}" --cmd
+    PODCKPT_AGENT_IMAGE=$AGENT_IMAGE bash "$HERE/images/build-agent-image.sh" "$binary" "$IMAGES_DIR/podckpt-agent.tar"
     ctr -a "$TB_RUN_A/containerd.sock" -n "$NS" images import "$IMAGES_DIR/podckpt-agent.tar" >/dev/null
     log "image $AGENT_IMAGE loaded into node A's containerd"
 }

@@ -1,16 +1,32 @@
-//! podckptd's systemd unit, as the tests start podckptd: every daemon a test
-//! starts runs under the unit's hardening directives, so a directive that
-//! stops runc, crun, runsc or CRIU fails the CheckpointPod and RestorePod
-//! suites. systemd does not run here; `setpriv` and `setrlimit` apply what
-//! it would. A directive this file cannot apply fails every test, until it
-//! is shown to still let the backends run and is taught here.
+//! podckpt's systemd units, as the tests start what they run: every
+//! podckptd a test starts runs under podckptd.service's hardening
+//! directives, so a directive that stops runc, crun, runsc or CRIU fails the
+//! CheckpointPod and RestorePod suites; and the node agent is run under
+//! podckpt-agent.service's in the Kubernetes test. systemd does not run
+//! here; `setpriv` and `setrlimit` apply what it would. A directive this file
+//! cannot apply fails every test, until it is shown to still let the
+//! program run and is taught here.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-const UNIT: &str = include_str!("../../systemd/podckptd.service");
+/// A unit file of `systemd/`.
+#[derive(Clone, Copy)]
+pub struct Unit {
+    pub name: &'static str,
+    text: &'static str,
+}
+
+pub const PODCKPTD: Unit = Unit {
+    name: "podckptd.service",
+    text: include_str!("../../systemd/podckptd.service"),
+};
+pub const AGENT: Unit = Unit {
+    name: "podckpt-agent.service",
+    text: include_str!("../../systemd/podckpt-agent.service"),
+};
 
 /// [Service] settings that confine nothing the backends need, or that
 /// systemd alone acts on (start, stop, restart, readiness).
@@ -28,6 +44,8 @@ const NOT_CONFINING: &[&str] = &[
     "RuntimeDirectory",
     "RuntimeDirectoryMode",
     "RuntimeDirectoryPreserve",
+    // The agent's node name and kubeconfig, which each test gives its own.
+    "Environment",
 ];
 
 /// The unit's hardening, as this harness applies it.
@@ -42,10 +60,10 @@ pub struct Hardening {
 /// The unit's `[Service]` settings, by name. systemd combines some repeated
 /// settings (CapabilityBoundingSet=) and replaces others; the harness does
 /// neither, so a repeated one is refused.
-fn service() -> BTreeMap<&'static str, &'static str> {
+fn service(unit: Unit) -> BTreeMap<&'static str, &'static str> {
     let mut section = "";
     let mut settings = BTreeMap::new();
-    for line in UNIT.lines().map(str::trim) {
+    for line in unit.text.lines().map(str::trim) {
         if line.starts_with('[') {
             section = line;
         } else if section == "[Service]"
@@ -55,17 +73,18 @@ fn service() -> BTreeMap<&'static str, &'static str> {
         {
             let previous = settings.insert(key.trim(), value.trim());
             assert!(
-                previous.is_none(),
-                "{key} is set twice in systemd/podckptd.service; set it once"
+                previous.is_none() || key == "Environment",
+                "{key} is set twice in systemd/{}; set it once",
+                unit.name
             );
         }
     }
     settings
 }
 
-pub fn hardening() -> Hardening {
+pub fn hardening(unit: Unit) -> Hardening {
     let mut hardening = Hardening::default();
-    for (key, value) in service() {
+    for (key, value) in service(unit) {
         match key {
             "NoNewPrivileges" => {
                 hardening.no_new_privileges = match value {
@@ -74,10 +93,12 @@ pub fn hardening() -> Hardening {
                     other => panic!("NoNewPrivileges={other}: not a boolean"),
                 }
             }
+            // Empty: no capability at all.
+            "CapabilityBoundingSet" if value.is_empty() => hardening.dropped = vec!["all".into()],
             "CapabilityBoundingSet" => {
                 let dropped = value
                     .strip_prefix('~')
-                    .expect("CapabilityBoundingSet: the harness applies a deny list (~CAP_...)");
+                    .expect("CapabilityBoundingSet: the harness applies a deny list (~CAP_...) or none");
                 hardening.dropped = dropped
                     .split_whitespace()
                     .map(|c| c.strip_prefix("CAP_").expect("a capability name").to_lowercase())
@@ -86,17 +107,18 @@ pub fn hardening() -> Hardening {
             "LimitCORE" => hardening.limit_core = Some(value.parse().expect("LimitCORE: a number")),
             other if NOT_CONFINING.contains(&other) => {}
             other => panic!(
-                "systemd/podckptd.service sets {other}={value}, which the test harness cannot apply to podckptd: \
-                 show that runc and CRIU still run under it and teach shim-tests/support/unit.rs"
+                "systemd/{} sets {other}={value}, which the test harness cannot apply: \
+                 show that what it runs still works under it and teach shim-tests/support/unit.rs",
+                unit.name
             ),
         }
     }
     hardening
 }
 
-/// `podckptd`, to be run as the unit runs it.
-pub fn confined(program: &Path) -> Command {
-    let hardening = hardening();
+/// `program`, to be run as `unit` runs it.
+pub fn confined(unit: Unit, program: &Path) -> Command {
+    let hardening = hardening(unit);
     let mut command = Command::new("setpriv");
     if hardening.no_new_privileges {
         command.arg("--no-new-privs");
@@ -122,5 +144,5 @@ pub fn confined(program: &Path) -> Command {
 
 /// `podckptd` as the unit runs it.
 pub fn podckptd() -> Command {
-    confined(Path::new(env!("CARGO_BIN_EXE_podckptd")))
+    confined(PODCKPTD, Path::new(env!("CARGO_BIN_EXE_podckptd")))
 }
