@@ -14,20 +14,26 @@
 #                              manifest; it is checkpointed by name, and its manifest replaced by
 #                              one annotated podckpt.io/restore-from: the kubelet's own pod comes
 #                              back restored and counts on
+#   contrib/demo.sh --kubernetes
+#                              the same through an API server (1.36.2) and kubectl: deploy/kubernetes
+#                              applied, a PodCheckpoint taken by the node agent, the pod restored by
+#                              annotation by a user allowed to, refused to one who is not
 set -euo pipefail
 cd "$(dirname "$0")/.."
-handler="" restore_handler=podckpt config=/dev/null runtime=containerd move="" kubelet=""
+handler="" restore_handler=podckpt config=/dev/null runtime=containerd move="" kubelet="" kubernetes=""
 case "${1:-}" in
     --gvisor) handler=gvisor restore_handler=gvisor ;;
     --crio) runtime=crio ;;
     --move) move=1 ;;
     --kubelet) kubelet=1 ;;
+    --kubernetes) kubelet=1 kubernetes=1 ;;
     "") ;;
-    *) echo "usage: $0 [--crio | --gvisor | --move | --kubelet]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--crio | --gvisor | --move | --kubelet | --kubernetes]" >&2; exit 2 ;;
 esac
 # The packages first: building podckpt needs protoc.
 bash contrib/testbed.sh install
-cargo build --release --locked --bin podckptd --bin podckpt --bin podckpt-runc --example counter_pod
+cargo build --release --locked --bin podckptd --bin podckpt --bin podckpt-runc --example counter_pod \
+    ${kubernetes:+--bin podckpt-agent}
 eval "$(bash contrib/testbed.sh env)"
 # The runtimes' "podckpt" handlers run this podckpt-runc (and their "gvisor"
 # handler the same binary as podckpt-runsc): in place before they start,
@@ -38,6 +44,8 @@ bash contrib/testbed.sh up
 
 work=$(mktemp -d /run/podckpt-demo.XXXXXX)
 sock="$work/podckpt.sock"
+# The test bed's overlay of deploy/kubernetes has the agent find podckptd here.
+[ -n "$kubernetes" ] && sock=/run/podckpt-testbed/podckpt.sock
 if [ -n "$handler" ]; then
     config="$work/config.toml"
     printf '[handlers.gvisor]\nbackend = "runsc"\nruntime = "runsc"\nroot = "/run/podckpt-testbed/runsc/k8s.io"\nrestore = true\n' >"$config"
@@ -59,6 +67,11 @@ sock_b="$work/node-b.sock"
 cleanup() {
     # The kubelet stops its pods when it stops; what it made is removed next.
     if [ -n "$kubelet" ]; then bash contrib/testbed.sh kubelet-stop || true; fi
+    if [ -n "$kubernetes" ]; then
+        bash contrib/testbed.sh cluster-stop || true
+        # What the registered kubelet ran: the agent's pod and the counters.
+        for p in $(./target/release/examples/counter_pod kubelet-pods "$sock" 2>/dev/null); do pods+=("$p"); done
+    fi
     for p in "${pods[@]}"; do ./target/release/examples/counter_pod rmp "$sock" "$p" 2>/dev/null || true; done
     for p in "${pods_b[@]}"; do ./target/release/examples/counter_pod rmp "$sock_b" "$p" 2>/dev/null || true; done
     kill -TERM "$shim" 2>/dev/null && wait "$shim" || true
@@ -80,6 +93,88 @@ for _ in $(seq 1 100); do [ -S "$sock" ] && { [ -z "$move" ] || [ -S "$sock_b" ]
 podckpt() { ./target/release/podckpt --runtime-endpoint "unix://$sock" "$@"; }
 podckpt_b() { ./target/release/podckpt --runtime-endpoint "unix://$sock_b" "$@"; }
 counter() { ./target/release/examples/counter_pod "$@"; }
+
+if [ -n "$kubernetes" ]; then
+    # The control plane, the kubelet registered through podckptd, and what a
+    # user applies: deploy/kubernetes, through the test bed's overlay
+    # (contrib/testbed/kubernetes: the API server's address, podckptd's
+    # socket, a disk cap), with the agent's image from its release binary.
+    bash contrib/testbed.sh cluster-start
+    bash contrib/testbed.sh kubelet-start "$sock" cluster
+    bash contrib/testbed.sh agent-image target/release/podckpt-agent
+    kubectl() { "$PODCKPT_TEST_KUBECTL" --kubeconfig "$PODCKPT_TEST_KUBECONFIG" "$@"; }
+    typed() { echo "\$ kubectl $*"; kubectl "$@"; }
+    echo "== install: the CRD, the node agent (DaemonSet), RBAC, the admission policy"
+    typed apply -k contrib/testbed/kubernetes
+    kubectl wait --for=condition=Established crd/podcheckpoints.podckpt.io --timeout=60s >/dev/null
+    # No controller-manager here: the test bed makes the DaemonSet's pod.
+    bash contrib/testbed.sh cluster-daemonsets
+    typed -n podckpt-system wait --for=condition=Ready pod -l app.kubernetes.io/name=podckpt-agent --timeout=120s
+    bash contrib/testbed.sh cluster-namespace team-a
+    echo "== alice may checkpoint and restore in team-a; bob may not restore"
+    kubectl -n team-a create role pods --verb=create,get,list,watch,delete --resource=pods,pods/log,pods/exec >/dev/null
+    typed -n team-a create rolebinding pods --role=pods --user=alice --user=bob
+    typed -n team-a create rolebinding checkpointers --clusterrole=podckpt-checkpointer --user=alice
+    typed -n team-a create rolebinding restorers --clusterrole=podckpt-restorer --user=alice
+    sleep 2
+    counter_pod() {
+        cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  namespace: team-a${2:+
+  annotations:
+    podckpt.io/restore-from: $2}
+spec:
+  nodeName: podckpt-node
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: counter
+    image: $PODCKPT_TEST_BUSYBOX_IMAGE
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "i=0; while :; do i=\$((i+1)); echo count \$i; sleep 1; done"]
+EOF
+    }
+    echo "== a counter pod"
+    counter_pod counter | tee "$work/counter.yaml"
+    typed --as=alice apply -f "$work/counter.yaml"
+    kubectl -n team-a wait --for=condition=Ready pod/counter --timeout=120s >/dev/null
+    sleep 5
+    echo "== a PodCheckpoint of it"
+    cat <<EOF | tee "$work/warm.yaml"
+apiVersion: podckpt.io/v1alpha1
+kind: PodCheckpoint
+metadata:
+  name: warm
+  namespace: team-a
+spec:
+  sourcePod:
+    name: counter
+EOF
+    typed --as=alice apply -f "$work/warm.yaml"
+    typed -n team-a wait --for=condition=Ready podcheckpoint/warm --timeout=180s
+    typed -n team-a get podcheckpoints
+    typed -n team-a get podcheckpoint warm -o jsonpath='{.status}'; echo
+    echo "== the pod goes; a new one names the checkpoint"
+    typed -n team-a logs counter --tail=1
+    typed -n team-a delete pod counter
+    counter_pod restored warm >"$work/restored.yaml"
+    grep -A1 annotations "$work/restored.yaml"
+    typed --as=bob apply -f "$work/restored.yaml" || true
+    typed --as=alice apply -f "$work/restored.yaml"
+    kubectl -n team-a wait --for=condition=Ready pod/restored --timeout=120s >/dev/null
+    sleep 3
+    typed -n team-a logs restored --tail=4
+    typed -n team-a get pod restored
+    echo "== the PodCheckpoint goes, and its checkpoint on the node with it"
+    typed -n team-a delete podcheckpoint warm
+    podckpt checkpoints
+    typed -n team-a delete pod restored
+    exit 0
+fi
 
 if [ -n "$kubelet" ]; then
     manifests="$PODCKPT_TEST_KUBELET_DIR/manifests"

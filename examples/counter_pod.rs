@@ -5,6 +5,7 @@
 //!   counter_pod rmp SOCKET POD_ID   stops and removes a pod
 //!   counter_pod find SOCKET NAME    waits (up to 90 s) for a ready pod NAME with a running
 //!                                   container, prints "POD_ID CONTAINER_ID ATTEMPT"
+//!   counter_pod kubelet-pods SOCKET  prints the id of every sandbox a kubelet made
 
 use anyhow::{Context, bail};
 use podckpt::api::cri;
@@ -19,8 +20,15 @@ async fn main() -> anyhow::Result<()> {
             "usage: counter_pod run SOCKET IMAGE [HANDLER] | count SOCKET CONTAINER | rmp SOCKET POD | find SOCKET NAME"
         );
     };
-    let arg = args.get(2).context("missing argument")?;
     let mut rt = podckpt::cri_client::runtime(std::path::Path::new(socket));
+    if verb == "kubelet-pods" {
+        let pods = rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
+        for pod in pods.iter().filter(|p| p.annotations.contains_key("kubernetes.io/config.source")) {
+            println!("{}", pod.id);
+        }
+        return Ok(());
+    }
+    let arg = args.get(2).context("missing argument")?;
     match verb.as_str() {
         "run" => {
             let uid = format!("demo-{}", std::process::id());
