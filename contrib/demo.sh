@@ -93,6 +93,13 @@ for _ in $(seq 1 100); do [ -S "$sock" ] && { [ -z "$move" ] || [ -S "$sock_b" ]
 podckpt() { ./target/release/podckpt --runtime-endpoint "unix://$sock" "$@"; }
 podckpt_b() { ./target/release/podckpt --runtime-endpoint "unix://$sock_b" "$@"; }
 counter() { ./target/release/examples/counter_pod "$@"; }
+# Three readings of a restored counter, beside the last one of the old pod.
+count_on() {
+    for _ in 1 2 3; do
+        echo "counter = $(counter count "$sock" "$1")  (was $before when $2)"
+        sleep 1
+    done
+}
 
 if [ -n "$kubernetes" ]; then
     # The control plane, the kubelet registered through podckptd, and what a
@@ -223,10 +230,7 @@ EOF
     read -r new_pod new_cid attempt < <(counter find "$sock" counter-podckpt-node)
     pods+=("$new_pod")
     echo "the kubelet's new pod $new_pod, container $new_cid (attempt $attempt)"
-    for _ in 1 2 3; do
-        echo "counter = $(counter count "$sock" "$new_cid")  (was $before when the old pod went)"
-        sleep 1
-    done
+    count_on "$new_cid" "the old pod went"
     sleep 10
     read -r still_pod still_cid attempt < <(counter find "$sock" counter-podckpt-node)
     echo "10 s later the kubelet keeps it: pod $still_pod, container $still_cid, attempt $attempt"
@@ -278,7 +282,4 @@ new_pod=$(echo "$restored" | python3 -c 'import json,sys; print(json.load(sys.st
 new_cid=$(echo "$restored" | python3 -c 'import json,sys; print(json.load(sys.stdin)["containers"][0]["container_id"])')
 pods+=("$new_pod")
 echo "restored pod $new_pod"
-for _ in 1 2 3; do
-    echo "counter = $(counter count "$sock" "$new_cid")  (was $before when deleted)"
-    sleep 1
-done
+count_on "$new_cid" "deleted"

@@ -22,8 +22,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut rt = podckpt::cri_client::runtime(std::path::Path::new(socket));
     if verb == "kubelet-pods" {
-        let pods = rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
-        for pod in pods.iter().filter(|p| p.annotations.contains_key("kubernetes.io/config.source")) {
+        let pods = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await?
+            .into_inner()
+            .items;
+        for pod in pods
+            .iter()
+            .filter(|p| p.annotations.contains_key("kubernetes.io/config.source"))
+        {
             println!("{}", pod.id);
         }
         return Ok(());

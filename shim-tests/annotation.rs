@@ -22,9 +22,8 @@ on_each_runtime!(
     a_node_that_does_not_restore_by_annotation_starts_the_pod_afresh,
 );
 
-const RUNTIME: &str = "/runtime.v1.RuntimeService/";
 const CALL_LIMIT: Duration = Duration::from_secs(60);
-pub(crate) const RESTORE_FROM: &str = "podckpt.io/restore-from";
+use crate::support::RESTORE_FROM;
 
 /// podckptd's config for restores by annotation, checkpoints under `root`.
 pub(crate) fn annotation_config(root: &Path) -> String {
@@ -71,26 +70,11 @@ struct Kubelet {
 
 impl Kubelet {
     async fn call(&mut self, method: &str, request: &impl Message) -> CallResult {
-        self.client
-            .call(
-                &format!("{RUNTIME}{method}"),
-                &request.encode_to_vec(),
-                Some(CALL_LIMIT),
-                &[],
-            )
-            .await
+        self.client.runtime_call(method, request, Some(CALL_LIMIT)).await
     }
 
     async fn ok<Resp: Message + Default>(&mut self, method: &str, request: &impl Message) -> Resp {
-        let result = self.call(method, request).await;
-        assert_eq!(
-            result.code(),
-            Code::Ok,
-            "{:?} {method}: {}",
-            self.client.stack,
-            result.message
-        );
-        Resp::decode(result.responses[0].as_slice()).expect("a response that decodes")
+        self.client.runtime_ok(method, request, CALL_LIMIT).await
     }
 
     async fn run(&mut self, config: &cri::PodSandboxConfig) -> CallResult {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use podckpt::api::cri;
 use serial_test::serial;
 
-use crate::annotation::{RESTORE_FROM, annotation_config};
+use crate::annotation::annotation_config;
 use crate::support::kubelet::{self, Kubelet, running};
 use crate::support::{self, Shim, Testbed};
 
@@ -26,17 +26,9 @@ const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo c
 /// A static pod running `script` in container `counter`, with an exec
 /// liveness and readiness probe; annotated to restore from `restore_from`.
 fn manifest(tb: &Testbed, name: &str, namespace: &str, script: &str, restore_from: Option<&str>) -> String {
-    let annotations = restore_from
-        .map(|from| format!("  annotations:\n    {RESTORE_FROM}: {from}\n"))
-        .unwrap_or_default();
+    let head = support::pod_manifest_head(name, namespace, restore_from);
     format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {namespace}
-{annotations}spec:
-  terminationGracePeriodSeconds: 1
+        r#"{head}  terminationGracePeriodSeconds: 1
   containers:
   - name: counter
     image: {image}

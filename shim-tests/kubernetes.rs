@@ -22,17 +22,9 @@ const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo c
 /// A counter pod on the test bed's node (there is no scheduler), named
 /// `name`, restored from `restore_from` if given, running `script`.
 fn pod(name: &str, image: &str, script: &str, restore_from: Option<&str>) -> String {
-    let annotations = restore_from
-        .map(|from| format!("  annotations:\n    podckpt.io/restore-from: \"{from}\"\n"))
-        .unwrap_or_default();
+    let head = support::pod_manifest_head(name, NS, restore_from);
     format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {NS}
-{annotations}spec:
-  nodeName: podckpt-node
+        r#"{head}  nodeName: podckpt-node
   automountServiceAccountToken: false
   enableServiceLinks: false
   terminationGracePeriodSeconds: 1

@@ -15,7 +15,6 @@ use tonic::Code;
 use crate::support::interop::{CallResult, Client, Stack};
 use crate::support::{self, COUNTER, Shim, Testbed, eventually, runc_status};
 
-const RUNTIME: &str = "/runtime.v1.RuntimeService/";
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 /// StopPodSandbox's deadline, which CRI-O spends as the containers' grace period.
 const STOP_LIMIT: Duration = Duration::from_secs(15);
@@ -59,21 +58,11 @@ struct Caller {
 
 impl Caller {
     async fn ok<Req: Message, Resp: Message + Default>(&mut self, method: &str, request: &Req) -> Resp {
-        let result = self.raw(method, request, Some(CALL_LIMIT)).await;
-        assert_eq!(
-            result.code(),
-            Code::Ok,
-            "{:?} {method}: {}",
-            self.client.stack,
-            result.message
-        );
-        Resp::decode(result.responses[0].as_slice()).expect("a response that decodes")
+        self.client.runtime_ok(method, request, CALL_LIMIT).await
     }
 
     async fn raw(&mut self, method: &str, request: &impl Message, timeout: Option<Duration>) -> CallResult {
-        self.client
-            .call(&format!("{RUNTIME}{method}"), &request.encode_to_vec(), timeout, &[])
-            .await
+        self.client.runtime_call(method, request, timeout).await
     }
 
     async fn run_pod(&mut self, tb: &support::Testbed, name: &str, handler: &str) -> (Sandbox, cri::PodSandboxConfig) {

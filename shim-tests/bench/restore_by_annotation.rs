@@ -33,17 +33,9 @@ const LOADING: &str = "t=$(( $(date +%s) + 20 )); while [ $(date +%s) -lt $t ]; 
      i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done";
 
 fn manifest(name: &str, image: &str, restore_from: Option<&str>) -> String {
-    let annotations = restore_from
-        .map(|from| format!("  annotations:\n    podckpt.io/restore-from: {from}\n"))
-        .unwrap_or_default();
+    let head = support::pod_manifest_head(name, "default", restore_from);
     format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: default
-{annotations}spec:
-  terminationGracePeriodSeconds: 1
+        r#"{head}  terminationGracePeriodSeconds: 1
   containers:
   - name: server
     image: {image}

@@ -167,6 +167,29 @@ impl Client {
         .await
     }
 
+    /// A unary `runtime.v1.RuntimeService` call by its method's name.
+    pub async fn runtime_call(
+        &mut self,
+        method: &str,
+        request: &impl prost::Message,
+        timeout: Option<Duration>,
+    ) -> CallResult {
+        let path = format!("/runtime.v1.RuntimeService/{method}");
+        self.call(&path, &request.encode_to_vec(), timeout, &[]).await
+    }
+
+    /// `runtime_call`, which must succeed; its answer, decoded.
+    pub async fn runtime_ok<Resp: prost::Message + Default>(
+        &mut self,
+        method: &str,
+        request: &impl prost::Message,
+        timeout: Duration,
+    ) -> Resp {
+        let result = self.runtime_call(method, request, Some(timeout)).await;
+        assert_eq!(result.code(), Code::Ok, "{:?} {method}: {}", self.stack, result.message);
+        Resp::decode(result.responses[0].as_slice()).expect("a response that decodes")
+    }
+
     /// CheckpointPod or RestorePod, after the type of `request`.
     pub async fn pod_call<R: PodRequest>(&mut self, request: &R, timeout: Option<Duration>) -> CallResult {
         self.call(R::PATH, &request.encode_to_vec(), timeout, &[]).await

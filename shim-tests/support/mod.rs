@@ -105,20 +105,10 @@ pub async fn sandboxes(client: &mut Runtime) -> Vec<cri::PodSandbox> {
 
 /// The ids of the pod's running containers.
 pub async fn running_containers(client: &mut Runtime, pod_id: &str) -> Vec<String> {
-    let filter = cri::ContainerFilter {
-        pod_sandbox_id: pod_id.into(),
-        state: Some(cri::ContainerStateValue {
-            state: cri::ContainerState::ContainerRunning as i32,
-        }),
-        ..Default::default()
-    };
-    client
-        .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+    pod_containers(client, pod_id)
         .await
-        .expect("ListContainers")
-        .into_inner()
-        .containers
         .into_iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
         .map(|c| c.id)
         .collect()
 }
@@ -538,6 +528,19 @@ pub fn kubelet_namespaces() -> cri::NamespaceOption {
 /// (shareProcessNamespace; the CRI's default).
 pub fn share_pod_pids(options: Option<&mut cri::NamespaceOption>) {
     options.expect("namespace options").pid = cri::NamespaceMode::Pod as i32;
+}
+
+/// The annotation that asks for a pod to be restored from a named
+/// checkpoint; written out here so that a change to it in podckpt fails.
+pub const RESTORE_FROM: &str = "podckpt.io/restore-from";
+
+/// A Pod manifest up to and including `spec:`: its name, namespace and, if
+/// given, the checkpoint it is to be restored from.
+pub fn pod_manifest_head(name: &str, namespace: &str, restore_from: Option<&str>) -> String {
+    let annotations = restore_from
+        .map(|from| format!("  annotations:\n    {RESTORE_FROM}: \"{from}\"\n"))
+        .unwrap_or_default();
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n{annotations}spec:\n")
 }
 
 /// The namespace options of a pod config made by `pod_config`.

@@ -206,13 +206,7 @@ impl Reconciling<'_> {
         let mut finalizers = self.checkpoint.finalizers().to_vec();
         if !finalizers.iter().any(|f| f == FINALIZER) {
             finalizers.push(FINALIZER.into());
-            self.api
-                .patch(
-                    self.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "metadata": { "finalizers": finalizers } })),
-                )
-                .await?;
+            self.set_finalizers(finalizers).await?;
         }
         let generation = self.checkpoint.metadata.generation;
         self.patch_status(json!({
@@ -319,6 +313,19 @@ impl Reconciling<'_> {
         Ok(Action::await_change())
     }
 
+    /// Replaces the object's finalizers; a merge patch of the whole list, as
+    /// a list is not merged item by item.
+    async fn set_finalizers(&self, finalizers: Vec<String>) -> Result<(), Error> {
+        self.api
+            .patch(
+                self.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "finalizers": finalizers } })),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Deleted: the directory goes, then the finalizer.
     async fn release(&self) -> Result<Action, Error> {
         if let Err(status) = self.ctx.podckptd.delete(self.namespace, self.name).await {
@@ -335,13 +342,7 @@ impl Reconciling<'_> {
             .filter(|f| *f != FINALIZER)
             .cloned()
             .collect();
-        self.api
-            .patch(
-                self.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "metadata": { "finalizers": finalizers } })),
-            )
-            .await?;
+        self.set_finalizers(finalizers).await?;
         info!(
             podcheckpoint = self.name,
             namespace = self.namespace,

@@ -44,8 +44,9 @@ use tracing::info;
 use super::super::error::PodError;
 use super::super::named::RESTORE_FROM;
 use super::super::options;
+use super::marker::{self, How};
 use super::verify::{VerifiedCheckpoint, read_manifest};
-use super::{Created, PodService, lazy_pages, marker, restore_pod::pod_uid};
+use super::{Created, PodService, lazy_pages};
 use crate::api::cri;
 use crate::api::pod::{
     CreateContainerRequestBytes, CreateContainerResponse, PodSandboxConfigAnnotations, RunPodSandboxRequestBytes,
@@ -54,7 +55,6 @@ use crate::api::pod::{
 use crate::api::{CREATE_CONTAINER_PATH, RUN_POD_SANDBOX_PATH};
 use crate::backend;
 use crate::config::HandlerConfig;
-use crate::interposer::token::RestoreToken;
 
 /// Where the sessions of sandboxes restored by annotation are kept, under
 /// podckptd's state directory.
@@ -144,17 +144,11 @@ impl PodService {
             None => None,
         };
         let lazy_pages = lazy_pages(&backend, &handler, asked)?;
-        let sandbox_token = match &checkpoint.sandbox {
-            Some(image) => Some(RestoreToken {
-                checkpoint: image.clone(),
-                sandbox_id: String::new(),
-                container_name: String::new(),
-                pod_uid: pod_uid(&request.config)?,
-                backend: backend.config.backend.clone(),
-                lazy_pages: false,
-            }),
-            None => None,
+        let how = How {
+            backend: backend.config.backend.clone(),
+            lazy_pages,
         };
+        let sandbox_token = marker::sandbox_token(&checkpoint, &request.config, &how)?;
         let mut created = Created::default();
         let state_dir = self.inner.state_dir.clone();
         let work = async {
@@ -252,15 +246,17 @@ impl PodService {
         self.check_image(&admitted)
             .await
             .map_err(|e| in_checkpoint(&session.name, e))?;
-        let token = RestoreToken {
-            checkpoint: checkpoint.sandbox.clone().unwrap_or_else(|| admitted.folder.clone()),
-            sandbox_id: request.pod_sandbox_id.clone(),
-            container_name: container.clone(),
-            pod_uid: String::new(),
+        let how = How {
             backend: backend.config.backend.clone(),
             lazy_pages: session.lazy_pages,
         };
-        let (token_path, marked) = marker::mark_container(&self.inner.state_dir, &token, &admitted.config)?;
+        let (token_path, marked) = marker::mark_container(
+            &self.inner.state_dir,
+            &checkpoint,
+            &admitted,
+            &request.pod_sandbox_id,
+            &how,
+        )?;
         let create = CreateContainerRequestBytes {
             config: marked,
             ..request

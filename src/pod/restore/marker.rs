@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use super::super::error::PodError;
+use super::verify::{VerifiedCheckpoint, VerifiedContainer};
+use crate::api::cri;
 use crate::api::pod::{ContainerConfigAnnotations, PodSandboxConfigAnnotations};
 use crate::interposer::pid_floor;
 use crate::interposer::token::{self, RestoreToken};
@@ -53,15 +55,61 @@ pub(super) fn annotate_sandbox(config: &[u8], annotations: HashMap<String, Strin
     Ok(marked)
 }
 
-/// Writes a container's token and returns it, with the caller's encoded
+/// How podckpt-runc is to restore what a token names.
+pub(super) struct How {
+    /// The handler's backend kind (its config's `backend`).
+    pub backend: String,
+    pub lazy_pages: bool,
+}
+
+/// The token of a sandbox restored whole, for a backend that restores
+/// sandboxes whole; none for any other. It names the pod by its UID (from
+/// the caller's encoded PodSandboxConfig): the sandbox has no id yet.
+pub(super) fn sandbox_token(
+    checkpoint: &VerifiedCheckpoint,
+    config: &[u8],
+    how: &How,
+) -> Result<Option<RestoreToken>, PodError> {
+    let Some(image) = &checkpoint.sandbox else {
+        return Ok(None);
+    };
+    let pod_uid = cri::PodSandboxConfig::decode(config)
+        .ok()
+        .and_then(|c| c.metadata)
+        .map(|m| m.uid)
+        .filter(|uid| !uid.is_empty())
+        .ok_or_else(|| PodError::InvalidArgument("config.metadata.uid is needed to restore a whole sandbox".into()))?;
+    Ok(Some(RestoreToken {
+        checkpoint: image.clone(),
+        sandbox_id: String::new(),
+        container_name: String::new(),
+        pod_uid,
+        backend: how.backend.clone(),
+        lazy_pages: false,
+    }))
+}
+
+/// Writes the token of `container` of the checkpoint, to be created in
+/// sandbox `sandbox_id`, and returns it with the caller's encoded
 /// ContainerConfig marked with it.
 pub(super) fn mark_container(
     state_dir: &Path,
-    token: &RestoreToken,
-    config: &[u8],
+    checkpoint: &VerifiedCheckpoint,
+    container: &VerifiedContainer,
+    sandbox_id: &str,
+    how: &How,
 ) -> Result<(PathBuf, Vec<u8>), PodError> {
+    let token = RestoreToken {
+        // A sandbox restored whole holds every container's processes.
+        checkpoint: checkpoint.sandbox.clone().unwrap_or_else(|| container.folder.clone()),
+        sandbox_id: sandbox_id.to_owned(),
+        container_name: container.name.clone(),
+        pod_uid: String::new(),
+        backend: how.backend.clone(),
+        lazy_pages: how.lazy_pages,
+    };
     let path = token.write(&tokens_dir(state_dir))?;
-    let mut marked = config.to_vec();
+    let mut marked = container.config.clone();
     let marker = ContainerConfigAnnotations {
         annotations: [(token::ANNOTATION.to_owned(), path.display().to_string())].into(),
     };
@@ -75,7 +123,6 @@ pub(super) fn mark_container(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::cri;
 
     #[test]
     fn markers_are_appended_and_the_rest_is_kept() {

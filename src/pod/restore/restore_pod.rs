@@ -6,26 +6,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use prost::Message;
 use tokio::time::Instant;
 use tracing::info;
 
 use super::super::error::PodError;
 use super::super::options;
+use super::marker::{self, How};
 use super::verify::{VerifiedCheckpoint, VerifiedContainer};
-use super::{Created, PodService, lazy_pages, marker};
-use crate::api::cri;
+use super::{Created, PodService, lazy_pages};
 use crate::api::pod::{
     CreateContainerRequestBytes, RestorePodRequest, RestorePodResponse, RestoredContainer, RunPodSandboxRequestBytes,
 };
-use crate::interposer::token::RestoreToken;
-
-/// How the wrapper is to restore each container: written into its token.
-struct How {
-    /// The handler's backend kind (its config's `backend`).
-    backend: String,
-    lazy_pages: bool,
-}
 
 impl PodService {
     pub(in crate::pod) async fn restore(
@@ -111,19 +102,7 @@ impl PodService {
         started: Instant,
     ) -> Result<RestorePodResponse, PodError> {
         let state_dir = &self.inner.state_dir;
-        let sandbox_token = match &checkpoint.sandbox {
-            // The sandbox itself comes back from the image; its token names
-            // the pod by UID, as the sandbox's id does not exist yet.
-            Some(image) => Some(RestoreToken {
-                checkpoint: image.clone(),
-                sandbox_id: String::new(),
-                container_name: String::new(),
-                pod_uid: pod_uid(&request.config)?,
-                backend: how.backend.clone(),
-                lazy_pages: false,
-            }),
-            None => None,
-        };
+        let sandbox_token = marker::sandbox_token(checkpoint, &request.config, how)?;
         let annotations =
             marker::sandbox_annotations(state_dir, checkpoint.pid_floor, sandbox_token, &mut created.tokens)?;
         let run = RunPodSandboxRequestBytes {
@@ -135,15 +114,7 @@ impl PodService {
 
         let mut restored = Vec::new();
         for container in containers {
-            let token = RestoreToken {
-                checkpoint: checkpoint.sandbox.clone().unwrap_or_else(|| container.folder.clone()),
-                sandbox_id: sandbox_id.clone(),
-                container_name: container.name.clone(),
-                pod_uid: String::new(),
-                backend: how.backend.clone(),
-                lazy_pages: how.lazy_pages,
-            };
-            let (token_path, marked) = marker::mark_container(state_dir, &token, &container.config)?;
+            let (token_path, marked) = marker::mark_container(state_dir, checkpoint, container, &sandbox_id, how)?;
             created.tokens.push(token_path);
             let create = CreateContainerRequestBytes {
                 pod_sandbox_id: sandbox_id.clone(),
@@ -161,15 +132,4 @@ impl PodService {
             restored_containers: restored,
         })
     }
-}
-
-/// The UID of the pod an encoded PodSandboxConfig describes, which a
-/// sandbox restored whole is known by until it has an id.
-pub(super) fn pod_uid(config: &[u8]) -> Result<String, PodError> {
-    cri::PodSandboxConfig::decode(config)
-        .ok()
-        .and_then(|c| c.metadata)
-        .map(|m| m.uid)
-        .filter(|uid| !uid.is_empty())
-        .ok_or_else(|| PodError::InvalidArgument("config.metadata.uid is needed to restore a whole sandbox".into()))
 }
