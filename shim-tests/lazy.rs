@@ -1,7 +1,9 @@
 //! Lazy restore (`podckpt.io/lazy-pages`): the restored process runs while
-//! CRIU's lazy-pages daemon serves its memory, and the daemon's life is tied
+//! podckpt's page daemon serves its memory, and the daemon's life is tied
 //! to the container's. The workload holds 256 MiB of random bytes and checks
 //! their digest on demand, so a page served wrong, or zero-filled, shows.
+//! The digest is taken by a forked shell, so the pages a child of the
+//! restored process needs are served too.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -93,7 +95,7 @@ fn lazy_processes(checkpoint: &Path) -> Vec<(i32, String)> {
             .collect();
         let serves = args.iter().any(|a| a.starts_with(checkpoint.to_str().unwrap()));
         let role = match args.get(1).map(String::as_str) {
-            Some("lazy-pages") => "daemon",
+            Some(podckpt::backend::runc::lazy::DAEMON_COMMAND) => "daemon",
             Some(podckpt::backend::runc::lazy::SUPERVISOR_COMMAND) => "supervisor",
             _ => continue,
         };
@@ -123,6 +125,25 @@ fn restore_record(cid: &str) -> serde_json::Value {
         .join(cid)
         .join(podckpt::interposer::RESTORE_RECORD);
     serde_json::from_slice(&std::fs::read(&path).expect("the restore record")).unwrap()
+}
+
+/// What the page daemon of container `cid` says it served, once done: MiB
+/// on faults, MiB pushed in the background.
+fn served(tb: &support::Testbed, cid: &str) -> (f64, f64) {
+    let rootfs = support::container_rootfs(tb, cid);
+    let bundle = rootfs.parent().expect("containerd's bundle");
+    let log = std::fs::read_to_string(bundle.join("podckpt-restore/lazy-pages.log")).unwrap_or_default();
+    let figure = |after: &str, unit: &str| -> Option<f64> {
+        let rest = &log[log.find(after)? + after.len()..];
+        rest[..rest.find(unit)?].trim().parse().ok()
+    };
+    match (
+        figure("every page is in:", "MiB on faults"),
+        figure("on faults,", "MiB pushed"),
+    ) {
+        (Some(faulted), Some(pushed)) => (faulted, pushed),
+        _ => panic!("the daemon's log does not say what it served: {log:?}"),
+    }
 }
 
 /// Asks the workload for its digest now and returns it.
@@ -162,6 +183,20 @@ async fn a_lazily_restored_pod_has_every_byte_of_its_memory() {
     );
     let state = support::container_status(&mut client, &cid).await.state;
     assert_eq!(state, cri::ContainerState::ContainerRunning as i32);
+    let (faulted, _) = served(&tb, &cid);
+    assert!(faulted > 0.0, "no page came on a fault");
+
+    // Lazy, and asked only once the daemon is done: every page came from
+    // the background push.
+    let (_idle_pod, idle) = restore_lazily(&shim, &source.dir, "true").await;
+    support::start_restored(&shim, &idle).await;
+    assert!(
+        none_left(&source.dir).await,
+        "the daemon did not end once every page was in"
+    );
+    let (_, pushed) = served(&tb, &idle);
+    assert!(pushed > 0.0, "nothing was pushed in the background");
+    assert_eq!(digest_now(&mut client, &idle).await, source.digest);
 
     // Eager, for comparison: the same digest.
     let (_eager_pod, eager) = restore_lazily(&shim, &source.dir, "false").await;

@@ -1205,6 +1205,14 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Where the host sees container `cid`'s root: the rootfs runc was given
+/// (its bundle's `rootfs` on containerd, the overlay's mount on CRI-O).
+pub fn container_rootfs(tb: &Testbed, cid: &str) -> PathBuf {
+    let state = std::fs::read(tb.runc_root.join(cid).join("state.json")).expect("runc's state of the container");
+    let state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+    PathBuf::from(state["config"]["rootfs"].as_str().expect("a rootfs in runc's state"))
+}
+
 /// A benchmark's test bed and shim (with `handlers` as podckptd's config),
 /// with the freshly built podckpt-runc installed; `None` unless cargo ran
 /// the benchmark (`cargo test` runs bench targets without `--bench`).

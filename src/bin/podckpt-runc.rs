@@ -15,6 +15,12 @@ fn main() -> ExitCode {
     {
         return podckpt::backend::runc::lazy::supervise(&args[1..]);
     }
+    if args
+        .first()
+        .is_some_and(|a| a == podckpt::backend::runc::lazy::DAEMON_COMMAND)
+    {
+        return podckpt::backend::runc::lazy::daemon_main(&args[1..]);
+    }
     if args.first().is_some_and(|a| a == interposer::gvisor::WAITER_COMMAND) {
         return interposer::gvisor::wait(&args[1..]);
     }

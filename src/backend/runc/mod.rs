@@ -2,6 +2,7 @@
 //! or crun, which takes the same arguments).
 
 mod criu_log;
+mod image;
 pub mod lazy;
 mod pstree;
 mod restore;

@@ -1,18 +1,14 @@
-//! CRIU's process tree image (`pstree.img`), read for one fact: the highest
-//! PID a checkpointed container's processes and threads held in their PID
-//! namespace. A restore into a PID namespace that other processes share
-//! (the pod's) needs every one of those PIDs free.
-//!
-//! The format (CRIU's `images/pstree.proto` and `criu/include/magic.h`):
-//! two 32-bit magics, then entries, each a 32-bit native-endian length and
-//! a `pstree_entry` protobuf message.
+//! CRIU's process tree image (`pstree.img`, entries of `images/pstree.proto`),
+//! read for two facts: the highest PID a checkpointed container's processes
+//! and threads held in their PID namespace (a restore into a PID namespace
+//! that other processes share, the pod's, needs every one of them free), and
+//! which processes a lazy restore's page daemon will hear from.
 
 use std::path::Path;
 
+use super::image::Image;
 use crate::backend::RestoreError;
 
-/// CRIU's first magic of every image but its service files.
-const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const PSTREE_MAGIC: u32 = 0x5027_3030;
 /// The file CRIU writes the tree to, in its images directory.
 pub const PSTREE_IMAGE: &str = "pstree.img";
@@ -34,25 +30,22 @@ struct PstreeEntry {
 
 /// The highest PID, thread id, process group or session id in `image`.
 pub fn highest_pid(image: &Path) -> Result<u32, RestoreError> {
-    let bad = |why: String| RestoreError::Io(format!("{}: {why}", image.display()));
-    let bytes = std::fs::read(image).map_err(|e| bad(e.to_string()))?;
-    let word = |at: usize| -> Option<u32> { Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
-    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(PSTREE_MAGIC) {
-        return Err(bad("not a CRIU process tree image".into()));
-    }
-    let mut at = 8;
     let mut highest = 0;
-    while at < bytes.len() {
-        let len = word(at).ok_or_else(|| bad("cut short in an entry's length".into()))? as usize;
-        let body = bytes
-            .get(at + 4..at + 4 + len)
-            .ok_or_else(|| bad("cut short in an entry".into()))?;
-        let entry = <PstreeEntry as prost::Message>::decode(body).map_err(|e| bad(e.to_string()))?;
+    for entry in entries(image)? {
         let ids = [entry.pid, entry.pgid, entry.sid].into_iter().chain(entry.threads);
         highest = ids.fold(highest, u32::max);
-        at += 4 + len;
     }
     Ok(highest)
+}
+
+/// Every process of the tree, as CRIU numbers them in its other images
+/// (`pagemap-PID.img`): the PIDs they had in their own namespace.
+pub fn processes(image: &Path) -> Result<Vec<u32>, RestoreError> {
+    Ok(entries(image)?.into_iter().map(|e| e.pid).collect())
+}
+
+fn entries(image: &Path) -> Result<Vec<PstreeEntry>, RestoreError> {
+    Image::open(image, PSTREE_MAGIC, "process tree")?.entries().collect()
 }
 
 #[cfg(test)]
@@ -61,13 +54,8 @@ mod tests {
     use prost::Message;
 
     fn image(entries: &[PstreeEntry]) -> Vec<u8> {
-        let mut bytes = [IMG_COMMON_MAGIC.to_ne_bytes(), PSTREE_MAGIC.to_ne_bytes()].concat();
-        for entry in entries {
-            let body = entry.encode_to_vec();
-            bytes.extend((body.len() as u32).to_ne_bytes());
-            bytes.extend(body);
-        }
-        bytes
+        let bodies: Vec<_> = entries.iter().map(Message::encode_to_vec).collect();
+        crate::backend::runc::image::encode(PSTREE_MAGIC, &bodies)
     }
 
     fn entry(pid: u32, ppid: u32, threads: &[u32]) -> PstreeEntry {
@@ -90,6 +78,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(highest_pid(&path).unwrap(), 97);
+        assert_eq!(processes(&path).unwrap(), [8, 51, 40]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! bundle, pid file and console the shim gave `create`, eagerly or with
 //! CRIU's lazy-pages daemon under a supervisor.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -40,7 +40,6 @@ impl OciRuntimeCheckpointer {
             Some(lazy::Supervisor::start(&lazy::Plan {
                 images,
                 work: work.clone(),
-                criu: global_value(request, "--criu").unwrap_or_else(|| PathBuf::from("criu")),
                 runtime: runtime.to_owned(),
                 global: request.global.to_vec(),
                 id: request.id.to_owned(),
@@ -65,10 +64,6 @@ impl OciRuntimeCheckpointer {
             .status()
             .map_err(|e| RestoreError::Io(format!("running {}: {e}", runtime.display())));
         let engine_seconds = started.elapsed().as_secs_f64();
-        let _ = std::fs::copy(
-            work.join("restore.log"),
-            format!("/tmp/restore-{}.log", std::process::id()),
-        );
         let status = match (status, supervisor) {
             (Ok(status), Some(supervisor)) if status.success() => {
                 supervisor.hand_over(self.init_pid(request)?)?;
@@ -155,25 +150,9 @@ pub(super) fn check_mounts(checkpoint: &Path, spec: &Value) -> Result<(), Restor
     )))
 }
 
-/// The value of a global flag (`--criu PATH` or `--criu=PATH`).
-fn global_value(request: &RestoreRequest<'_>, name: &str) -> Option<PathBuf> {
-    let mut flags = request.global.iter();
-    while let Some(arg) = flags.next() {
-        let text = arg.to_string_lossy();
-        if let Some(value) = text.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')) {
-            return Some(PathBuf::from(value));
-        }
-        if text == name {
-            return flags.next().map(PathBuf::from);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::OsString;
 
     #[test]
     fn every_bind_mount_of_the_checkpoint_needs_one_in_the_new_container() {
@@ -190,31 +169,5 @@ mod tests {
         let lacking = serde_json::json!({"mounts": [mount("/dev/shm", "bind", &[])]});
         let err = check_mounts(dir.path(), &lacking).unwrap_err().to_string();
         assert!(err.contains(r#"["/etc/hosts"]"#), "{err}");
-    }
-
-    #[test]
-    fn global_flags_are_read_in_both_forms() {
-        let request = |global: &[OsString]| {
-            global_value(
-                &RestoreRequest {
-                    checkpoint: Path::new("/c"),
-                    bundle: Path::new("/b"),
-                    rootfs: Path::new("/b/rootfs"),
-                    global,
-                    id: "x".as_ref(),
-                    pid_file: None,
-                    console_socket: None,
-                    no_pivot: false,
-                    lazy_pages: true,
-                },
-                "--criu",
-            )
-        };
-        assert_eq!(
-            request(&["--criu".into(), "/opt/criu".into()]),
-            Some("/opt/criu".into())
-        );
-        assert_eq!(request(&["--root=/r".into(), "--criu=/c".into()]), Some("/c".into()));
-        assert_eq!(request(&["--root".into(), "/r".into()]), None);
     }
 }

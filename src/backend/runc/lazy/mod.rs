@@ -1,6 +1,7 @@
-//! Lazy restore. CRIU's `lazy-pages` daemon serves a restored process's
-//! memory through userfaultfd: a page is copied in when the process first
-//! touches it, and the daemon pushes the rest in the background, then exits.
+//! Lazy restore. A page daemon serves a restored process's memory through
+//! userfaultfd: pages are copied in when the process first touches them,
+//! and the daemon pushes the rest in the background, then exits. The daemon
+//! is podckpt's own ([`daemon`]), speaking CRIU's lazy-pages protocol.
 //! The process runs before its memory is all there, so its life depends on
 //! the daemon's: if the daemon dies early, the kernel hands the process a
 //! zero-filled page for every page not yet copied, and the process runs on
@@ -32,12 +33,18 @@ use nix::sys::signal::Signal;
 
 use crate::backend::RestoreError;
 
+mod daemon;
+mod pages;
+mod uffd;
+
+pub use daemon::{DAEMON_COMMAND, main as daemon_main};
+
 /// The first argument that makes podckpt-runc a lazy-pages supervisor.
 pub const SUPERVISOR_COMMAND: &str = "podckpt-lazy-pages-supervisor";
-/// The socket CRIU's daemon listens on, in its work directory; `runc
-/// restore --lazy-pages` with the same work directory connects to it.
+/// The socket the daemon listens on, in the work directory; `runc restore
+/// --lazy-pages` with the same work directory connects to it.
 const SOCKET: &str = "lazy-pages.socket";
-/// CRIU's own log of the daemon, in the work directory.
+/// The daemon's log, in the work directory.
 const DAEMON_LOG: &str = "lazy-pages.log";
 /// The supervisor's log, in the work directory.
 const SUPERVISOR_LOG: &str = "lazy-pages-supervisor.log";
@@ -54,7 +61,6 @@ const OOM_SCORE_ADJ: &str = "-998";
 pub struct Plan {
     pub images: PathBuf,
     pub work: PathBuf,
-    pub criu: PathBuf,
     pub runtime: PathBuf,
     /// The OCI runtime's global flags, as the shim gave them.
     pub global: Vec<OsString>,
@@ -67,7 +73,6 @@ impl Plan {
             SUPERVISOR_COMMAND.into(),
             self.images.clone().into(),
             self.work.clone().into(),
-            self.criu.clone().into(),
             self.runtime.clone().into(),
             self.id.clone(),
         ];
@@ -77,13 +82,12 @@ impl Plan {
 
     /// The inverse of `to_args`, without the command itself.
     pub fn from_args(args: &[OsString]) -> Option<Self> {
-        let [images, work, criu, runtime, id, global @ ..] = args else {
+        let [images, work, runtime, id, global @ ..] = args else {
             return None;
         };
         Some(Self {
             images: images.into(),
             work: work.into(),
-            criu: criu.into(),
             runtime: runtime.into(),
             global: global.to_vec(),
             id: id.clone(),
@@ -153,7 +157,7 @@ impl Supervisor {
 /// The supervisor's main: see the module's comment.
 pub fn supervise(args: &[OsString]) -> ExitCode {
     let Some(plan) = Plan::from_args(args) else {
-        eprintln!("usage: podckpt-runc {SUPERVISOR_COMMAND} IMAGES WORK CRIU RUNTIME ID [GLOBAL-FLAGS...]");
+        eprintln!("usage: podckpt-runc {SUPERVISOR_COMMAND} IMAGES WORK RUNTIME ID [GLOBAL-FLAGS...]");
         return ExitCode::FAILURE;
     };
     let _ = std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ);
@@ -237,30 +241,32 @@ fn start_daemon(plan: &Plan) -> Result<Child, String> {
     let socket = plan.work.join(SOCKET);
     // A socket left from an earlier attempt would be taken for this one's.
     let _ = std::fs::remove_file(&socket);
-    let mut daemon = Command::new(&plan.criu)
-        .arg("lazy-pages")
-        .arg("--images-dir")
+    let exe = std::env::current_exe().map_err(|e| format!("finding podckpt-runc: {e}"))?;
+    let log = File::create(plan.work.join(DAEMON_LOG)).map_err(|e| format!("creating its log: {e}"))?;
+    let mut daemon = Command::new(exe)
+        .arg(DAEMON_COMMAND)
         .arg(&plan.images)
-        .arg("--work-dir")
-        .arg(&plan.work)
-        // -v4 would log in the page-fault path, into the bundle on tmpfs.
-        .args(["-o", DAEMON_LOG, "-v2"])
+        // Relative, as CRIU connects to it: a bundle's path is longer than
+        // a socket's address may be.
+        .arg(SOCKET)
+        .current_dir(&plan.work)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
-        .map_err(|e| format!("running {}: {e}", plan.criu.display()))?;
+        .map_err(|e| format!("starting the lazy-pages daemon: {e}"))?;
     let _ = std::fs::write(format!("/proc/{}/oom_score_adj", daemon.id()), OOM_SCORE_ADJ);
     let since = Instant::now();
     while !socket.exists() {
         if let Ok(Some(status)) = daemon.try_wait() {
-            return Err(format!("criu lazy-pages {}", describe(status)));
+            let log = std::fs::read_to_string(plan.work.join(DAEMON_LOG)).unwrap_or_default();
+            return Err(format!("it {}: {}", describe(status), log.trim()));
         }
         if since.elapsed() > READY_WITHIN {
             stop(&mut daemon);
-            return Err(format!("criu lazy-pages did not listen within {READY_WITHIN:?}"));
+            return Err(format!("it did not listen within {READY_WITHIN:?}"));
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_micros(200));
     }
     Ok(daemon)
 }
@@ -409,7 +415,6 @@ mod tests {
         let plan = Plan {
             images: "/ck/c/checkpoint".into(),
             work: "/b/podckpt-restore".into(),
-            criu: "criu".into(),
             runtime: "/usr/sbin/runc".into(),
             global: vec!["--root".into(), "/run/r".into(), "--log-format=json".into()],
             id: "abc".into(),
