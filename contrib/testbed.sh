@@ -278,7 +278,8 @@ install_handler_binaries() {
 # CRI-O, or before podckpt-runc existed has another fingerprint, or none.
 fingerprint() {
     {
-        cat "$HERE/testbed.sh" "$HERE"/testbed/*
+        cat "$HERE/testbed.sh"
+        find "$HERE/testbed" -type f -print0 | sort -z | xargs -0 cat
         echo "$TB_DIR_A $TB_RUN_A $TB_DIR_B $TB_RUN_B $SHARED_BIN"
         sha256sum "$(command -v containerd)" "$SHARED_BIN/crio"
         local b

@@ -50,8 +50,10 @@ impl PagemapEntry {
         }
     }
 
-    fn len(&self) -> u64 {
-        self.nr_pages.unwrap_or(self.compat_nr_pages.into()) * PAGE
+    /// Its bytes, and where they end; `None` if that overflows.
+    fn span(&self) -> Option<(u64, u64)> {
+        let len = self.nr_pages.unwrap_or(self.compat_nr_pages.into()).checked_mul(PAGE)?;
+        Some((len, self.vaddr.checked_add(len)?))
     }
 }
 
@@ -195,10 +197,13 @@ pub fn lazy_pages(dir: &Path, pid: u32) -> Result<LazyPages, RestoreError> {
     let vmas = mm.entries::<MmEntry>().next().ok_or_else(|| mm.bad("no entry"))??.vmas;
 
     let mut extents = Extents::default();
-    let mut offset = 0;
+    let mut offset: u64 = 0;
     for body in bodies {
         let entry = <PagemapEntry as prost::Message>::decode(body?).map_err(|e| pagemap.bad(&e.to_string()))?;
         let flags = entry.effective_flags();
+        let (len, end) = entry
+            .span()
+            .ok_or_else(|| pagemap.bad(&format!("the run at {:#x} ends past the address space", entry.vaddr)))?;
         if flags & PE_LAZY != 0 {
             if flags & (PE_PARENT | PE_PRESENT) != PE_PRESENT {
                 return Err(pagemap.bad(&format!(
@@ -207,20 +212,20 @@ pub fn lazy_pages(dir: &Path, pid: u32) -> Result<LazyPages, RestoreError> {
                 )));
             }
             // One run per mapping it covers.
-            let (start, end) = (entry.vaddr, entry.vaddr + entry.len());
+            let start = entry.vaddr;
             for vma in vmas.iter().filter(|v| v.start < end && start < v.end) {
                 let from = start.max(vma.start);
                 extents.insert(
                     from,
                     Extent {
                         end: end.min(vma.end),
-                        offset: offset + (from - start),
+                        offset: offset.saturating_add(from - start),
                     },
                 );
             }
         }
         if flags & PE_PRESENT != 0 {
-            offset += entry.len();
+            offset = offset.saturating_add(len);
         }
     }
     Ok(LazyPages {
