@@ -24,7 +24,7 @@
 mod support;
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use podckpt::api::cri;
@@ -110,14 +110,22 @@ async fn round(tb: &Testbed, shim: &Shim, checkpoint: &Path, saved: u64, lazy: b
     let record = tb.runc_root.join(&cid).join(podckpt::interposer::RESTORE_RECORD);
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(record).expect("restore record")).unwrap();
     assert_eq!(record["lazy_pages"], lazy);
-    while daemon_running(checkpoint) {
-        assert!(
-            began.elapsed() < Duration::from_secs(300),
-            "the lazy-pages daemon never finished"
-        );
-        std::thread::sleep(Duration::from_millis(1));
+    // Found once, then watched by its /proc entry alone: a scan of /proc
+    // every millisecond costs a core, which the daemon (in the pod's cgroup
+    // on CRI-O, at the weight of a best-effort pod) would lose to.
+    if let Some(daemon) = daemon_of(checkpoint) {
+        while daemon.exists() {
+            assert!(
+                began.elapsed() < Duration::from_secs(300),
+                "the lazy-pages daemon never finished"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     let to_resident = began.elapsed().as_secs_f64().max(to_running);
+    if lazy {
+        eprintln!("{cid:.12}: {}", daemon_summary(tb, &cid));
+    }
     drop(pod);
     Round {
         start_to_running,
@@ -126,13 +134,33 @@ async fn round(tb: &Testbed, shim: &Shim, checkpoint: &Path, saved: u64, lazy: b
     }
 }
 
-fn daemon_running(checkpoint: &Path) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-        std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
-            let text = String::from_utf8_lossy(&cmdline);
-            text.contains(podckpt::backend::runc::lazy::DAEMON_COMMAND) && text.contains(checkpoint.to_str().unwrap())
+/// The last line of the page daemon's log: what it served, and when.
+fn daemon_summary(tb: &Testbed, cid: &str) -> String {
+    let state = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&tb.runc_root)
+        .args(["state", cid])
+        .output()
+        .expect("runc state");
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap_or_default();
+    let log = Path::new(state["bundle"].as_str().unwrap_or_default()).join("podckpt-restore/lazy-pages.log");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    log.lines().last().unwrap_or("(no log)").to_owned()
+}
+
+/// The /proc entry of the page daemon serving `checkpoint`, if one runs.
+fn daemon_of(checkpoint: &Path) -> Option<PathBuf> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|entry| {
+            std::fs::read(entry.join("cmdline")).is_ok_and(|cmdline| {
+                let text = String::from_utf8_lossy(&cmdline);
+                text.contains(podckpt::backend::runc::lazy::DAEMON_COMMAND)
+                    && text.contains(checkpoint.to_str().unwrap())
+            })
         })
-    })
 }
 
 fn list<T: std::str::FromStr>(args: &[String], flag: &str, default: &str) -> Vec<T>
