@@ -79,43 +79,9 @@ async fn restore_lazily(shim: &Shim, checkpoint: &Path, lazy: &str) -> (Pod, Str
     (pod, restored[0].container_id.clone())
 }
 
-/// The pids of the lazy-pages daemon and its supervisor serving `checkpoint`.
-fn lazy_processes(checkpoint: &Path) -> Vec<(i32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let serves = args.iter().any(|a| a.starts_with(checkpoint.to_str().unwrap()));
-        let role = match args.get(1).map(String::as_str) {
-            Some(podckpt::backend::runc::lazy::DAEMON_COMMAND) => "daemon",
-            Some(podckpt::backend::runc::lazy::SUPERVISOR_COMMAND) => "supervisor",
-            _ => continue,
-        };
-        if serves {
-            found.push((pid, role.to_owned()));
-        }
-    }
-    found
-}
-
-fn daemon_of(checkpoint: &Path) -> Option<i32> {
-    lazy_processes(checkpoint)
-        .into_iter()
-        .find(|(_, role)| role == "daemon")
-        .map(|(pid, _)| pid)
-}
-
 async fn none_left(checkpoint: &Path) -> bool {
     eventually(Duration::from_secs(30), || async {
-        lazy_processes(checkpoint).is_empty()
+        support::lazy_processes(checkpoint).is_empty()
     })
     .await
 }
@@ -130,9 +96,7 @@ fn restore_record(cid: &str) -> serde_json::Value {
 /// What the page daemon of container `cid` says it served, once done: MiB
 /// on faults, MiB pushed in the background.
 fn served(tb: &support::Testbed, cid: &str) -> (f64, f64) {
-    let rootfs = support::container_rootfs(tb, cid);
-    let bundle = rootfs.parent().expect("containerd's bundle");
-    let log = std::fs::read_to_string(bundle.join("podckpt-restore/lazy-pages.log")).unwrap_or_default();
+    let log = support::page_daemon_log(tb, cid);
     let figure = |after: &str, unit: &str| -> Option<f64> {
         let rest = &log[log.find(after)? + after.len()..];
         rest[..rest.find(unit)?].trim().parse().ok()
@@ -203,7 +167,7 @@ async fn a_lazily_restored_pod_has_every_byte_of_its_memory() {
     support::start_restored(&shim, &eager).await;
     assert_eq!(restore_record(&eager)["lazy_pages"], false);
     assert!(
-        lazy_processes(&source.dir).is_empty(),
+        support::lazy_processes(&source.dir).is_empty(),
         "an eager restore started a lazy-pages daemon"
     );
     assert_eq!(digest_now(&mut client, &eager).await, source.digest);
@@ -218,9 +182,9 @@ async fn restore_with_daemon_stopped(shim: &Shim, checkpoint: &Path) -> (Pod, St
         let (pod, cid) = restore_lazily(shim, checkpoint, "true").await;
         // containerd creates the task, and so restores, on StartContainer.
         support::start_restored(shim, &cid).await;
-        if let Some(daemon) = daemon_of(checkpoint)
+        if let Some(daemon) = support::page_daemon(checkpoint)
             && kill(Pid::from_raw(daemon), Signal::SIGSTOP).is_ok()
-            && daemon_of(checkpoint) == Some(daemon)
+            && support::page_daemon(checkpoint) == Some(daemon)
         {
             return (pod, cid, daemon);
         }

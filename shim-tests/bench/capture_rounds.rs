@@ -17,8 +17,6 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::Pod;
-
 /// Processes that keep the machine busy until dropped.
 struct Load(Vec<Child>);
 
@@ -68,13 +66,7 @@ async fn main() {
     let busy = args.iter().any(|a| a == "--busy");
     let mut client = shim.client().await;
     let scratch = tempfile::tempdir_in("/var/tmp").unwrap();
-    let pod = Pod::run(&mut client, &shim.socket, "pair").await;
-    let a = pod
-        .start_container(&mut client, &tb.image, "a", &support::memory_counter(64))
-        .await;
-    let b = pod
-        .start_container(&mut client, &tb.image, "b", &support::memory_counter(64))
-        .await;
+    let (pod, a, b) = support::two_counters(&mut client, &shim, &tb, "pair").await;
     for cid in [&a, &b] {
         assert!(support::count_reaches(&client, cid, 1, Duration::from_secs(120)).await);
     }

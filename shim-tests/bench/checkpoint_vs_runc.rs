@@ -194,13 +194,7 @@ async fn main() {
         println!("{row}");
     }
 
-    let pod = Pod::run(&mut client, &shim.socket, "bench-pair").await;
-    let a = pod
-        .start_container(&mut client, &tb.image, "a", &support::memory_counter(64))
-        .await;
-    let b = pod
-        .start_container(&mut client, &tb.image, "b", &support::memory_counter(64))
-        .await;
+    let (pod, a, b) = support::two_counters(&mut client, &shim, &tb, "bench-pair").await;
     wait_counting(&client, &a).await;
     wait_counting(&client, &b).await;
     let out = scratch.path().join("pair");

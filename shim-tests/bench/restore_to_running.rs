@@ -24,7 +24,7 @@
 mod support;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use podckpt::api::cri;
@@ -113,8 +113,8 @@ async fn round(tb: &Testbed, shim: &Shim, checkpoint: &Path, saved: u64, lazy: b
     // Found once, then watched by its /proc entry alone: a scan of /proc
     // every millisecond costs a core, which the daemon (in the pod's cgroup
     // on CRI-O, at the weight of a best-effort pod) would lose to.
-    if let Some(daemon) = daemon_of(checkpoint) {
-        while daemon.exists() {
+    if let Some(daemon) = support::page_daemon(checkpoint) {
+        while Path::new(&format!("/proc/{daemon}")).exists() {
             assert!(
                 began.elapsed() < Duration::from_secs(300),
                 "the lazy-pages daemon never finished"
@@ -124,7 +124,8 @@ async fn round(tb: &Testbed, shim: &Shim, checkpoint: &Path, saved: u64, lazy: b
     }
     let to_resident = began.elapsed().as_secs_f64().max(to_running);
     if lazy {
-        eprintln!("{cid:.12}: {}", daemon_summary(tb, &cid));
+        let log = support::page_daemon_log(tb, &cid);
+        eprintln!("{cid:.12}: {}", log.lines().last().unwrap_or("(no log)"));
     }
     drop(pod);
     Round {
@@ -132,35 +133,6 @@ async fn round(tb: &Testbed, shim: &Shim, checkpoint: &Path, saved: u64, lazy: b
         to_running,
         to_resident,
     }
-}
-
-/// The last line of the page daemon's log: what it served, and when.
-fn daemon_summary(tb: &Testbed, cid: &str) -> String {
-    let state = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(&tb.runc_root)
-        .args(["state", cid])
-        .output()
-        .expect("runc state");
-    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap_or_default();
-    let log = Path::new(state["bundle"].as_str().unwrap_or_default()).join("podckpt-restore/lazy-pages.log");
-    let log = std::fs::read_to_string(&log).unwrap_or_default();
-    log.lines().last().unwrap_or("(no log)").to_owned()
-}
-
-/// The /proc entry of the page daemon serving `checkpoint`, if one runs.
-fn daemon_of(checkpoint: &Path) -> Option<PathBuf> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|entry| {
-            std::fs::read(entry.join("cmdline")).is_ok_and(|cmdline| {
-                let text = String::from_utf8_lossy(&cmdline);
-                text.contains(podckpt::backend::runc::lazy::DAEMON_COMMAND)
-                    && text.contains(checkpoint.to_str().unwrap())
-            })
-        })
 }
 
 fn list<T: std::str::FromStr>(args: &[String], flag: &str, default: &str) -> Vec<T>

@@ -1213,6 +1213,65 @@ pub fn container_rootfs(tb: &Testbed, cid: &str) -> PathBuf {
     PathBuf::from(state["config"]["rootfs"].as_str().expect("a rootfs in runc's state"))
 }
 
+/// The pids of the lazy-pages daemon and its supervisor serving
+/// `checkpoint`, each with its role ("daemon" or "supervisor").
+pub fn lazy_processes(checkpoint: &Path) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let serves = args.iter().any(|a| a.starts_with(checkpoint.to_str().unwrap()));
+        let role = match args.get(1).map(String::as_str) {
+            Some(podckpt::backend::runc::lazy::DAEMON_COMMAND) => "daemon",
+            Some(podckpt::backend::runc::lazy::SUPERVISOR_COMMAND) => "supervisor",
+            _ => continue,
+        };
+        if serves {
+            found.push((pid, role.to_owned()));
+        }
+    }
+    found
+}
+
+/// The pid of the lazy-pages daemon serving `checkpoint`, if one runs.
+pub fn page_daemon(checkpoint: &Path) -> Option<i32> {
+    lazy_processes(checkpoint)
+        .into_iter()
+        .find(|(_, role)| role == "daemon")
+        .map(|(pid, _)| pid)
+}
+
+/// The page daemon's log of container `cid`, from its bundle (which runc
+/// knows on either runtime).
+pub fn page_daemon_log(tb: &Testbed, cid: &str) -> String {
+    let state = Command::new("runc")
+        .arg("--root")
+        .arg(&tb.runc_root)
+        .args(["state", cid])
+        .output()
+        .expect("runc state");
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap_or_default();
+    let bundle = Path::new(state["bundle"].as_str().unwrap_or_default());
+    std::fs::read_to_string(bundle.join("podckpt-restore/lazy-pages.log")).unwrap_or_default()
+}
+
+/// A pod `name` of two containers, "a" and "b", each holding 64 MiB and
+/// counting (started; the caller waits for the counts it needs).
+pub async fn two_counters(client: &mut Runtime, shim: &Shim, tb: &Testbed, name: &str) -> (Pod, String, String) {
+    let pod = Pod::run(client, &shim.socket, name).await;
+    let a = pod.start_container(client, &tb.image, "a", &memory_counter(64)).await;
+    let b = pod.start_container(client, &tb.image, "b", &memory_counter(64)).await;
+    (pod, a, b)
+}
+
 /// A benchmark's test bed and shim (with `handlers` as podckptd's config),
 /// with the freshly built podckpt-runc installed; `None` unless cargo ran
 /// the benchmark (`cargo test` runs bench targets without `--bench`).
