@@ -64,18 +64,53 @@ pub fn prepare(bundle: &Path) -> Result<(), InterposerError> {
 /// the restore did not hold it and `create` fails rather than let it run
 /// before `start`. Then the container is marked held.
 pub fn mark(root: &Path, id: &OsStr, init: i32) -> Result<(), InterposerError> {
-    let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default();
-    // The state follows the parenthesised command name.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    if state != Some("T") {
-        return Err(InterposerError::Io(format!(
-            "the restored process {init} is not stopped (state {state:?}); CRIU did not apply leave-stopped, so the container cannot be held until start"
-        )));
-    }
+    wait_stopped(init, STOP_LIMIT)?;
     let marker = root.join(id).join(HELD_MARKER);
     std::fs::write(&marker, b"").map_err(|e| InterposerError::Io(format!("{}: {e}", marker.display())))
+}
+
+/// How long a restored process may take to act on the SIGSTOP CRIU left it.
+const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// SIGSTOP's bit in /proc/PID/status's pending-signal masks (signal 19).
+const SIGSTOP_PENDING: u64 = 1 << (19 - 1);
+
+/// Waits until process `pid` is stopped. CRIU's `leave-stopped` sends each
+/// restored process SIGSTOP while it still traces it, then lets it go: the
+/// process stops before it runs an instruction of its own, but only once
+/// it is scheduled, so on a busy node it can still show as running, its
+/// SIGSTOP pending, when runc has already returned. That is waited out; a
+/// process that is neither stopped nor about to stop is an error.
+fn wait_stopped(pid: i32, limit: std::time::Duration) -> Result<(), InterposerError> {
+    let started = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(str::to_owned);
+        if state.as_deref() == Some("T") {
+            return Ok(());
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if !stop_pending(&status) || started.elapsed() >= limit {
+            return Err(InterposerError::Io(format!(
+                "the restored process {pid} is not stopped (state {state:?}); CRIU did not apply leave-stopped, so the container cannot be held until start"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Whether a SIGSTOP waits in the masks of /proc/PID/status (`SigPnd` for
+/// the thread, `ShdPnd` for the process, which is where kill(2) puts it).
+fn stop_pending(status: &str) -> bool {
+    status
+        .lines()
+        .filter_map(|line| line.strip_prefix("SigPnd:").or_else(|| line.strip_prefix("ShdPnd:")))
+        .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .any(|mask| mask & SIGSTOP_PENDING != 0)
 }
 
 /// `state`, `start` or `kill` of a held container.
@@ -185,5 +220,25 @@ mod tests {
         assert!(config.starts_with(bundle.path().to_str().unwrap()), "{config}");
         assert_eq!(std::fs::read_to_string(config).unwrap(), "leave-stopped\n");
         assert_eq!(spec["root"]["path"], "rootfs", "the rest of the spec is kept");
+    }
+
+    #[test]
+    fn a_pending_sigstop_is_read_from_either_mask() {
+        let status =
+            |sig: &str, shd: &str| format!("Name:\tsh\nSigPnd:\t{sig}\nShdPnd:\t{shd}\nSigBlk:\t0000000000000000\n");
+        assert!(stop_pending(&status("0000000000000000", "0000000000040000")));
+        assert!(stop_pending(&status("0000000000040000", "0000000000000000")));
+        assert!(
+            !stop_pending(&status("0000000000000000", "0000000000004000")),
+            "SIGTERM is not a stop"
+        );
+        assert!(!stop_pending(""));
+    }
+
+    #[test]
+    fn a_running_process_without_a_stop_pending_is_not_held() {
+        // This test's own process runs and has no SIGSTOP pending.
+        let err = wait_stopped(std::process::id() as i32, std::time::Duration::from_millis(20)).unwrap_err();
+        assert!(err.to_string().contains("is not stopped"), "{err}");
     }
 }
