@@ -78,6 +78,11 @@ async fn a_counter_pod_is_checkpointed_and_keeps_running(tb: support::Testbed) {
     assert!(folder.join("checkpoint/inventory.img").is_file(), "no CRIU images");
     let log = std::fs::read_to_string(folder.join(archive::DUMP_LOG)).unwrap();
     assert!(log.contains("Dumping finished successfully"), "dump.log: {log}");
+    // A counter holds no TCP socket: CRIU dumped it without locking the
+    // pod's network, and recorded so for the restore (CRIU's own numbering:
+    // 0 iptables, 1 nftables, 2 skip).
+    let inventory = support::crit_decode(&folder.join("checkpoint/inventory.img"));
+    assert_eq!(inventory["entries"][0]["network_lock_method"], 2, "{inventory}");
 
     // The writable layer: the written file is in the diff, the removed one listed.
     let deleted: Vec<String> =
@@ -312,7 +317,7 @@ async fn a_restarted_daemon_resumes_what_a_killed_one_paused() {
             backend: "criu".into(),
             runtime: "runc".into(),
             root: support::RUNC_ROOT.into(),
-            containers: vec![podckpt::backend::ContainerRef { id: cid.clone() }],
+            containers: vec![podckpt::backend::ContainerRef::id(cid.clone())],
             output: Some(out.clone()),
         })
         .unwrap();

@@ -1284,3 +1284,19 @@ pub fn bench_shim(handlers: &str) -> Option<(Testbed, Shim)> {
     let shim = Shim::start_with(&tb, handlers, 5);
     Some((tb, shim))
 }
+
+/// A CRIU image decoded by CRIU's own `crit`, as JSON.
+pub fn crit_decode(image: &Path) -> serde_json::Value {
+    let out = Command::new("crit")
+        .args(["decode", "-i"])
+        .arg(image)
+        .output()
+        .expect("running crit (python3-pycriu)");
+    assert!(
+        out.status.success(),
+        "crit decode {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("crit's JSON")
+}

@@ -13,16 +13,20 @@ use tracing::{debug, warn};
 
 use super::BackendError;
 
-/// `BINARY --root ROOT ACTION EXTRA... ID`; its stderr is the error.
+/// `BINARY --root ROOT ACTION EXTRA... ID`, with `env` added to podckptd's
+/// environment (which the runtime passes on to CRIU); its stderr is the
+/// error.
 pub async fn run(
     binary: &Path,
     root: &Path,
     action: &'static str,
     id: &str,
     extra: &[&OsStr],
+    env: &[(&str, &OsStr)],
 ) -> Result<(), BackendError> {
     let mut cmd = Command::new(binary);
     cmd.arg("--root").arg(root).arg(action).args(extra).arg(id);
+    cmd.envs(env.iter().copied());
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

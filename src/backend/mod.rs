@@ -13,10 +13,25 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// A container as a backend sees it: the id its low-level runtime knows it by.
+/// A container as a backend sees it: the id its low-level runtime knows it
+/// by, and its first process on the node where the caller knows it (what
+/// lets a backend reach the container's cgroup and sockets without asking
+/// the runtime).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRef {
     pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+impl ContainerRef {
+    /// A container, or a sandbox, known by its id alone.
+    pub fn id(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            pid: None,
+        }
+    }
 }
 
 /// The CRIU options users ask for most, from the CheckpointPod options map.
@@ -248,24 +263,34 @@ pub trait Checkpointer: Send + Sync {
     /// Pauses every container, or none: on a failure the ones already paused
     /// are resumed before the error is returned, with any that could not be.
     async fn pause_pod(&self, containers: &[ContainerRef]) -> Result<(), PauseFailed> {
-        for (i, container) in containers.iter().enumerate() {
-            if let Err(error) = self.pause(container).await {
-                let still_paused = self.resume_pod(&containers[..i]).await;
-                return Err(PauseFailed { error, still_paused });
-            }
-        }
-        Ok(())
+        pause_each(self, containers).await
     }
 
     /// Resumes every container, trying all of them even when some fail.
     async fn resume_pod(&self, containers: &[ContainerRef]) -> Vec<BackendError> {
-        let mut failures = Vec::new();
-        for container in containers {
-            if let Err(err) = self.resume(container).await {
-                tracing::error!(container = %container.id, error = %err, "resume failed");
-                failures.push(err);
-            }
-        }
-        failures
+        resume_each(self, containers).await
     }
+}
+
+/// `pause_pod` through the backend's own `pause`, one container after another.
+pub async fn pause_each<B: Checkpointer + ?Sized>(backend: &B, containers: &[ContainerRef]) -> Result<(), PauseFailed> {
+    for (i, container) in containers.iter().enumerate() {
+        if let Err(error) = backend.pause(container).await {
+            let still_paused = resume_each(backend, &containers[..i]).await;
+            return Err(PauseFailed { error, still_paused });
+        }
+    }
+    Ok(())
+}
+
+/// `resume_pod` through the backend's own `resume`, every container tried.
+pub async fn resume_each<B: Checkpointer + ?Sized>(backend: &B, containers: &[ContainerRef]) -> Vec<BackendError> {
+    let mut failures = Vec::new();
+    for container in containers {
+        if let Err(err) = backend.resume(container).await {
+            tracing::error!(container = %container.id, error = %err, "resume failed");
+            failures.push(err);
+        }
+    }
+    failures
 }

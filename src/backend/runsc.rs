@@ -83,7 +83,7 @@ impl Checkpointer for RunscCheckpointer {
             dirs.images.as_os_str(),
             "--leave-running".as_ref(),
         ];
-        command::run(&self.binary, &self.root, "checkpoint", &sandbox.id, &extra).await
+        command::run(&self.binary, &self.root, "checkpoint", &sandbox.id, &extra, &[]).await
     }
 
     /// `runsc restore` of the sandbox's image under this container's id: for

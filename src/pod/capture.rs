@@ -60,6 +60,15 @@ impl Target {
     pub fn pid(&self) -> u32 {
         self.info.get("pid").and_then(Value::as_u64).unwrap_or_default() as u32
     }
+
+    /// The container as its backend sees it, with its first process when
+    /// the runtime reported one.
+    pub fn container_ref(&self) -> ContainerRef {
+        ContainerRef {
+            id: self.id().to_owned(),
+            pid: Some(self.pid()).filter(|pid| *pid != 0),
+        }
+    }
 }
 
 /// What every capture of one checkpoint shares.
@@ -182,31 +191,16 @@ impl Capture {
             archive::create_private_dir(dir)?;
         }
         write_container_files(&folder, target, &self.checkpointed_at)?;
-        let container = ContainerRef {
-            id: target.id().to_owned(),
-        };
+        let container = target.container_ref();
         let dirs = CaptureDirs {
             images: &images,
             work: &work,
         };
-        if let Err(err) = self.backend.capture(&container, &dirs, &self.options).await {
-            return Err(self.explain(target, err));
-        }
-        let dumped_ms = started.elapsed().as_millis() as u64;
-        for name in [archive::DUMP_LOG, archive::STATS_DUMP] {
-            let from = work.join(name);
-            if from.exists() {
-                std::fs::rename(&from, folder.join(name)).map_err(archive::ArchiveError::io(&from))?;
-            }
-        }
-        std::fs::remove_dir_all(&work).map_err(archive::ArchiveError::io(&work))?;
-        if Instant::now() >= self.deadline {
-            warn!(container = %target.id(), "deadline passed while the container was dumped");
-            return Err(self.deadline_exceeded());
-        }
-
+        // The writable layer is saved while the engine dumps the processes:
+        // the container is frozen for both, and neither writes what the
+        // other reads, so they need not take turns inside the freeze window.
         let (pid, id, diff_folder) = (target.pid(), target.id().to_owned(), folder.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), PodError> {
+        let diff = tokio::task::spawn_blocking(move || -> Result<(), PodError> {
             let upper = rootfs_diff::upper_dir_of(pid)?.ok_or_else(|| {
                 PodError::FailedPrecondition(format!(
                     "container {id}: its root file system is not an overlay; cannot capture its changes"
@@ -218,9 +212,27 @@ impl Capture {
                 &diff_folder.join(archive::DELETED_FILES),
             )?;
             Ok(())
-        })
-        .await
-        .map_err(PodError::task("rootfs diff"))??;
+        });
+        let dumped = self.backend.capture(&container, &dirs, &self.options).await;
+        let dumped_ms = started.elapsed().as_millis() as u64;
+        // Awaited even when the dump failed, so nothing is still writing
+        // into the folder when the failed checkpoint is removed.
+        let diffed = diff.await.map_err(PodError::task("rootfs diff"));
+        if let Err(err) = dumped {
+            return Err(self.explain(target, err));
+        }
+        diffed??;
+        for name in [archive::DUMP_LOG, archive::STATS_DUMP] {
+            let from = work.join(name);
+            if from.exists() {
+                std::fs::rename(&from, folder.join(name)).map_err(archive::ArchiveError::io(&from))?;
+            }
+        }
+        std::fs::remove_dir_all(&work).map_err(archive::ArchiveError::io(&work))?;
+        if Instant::now() >= self.deadline {
+            warn!(container = %target.id(), "deadline passed while the container was dumped");
+            return Err(self.deadline_exceeded());
+        }
         info!(
             container = %target.id(),
             name = target.name(),
@@ -239,7 +251,7 @@ impl Capture {
         archive::create_private_dir(&folder)?;
         archive::create_private_dir(&work)?;
         let started = Instant::now();
-        let sandbox = ContainerRef { id: pod_id.to_owned() };
+        let sandbox = ContainerRef::id(pod_id);
         let dirs = CaptureDirs {
             images: &folder,
             work: &work,

@@ -69,7 +69,7 @@ impl PodService {
         let _busy = self.claim(pod_id)?;
         let _writing = self.claim_output(&output)?;
         let building = Building::begin(&output);
-        let refs: Vec<ContainerRef> = targets.iter().map(|t| ContainerRef { id: t.id().to_owned() }).collect();
+        let refs: Vec<ContainerRef> = targets.iter().map(|t| t.container_ref()).collect();
         let paused = PausedSet {
             backend: backend.config.backend.clone(),
             runtime: backend.config.runtime.clone(),

@@ -213,7 +213,7 @@ mod tests {
             backend: "criu".into(),
             runtime: "runc".into(),
             root: "/run/r".into(),
-            containers: vec![ContainerRef { id: "a".into() }],
+            containers: vec![ContainerRef::id("a")],
             output: None,
         };
         let k1 = journal.record(set.clone()).unwrap();

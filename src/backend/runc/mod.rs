@@ -2,6 +2,7 @@
 //! or crun, which takes the same arguments).
 
 mod criu_log;
+mod freezer;
 mod image;
 pub mod lazy;
 mod pstree;
@@ -11,11 +12,20 @@ pub mod tree;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tracing::{debug, warn};
 
 use super::{
-    BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, RestoreError, RestoreRequest, Restored,
-    Unfit, command,
+    BackendError, CaptureDirs, CaptureOptions, Checkpointer, ContainerRef, PauseFailed, RestoreError, RestoreRequest,
+    Restored, Unfit, command,
 };
+
+/// The CRIU configuration file podckpt writes into a dump's work directory
+/// and names in `CRIU_CONFIG_FILE`, which CRIU reads in runc's and crun's
+/// RPC mode too, before the node's own `/etc/criu/runc.conf` (whose
+/// settings still win).
+const CRIU_CONFIG: &str = "podckpt-criu.conf";
 
 /// The state directory containerd's runc shim uses for CRI containers.
 /// Inside the bundle: CRIU's work directory for a restore (its log, the
@@ -27,6 +37,9 @@ pub struct OciRuntimeCheckpointer {
     name: String,
     binary: PathBuf,
     root: PathBuf,
+    /// CRIU's version as `engine_version` last read it (every checkpoint
+    /// asks before it pauses anything): what CRIU options the dump may use.
+    engine: Mutex<Option<String>>,
 }
 
 impl OciRuntimeCheckpointer {
@@ -38,6 +51,7 @@ impl OciRuntimeCheckpointer {
             name: format!("criu-{flavour}"),
             binary,
             root: root.into(),
+            engine: Mutex::new(None),
         }
     }
 
@@ -55,7 +69,30 @@ impl OciRuntimeCheckpointer {
         container: &ContainerRef,
         extra: &[&std::ffi::OsStr],
     ) -> Result<(), BackendError> {
-        command::run(&self.binary, &self.root, action, &container.id, extra).await
+        command::run(&self.binary, &self.root, action, &container.id, extra, &[]).await
+    }
+
+    /// The freezer of each of `containers`, when every one is known.
+    fn freezers(containers: &[ContainerRef]) -> Option<Vec<freezer::Freezer>> {
+        containers
+            .iter()
+            .map(|c| c.pid.and_then(freezer::Freezer::of))
+            .collect()
+    }
+
+    /// Whether this dump of `container` (frozen) can go without CRIU's
+    /// network lock: it would guard nothing (no TCP socket), and this CRIU
+    /// knows how to skip it. The lock's rules take two `iptables-restore`
+    /// runs inside the freeze window, 60 to 90 ms here, and while they hold
+    /// they drop every packet of the pod's shared network namespace, other
+    /// containers' and UDP too. CRIU records the choice in the checkpoint,
+    /// so its restore skips the lock as well.
+    fn skips_network_lock(&self, container: &ContainerRef) -> bool {
+        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(pid) = container.pid else {
+            return false;
+        };
+        engine.is_some_and(|v| sockets::engine_skips_network_lock(&v)) && sockets::network_lock_guards_nothing(pid)
     }
 }
 
@@ -66,7 +103,9 @@ impl Checkpointer for OciRuntimeCheckpointer {
     }
 
     async fn engine_version(&self) -> Result<String, BackendError> {
-        command::version(Path::new("criu"), "Version:").await
+        let version = command::version(Path::new("criu"), "Version:").await;
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = version.as_ref().ok().cloned();
+        version
     }
 
     async fn engine_check(&self) -> Result<Option<String>, BackendError> {
@@ -79,6 +118,36 @@ impl Checkpointer for OciRuntimeCheckpointer {
 
     async fn resume(&self, container: &ContainerRef) -> Result<(), BackendError> {
         self.run("resume", container, &[]).await
+    }
+
+    /// Through the containers' freezers, all at once (see `freezer`); the
+    /// runtime's own pause, one by one, when a freezer is unknown or fails.
+    async fn pause_pod(&self, containers: &[ContainerRef]) -> Result<(), PauseFailed> {
+        if let Some(freezers) = Self::freezers(containers) {
+            match freezer::freeze_all(&freezers, freezer::SETTLE_LIMIT).await {
+                Ok(()) => return Ok(()),
+                Err(error) => warn!(%error, "freezing the pod's cgroups failed; pausing through the runtime instead"),
+            }
+        }
+        super::pause_each(self, containers).await
+    }
+
+    /// Thaws each container's freezer; one that is unknown or cannot be
+    /// written is resumed through the runtime, which says why if it fails.
+    async fn resume_pod(&self, containers: &[ContainerRef]) -> Vec<BackendError> {
+        let mut left = Vec::new();
+        for container in containers {
+            let thawed = container.pid.and_then(freezer::Freezer::of).map(|f| f.thaw());
+            match thawed {
+                Some(Ok(())) => {}
+                Some(Err(error)) => {
+                    debug!(container = %container.id, %error, "thawing the freezer failed; resuming through the runtime");
+                    left.push(container.clone());
+                }
+                None => left.push(container.clone()),
+            }
+        }
+        super::resume_each(self, &left).await
     }
 
     async fn capture(
@@ -104,7 +173,22 @@ impl Checkpointer for OciRuntimeCheckpointer {
         if options.tcp_skip_in_flight {
             args.push("--tcp-skip-in-flight".as_ref());
         }
-        match self.run("checkpoint", container, &args).await {
+        let config = dirs.work.join(CRIU_CONFIG);
+        let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
+        if self.skips_network_lock(container) {
+            match std::fs::write(&config, "network-lock skip\n") {
+                Ok(()) => {
+                    env.push(("CRIU_CONFIG_FILE", config.as_os_str()));
+                    debug!(container = %container.id, "no TCP socket: CRIU dumps it without its network lock");
+                }
+                // Only slower: the lock is CRIU's default.
+                Err(error) => {
+                    warn!(path = %config.display(), %error, "cannot write CRIU's config; it locks the network")
+                }
+            }
+        }
+        let dumped = command::run(&self.binary, &self.root, "checkpoint", &container.id, &args, &env).await;
+        match dumped {
             // runc's own words are "criu failed: type NOTIFY errno 0" and
             // the path of a log that goes with the failed checkpoint; CRIU's
             // log says why.
