@@ -464,18 +464,8 @@ fn saved_pids(checkpoint: &Path, name: &str) -> Vec<u32> {
     let images = checkpoint
         .join(&options.containers[name])
         .join(podckpt::archive::CHECKPOINT_DIR);
-    let out = Command::new("crit")
-        .arg("x")
-        .arg(&images)
-        .arg("ps")
-        .output()
-        .expect("running crit");
-    assert!(
-        out.status.success(),
-        "crit x ps: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    let out = support::crit(&["x".as_ref(), images.as_os_str(), "ps".as_ref()]);
+    String::from_utf8_lossy(&out)
         .lines()
         .skip(1)
         .filter_map(|line| line.split_whitespace().next()?.parse().ok())

@@ -62,7 +62,7 @@ fn criu_frozen_seconds(stats: &Path) -> f64 {
 /// dumps a container that holds no TCP socket.
 fn unlocked_config(scratch: &Path) -> std::path::PathBuf {
     let path = scratch.join("no-network-lock.conf");
-    std::fs::write(&path, "network-lock skip\n").unwrap();
+    std::fs::write(&path, podckpt::backend::runc::NO_NETWORK_LOCK).unwrap();
     path
 }
 

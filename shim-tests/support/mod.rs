@@ -1285,18 +1285,21 @@ pub fn bench_shim(handlers: &str) -> Option<(Testbed, Shim)> {
     Some((tb, shim))
 }
 
-/// A CRIU image decoded by CRIU's own `crit`, as JSON.
-pub fn crit_decode(image: &Path) -> serde_json::Value {
+/// What CRIU's own `crit` prints for `args`, which must succeed.
+pub fn crit(args: &[&std::ffi::OsStr]) -> Vec<u8> {
     let out = Command::new("crit")
-        .args(["decode", "-i"])
-        .arg(image)
+        .args(args)
         .output()
         .expect("running crit (python3-pycriu)");
     assert!(
         out.status.success(),
-        "crit decode {}: {}",
-        image.display(),
+        "crit {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("crit's JSON")
+    out.stdout
+}
+
+/// A CRIU image decoded by `crit`, as JSON.
+pub fn crit_decode(image: &Path) -> serde_json::Value {
+    serde_json::from_slice(&crit(&["decode".as_ref(), "-i".as_ref(), image.as_os_str()])).expect("crit's JSON")
 }

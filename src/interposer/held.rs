@@ -84,12 +84,7 @@ const SIGSTOP_PENDING: u64 = 1 << (19 - 1);
 fn wait_stopped(pid: i32, limit: std::time::Duration) -> Result<(), InterposerError> {
     let started = std::time::Instant::now();
     loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // The state follows the parenthesised command name.
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .map(str::to_owned);
+        let state = crate::backend::runc::tree::stat_fields(pid as u32).and_then(|fields| fields.into_iter().next());
         if state.as_deref() == Some("T") {
             return Ok(());
         }

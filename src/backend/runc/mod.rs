@@ -27,6 +27,9 @@ use super::{
 /// settings still win).
 const CRIU_CONFIG: &str = "podckpt-criu.conf";
 
+/// That file, for a dump without CRIU's network lock.
+pub const NO_NETWORK_LOCK: &str = "network-lock skip\n";
+
 /// The state directory containerd's runc shim uses for CRI containers.
 /// Inside the bundle: CRIU's work directory for a restore (its log, the
 /// lazy-pages socket and logs). The runtime removes it with the bundle.
@@ -176,7 +179,7 @@ impl Checkpointer for OciRuntimeCheckpointer {
         let config = dirs.work.join(CRIU_CONFIG);
         let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
         if self.skips_network_lock(container) {
-            match std::fs::write(&config, "network-lock skip\n") {
+            match std::fs::write(&config, NO_NETWORK_LOCK) {
                 Ok(()) => {
                     env.push(("CRIU_CONFIG_FILE", config.as_os_str()));
                     debug!(container = %container.id, "no TCP socket: CRIU dumps it without its network lock");
@@ -262,10 +265,7 @@ impl Checkpointer for OciRuntimeCheckpointer {
                 reason: tree::left_out_reason(&missed),
             });
         }
-        let inodes = tree::captured(init_pid, &tree::Proc)
-            .into_iter()
-            .flat_map(sockets::socket_inodes)
-            .collect();
+        let inodes = sockets::container_socket_inodes(init_pid);
         let tcp = sockets::tcp(&sockets::tables(init_pid), &inodes);
         let release = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())

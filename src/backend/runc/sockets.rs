@@ -106,19 +106,13 @@ const UNGUARDED: [(&str, usize); 11] = [
 /// the lock. Asked while the container is frozen, so no socket can appear
 /// between the answer and the dump.
 pub fn network_lock_guards_nothing(init: u32) -> bool {
-    let inodes: HashSet<u64> = super::tree::captured(init, &super::tree::Proc)
-        .into_iter()
-        .flat_map(socket_inodes)
-        .collect();
+    let inodes = container_socket_inodes(init);
     if inodes.is_empty() {
         return true;
     }
     let tables: Vec<(String, usize)> = UNGUARDED
         .iter()
-        .filter_map(|(name, column)| {
-            let text = std::fs::read_to_string(format!("/proc/{init}/net/{name}")).ok()?;
-            Some((text, *column))
-        })
+        .filter_map(|(name, column)| Some((net_table(init, name)?, *column)))
         .collect();
     all_unguarded(&inodes, &tables)
 }
@@ -137,8 +131,17 @@ fn all_unguarded(inodes: &HashSet<u64>, tables: &[(String, usize)]) -> bool {
     inodes.is_subset(&listed)
 }
 
+/// The socket inodes held by the processes CRIU would capture with the
+/// container whose first process is `init`.
+pub fn container_socket_inodes(init: u32) -> HashSet<u64> {
+    super::tree::captured(init, &super::tree::Proc)
+        .into_iter()
+        .flat_map(socket_inodes)
+        .collect()
+}
+
 /// The socket inodes process `pid` holds open.
-pub fn socket_inodes(pid: u32) -> HashSet<u64> {
+fn socket_inodes(pid: u32) -> HashSet<u64> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Default::default();
     };
@@ -159,8 +162,14 @@ pub fn socket_inodes(pid: u32) -> HashSet<u64> {
 pub fn tables(pid: u32) -> Vec<String> {
     ["tcp", "tcp6"]
         .iter()
-        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .filter_map(|table| net_table(pid, table))
         .collect()
+}
+
+/// The text of /proc/PID/net/NAME: the sockets of `pid`'s network
+/// namespace, of one kind; `None` if the kernel has no such table.
+fn net_table(pid: u32, name: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).ok()
 }
 
 #[cfg(test)]

@@ -112,6 +112,14 @@ pub fn captured(init: u32, processes: &impl Processes) -> Vec<u32> {
         .collect()
 }
 
+/// The fields of /proc/PID/stat after the command: the state first, then
+/// the parent's PID, and on.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command sits in parentheses and may hold anything: read after the last.
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
 /// The node's /proc.
 pub struct Proc;
 
@@ -126,9 +134,7 @@ impl Processes for Proc {
     }
 
     fn parent(&self, pid: u32) -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command sits in parentheses and may hold anything: read after the last.
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+        stat_fields(pid)?.get(1)?.parse().ok()
     }
 
     fn namespace(&self, pid: u32, kind: &str) -> Option<u64> {
