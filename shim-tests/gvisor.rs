@@ -210,6 +210,30 @@ async fn a_gvisor_pod_is_checkpointed_whole_and_keeps_running() {
         "a refused checkpoint wrote something"
     );
 
+    // CRIU's capture options mean nothing to runsc: the check names them,
+    // and CheckpointPod refuses them before it stops the sandbox.
+    let tcp = [("podckpt.io/tcp-established", "true")];
+    let with_tcp = CheckPodRequest {
+        options: tcp.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..preflight::request(&pod.id, &out)
+    };
+    let with_tcp = preflight::check(&shim, with_tcp).await.expect("CheckPod");
+    assert_eq!(preflight::failed(&with_tcp), ["options"], "{with_tcp:#?}");
+    let err = support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter.clone(), writer.clone()], &tcp)
+        .await
+        .expect_err("tcp-established on a gVisor pod");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
+    assert!(
+        err.message().contains("podckpt.io/tcp-established") && err.message().contains("runsc"),
+        "the message names the option and the backend: {}",
+        err.message()
+    );
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "a refused checkpoint wrote something"
+    );
+
     let before = support::count(&mut client, &counter).await;
     support::checkpoint_pod_exactly(&shim, &pod.id, &out, vec![counter.clone(), writer.clone()], &[])
         .await

@@ -191,6 +191,14 @@ pub trait Checkpointer: Send + Sync {
         options: &CaptureOptions,
     ) -> Result<(), BackendError>;
 
+    /// Why this backend cannot capture with `options`, if it cannot. The
+    /// options are the caller's choice, so CheckpointPod asks before it
+    /// pauses anything and answers FAILED_PRECONDITION, and the pre-flight
+    /// check reports it, rather than a capture failing inside the freeze.
+    fn refuse_options(&self, _options: &CaptureOptions) -> Option<String> {
+        None
+    }
+
     /// Whether the backend captures a whole sandbox in one image, every
     /// container of it at once (gVisor), rather than each container.
     fn captures_sandbox(&self) -> bool {

@@ -57,6 +57,14 @@ impl Checkpointer for RunscCheckpointer {
         )))
     }
 
+    /// CRIU's options have no meaning for runsc, which saves the sandbox's
+    /// own network stack and file locks whatever is asked.
+    fn refuse_options(&self, options: &CaptureOptions) -> Option<String> {
+        (*options != CaptureOptions::default()).then(|| {
+            "they are CRIU's options, and gVisor saves a sandbox's TCP connections and file locks itself; checkpoint this pod without them".into()
+        })
+    }
+
     fn captures_sandbox(&self) -> bool {
         true
     }
@@ -72,11 +80,8 @@ impl Checkpointer for RunscCheckpointer {
         dirs: &CaptureDirs<'_>,
         options: &CaptureOptions,
     ) -> Result<(), BackendError> {
-        if *options != CaptureOptions::default() {
-            return Err(BackendError::Unsupported(
-                "the podckpt.io/tcp-* and file-locks options are CRIU's; gVisor saves its own network stack and locks"
-                    .into(),
-            ));
+        if let Some(why) = self.refuse_options(options) {
+            return Err(BackendError::Unsupported(why));
         }
         let extra = [
             "--image-path".as_ref(),
@@ -123,5 +128,25 @@ impl Checkpointer for RunscCheckpointer {
         Ok(Restored {
             engine_seconds: started.elapsed().as_secs_f64(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_options_are_refused_and_none_is_fine() {
+        let runsc = RunscCheckpointer::new("runsc", "/run/runsc");
+        assert_eq!(runsc.refuse_options(&CaptureOptions::default()), None);
+        let tcp = CaptureOptions {
+            tcp_established: true,
+            ..Default::default()
+        };
+        assert!(
+            runsc
+                .refuse_options(&tcp)
+                .is_some_and(|why| why.contains("CRIU's options"))
+        );
     }
 }

@@ -42,6 +42,14 @@ impl PodService {
         let pod = self.pod_status(pod_id).await?;
         let handler = sandbox_info::handler(&pod);
         let backend = self.backend(&handler, self.backend_for(&handler)?).await?;
+        if let Some(why) = backend.checkpointer.refuse_options(&options.capture) {
+            let name = backend.checkpointer.name();
+            return Err(PodError::FailedPrecondition(options::refused(
+                &options.capture,
+                name,
+                &why,
+            )));
+        }
         // Asking CRIU its version costs a process start; overlap it.
         let (targets, engine_version) =
             tokio::try_join!(self.resolve_containers(pod_id, &request.container_ids), async {

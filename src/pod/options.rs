@@ -68,6 +68,27 @@ pub fn parse_restore(options: &HashMap<String, String>) -> Result<RestoreOptions
     Ok(parsed)
 }
 
+/// The capture options set in `capture`, by their keys, for a message.
+pub fn capture_keys(capture: &CaptureOptions) -> Vec<&'static str> {
+    [
+        (capture.tcp_established, TCP_ESTABLISHED),
+        (capture.file_locks, FILE_LOCKS),
+        (capture.tcp_skip_in_flight, TCP_SKIP_IN_FLIGHT),
+    ]
+    .into_iter()
+    .filter_map(|(set, key)| set.then_some(key))
+    .collect()
+}
+
+/// A backend's refusal of the capture options asked (`refuse_options`),
+/// naming them, as CheckpointPod and the pre-flight check both say it.
+pub fn refused(capture: &CaptureOptions, backend: &str, why: &str) -> String {
+    format!(
+        "{} cannot be used with {backend}: {why}",
+        capture_keys(capture).join(", ")
+    )
+}
+
 /// Every key must be known and every value `true` or `false`.
 pub fn parse(options: &HashMap<String, String>) -> Result<CheckpointOptions, PodError> {
     let mut parsed = CheckpointOptions {
@@ -93,6 +114,23 @@ mod tests {
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_refusal_names_the_options_that_were_set_and_only_those() {
+        let asked = parse(&map(&[
+            (TCP_ESTABLISHED, "true"),
+            (FILE_LOCKS, "false"),
+            (TCP_SKIP_IN_FLIGHT, "true"),
+        ]))
+        .unwrap()
+        .capture;
+        assert_eq!(capture_keys(&asked), [TCP_ESTABLISHED, TCP_SKIP_IN_FLIGHT]);
+        assert_eq!(
+            refused(&asked, "runsc", "not here"),
+            "podckpt.io/tcp-established, podckpt.io/tcp-skip-in-flight cannot be used with runsc: not here"
+        );
+        assert!(capture_keys(&CaptureOptions::default()).is_empty());
     }
 
     #[test]

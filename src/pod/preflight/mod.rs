@@ -100,6 +100,10 @@ impl PodService {
                 }
                 Err(err) => checks.fail("backend", "", err.to_string()),
             }
+            if let Some(why) = checkpointer.refuse_options(&options) {
+                let said = super::options::refused(&options, checkpointer.name(), &why);
+                checks.fail("options", "", said);
+            }
             match engine_check {
                 Ok(Some(said)) => checks.pass("engine-check", "", last_line(&said)),
                 Ok(None) => checks.skip(
