@@ -81,7 +81,7 @@ impl Checkpointer for RunscCheckpointer {
         options: &CaptureOptions,
     ) -> Result<(), BackendError> {
         if let Some(why) = self.refuse_options(options) {
-            return Err(BackendError::Unsupported(why));
+            return Err(BackendError::Unsupported(format!("capture options asked: {why}")));
         }
         let extra = [
             "--image-path".as_ref(),

@@ -68,16 +68,23 @@ pub fn parse_restore(options: &HashMap<String, String>) -> Result<RestoreOptions
     Ok(parsed)
 }
 
+/// The capture flags by their keys: the one table both `parse` and
+/// `capture_keys` read, so that no option can be parsed yet go unnamed.
+fn capture_flags(capture: &mut CaptureOptions) -> [(&'static str, &mut bool); 3] {
+    [
+        (TCP_ESTABLISHED, &mut capture.tcp_established),
+        (FILE_LOCKS, &mut capture.file_locks),
+        (TCP_SKIP_IN_FLIGHT, &mut capture.tcp_skip_in_flight),
+    ]
+}
+
 /// The capture options set in `capture`, by their keys, for a message.
 pub fn capture_keys(capture: &CaptureOptions) -> Vec<&'static str> {
-    [
-        (capture.tcp_established, TCP_ESTABLISHED),
-        (capture.file_locks, FILE_LOCKS),
-        (capture.tcp_skip_in_flight, TCP_SKIP_IN_FLIGHT),
-    ]
-    .into_iter()
-    .filter_map(|(set, key)| set.then_some(key))
-    .collect()
+    let mut capture = *capture;
+    capture_flags(&mut capture)
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
 }
 
 /// A backend's refusal of the capture options asked (`refuse_options`),
@@ -97,11 +104,11 @@ pub fn parse(options: &HashMap<String, String>) -> Result<CheckpointOptions, Pod
     };
     for (key, value) in options {
         let slot = match key.as_str() {
-            TCP_ESTABLISHED => &mut parsed.capture.tcp_established,
-            FILE_LOCKS => &mut parsed.capture.file_locks,
-            TCP_SKIP_IN_FLIGHT => &mut parsed.capture.tcp_skip_in_flight,
             DURABLE => &mut parsed.durable,
-            _ => return Err(unknown(key, &KNOWN)),
+            key => match capture_flags(&mut parsed.capture).into_iter().find(|(k, _)| *k == key) {
+                Some((_, slot)) => slot,
+                None => return Err(unknown(key, &KNOWN)),
+            },
         };
         *slot = flag(key, value)?;
     }
